@@ -1,0 +1,190 @@
+"""``sainr`` command line: reduce, train, evaluate.
+
+User errors (bad input, options, paths, weights) exit with code 2 and one line on stderr, no
+traceback and no output file. Internal errors exit with code 1 and point to a report file with
+the traceback. ``--progress lines`` prints ``PROGRESS <done> <total>`` lines on stdout for
+programs that drive the CLI (the Slicer module); the default is a tqdm bar on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import SainrError
+from .io import check_output_path, is_dicom_folder, read_volume, volume_suffix, write_volume
+
+EXIT_USER = 2
+EXIT_INTERNAL = 1
+
+
+def _progress_printer(mode: str, label: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """(callback, close) reporting progress as tqdm or as PROGRESS lines."""
+    if mode == "lines":
+
+        def emit(done: int, total: int) -> None:
+            print(f"PROGRESS {done} {total}", flush=True)
+
+        return emit, lambda: None
+    if mode == "none":
+        return (lambda done, total: None), lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, desc=label, unit="vox", unit_scale=True, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _spacing_args(p: argparse.ArgumentParser) -> None:
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--spacing", type=float, metavar="MM", help="target slice spacing in mm")
+    target.add_argument("--factor", type=float, help="reduce the slice spacing by this factor")
+    target.add_argument(
+        "--isotropic", action="store_true", help="target = the finest in-plane spacing"
+    )
+
+
+def _add_reduce(sub) -> None:
+    p = sub.add_parser("reduce", help="reduce the slice spacing of a volume (or a folder of them)")
+    p.add_argument("input", type=Path, help="volume file (.nii.gz/.nrrd/.mha), DICOM folder, or folder of volumes")
+    p.add_argument("output", type=Path, help="output file, or folder in batch mode")
+    _spacing_args(p)
+    p.add_argument("--mask", type=Path, help="also write the gating mask (uint8) here")
+    p.add_argument("--device", default="auto", help="auto (CUDA if usable, else CPU), cpu, cuda, mps")
+    p.add_argument("--weights", default=None, help="shipped model name or checkpoint file (default: default)")
+    p.add_argument("--axis", type=int, choices=(0, 1, 2), help="slice axis (i, j, k); detected if omitted")
+    p.add_argument("--memory-mb", type=float, default=2048, help="working memory budget (default 2048)")
+    p.add_argument("--nan-to-zero", action="store_true", help="replace NaN/Inf voxels by 0 instead of refusing")
+    p.add_argument("--force", action="store_true", help="allow reductions beyond 20x")
+    p.add_argument("--progress", choices=("bar", "lines", "none"), default="bar")
+    p.set_defaults(func=_run_reduce)
+
+
+def _batch_pairs(args) -> list[tuple[Path, Path, Path | None]]:
+    """(input, output, mask) triples; a non-DICOM folder input means batch mode."""
+    src: Path = args.input
+    if not src.is_dir() or is_dicom_folder(src):
+        check_output_path(args.output, (src,))
+        if args.mask is not None:
+            check_output_path(args.mask, (src,))
+        return [(src, args.output, args.mask)]
+    files = sorted(f for f in src.iterdir() if volume_suffix(f))
+    if not files:
+        raise SainrError(f"no volume files (.nii.gz, .nrrd, .mha, ...) in {src}")
+    if args.output.exists() and not args.output.is_dir():
+        raise SainrError(f"batch mode needs an output folder, but {args.output} is a file")
+    args.output.mkdir(parents=True, exist_ok=True)
+    if args.mask is not None:
+        args.mask.mkdir(parents=True, exist_ok=True)
+    return [
+        (f, args.output / f.name, args.mask / f.name if args.mask is not None else None)
+        for f in files
+    ]
+
+
+def _run_reduce(args) -> int:
+    from .api import reduce_spacing
+    from .weights import load_model
+
+    pairs = _batch_pairs(args)
+    model = load_model(args.weights)
+    for src, dst, mask_dst in pairs:
+        image = read_volume(src)
+        update, close = _progress_printer(args.progress, src.name)
+        try:
+            result = reduce_spacing(
+                image, args.spacing, factor=args.factor, isotropic=args.isotropic,
+                axis=args.axis, device=args.device, model=model, budget_mb=args.memory_mb,
+                nan_policy="zero" if args.nan_to_zero else "refuse", force=args.force,
+                progress=update, notice=lambda msg: print(f"note: {msg}", file=sys.stderr),
+            )  # fmt: skip
+        finally:
+            close()
+        write_volume(result.image, dst)
+        if mask_dst is not None:
+            write_volume(result.mask, mask_dst)
+        info = result.info
+        print(
+            f"{src.name}: axis {info['axis_label']}, {info['slices_in']} slices at "
+            f"{info['spacing_in']:g} mm -> {info['slices_out']} at {info['spacing_out']:g} mm, "
+            f"gated {100 * info['gated_fraction']:.0f} % ({info['device']}) -> {dst}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train SA-INR (resumes from OUT/last.pt); torchrun-ready")
+    p.add_argument("--config", type=Path, help="TOML config (see configs/default.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, history)")
+    p.add_argument("--data-root", type=Path, default=Path("."), help="folder the config's paths are relative to")
+    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this long")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from .training import TrainConfig, train
+
+    try:
+        cfg = TrainConfig.load(args.config, args.set)
+    except (ValueError, TypeError, OSError) as exc:
+        raise SainrError(f"bad training config: {exc}") from exc
+    train(cfg, args.out, args.data_root, args.max_minutes)
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    from . import evaluate
+
+    p = sub.add_parser("evaluate", help="compare SA-INR with interpolation on HR volumes")
+    evaluate.add_arguments(p)
+    p.set_defaults(func=evaluate.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sainr", description="Reduce MRI slice spacing with SA-INR.")
+    parser.add_argument("--version", action="version", version=f"sainr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_reduce(sub)
+    _add_train(sub)
+    return parser
+
+
+def _report_internal(exc: BaseException) -> int:
+    fd, path = tempfile.mkstemp(prefix="sainr-error-", suffix=".txt")
+    with os.fdopen(fd, "w") as fh:
+        traceback.print_exception(exc, file=fh)
+    print(f"sainr: internal error ({type(exc).__name__}: {exc}); report: {path}", file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SainrError as exc:
+        print(f"sainr: error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("sainr: cancelled; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place internal errors are reported
+        return _report_internal(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Whole-volume inference in bounded memory.
+
+The volume (slice axis first, normalised) is cut in-plane into tiles with a halo as wide as the
+model's receptive field plus the attention reach, so every tile sees exactly the context the
+untiled run would: the encoder runs once per tile, then the thin slices of the tile's core are
+decoded in query chunks. Tile and chunk sizes come from a memory budget. Results do not depend
+on the tiling (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import Cancelled, DeviceError
+from .geometry import SliceGrid
+from .model import SAINR, Queries
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+NoticeFn = Callable[[str], None]
+
+DEFAULT_BUDGET_MB = 2048
+#: Live encoder activations per LR voxel, in units of C floats (block in/out, temporaries,
+#: head skip, flattened features, keys and values).
+_ENCODER_FLOATS_PER_CHANNEL = 8
+#: Bytes per query per channel: gathered K and V of 2 l^2 neighbours plus temporaries.
+_QUERY_FLOATS_PER_NEIGHBOUR = 3
+
+
+def choose_device(name: str = "auto") -> torch.device:
+    """'auto' = CUDA when usable, else CPU; an explicit unavailable device is an error."""
+    name = name.lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError("CUDA was requested but no usable GPU is visible; use --device cpu")
+        return torch.device(name)
+    if name == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise DeviceError("MPS was requested but is not available; use --device cpu")
+        return torch.device("mps")
+    raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Tiling of one volume: in-plane core tile size, halo and queries per chunk."""
+
+    tile: int
+    halo: int
+    chunk: int
+
+    def tiles(self, n_h: int, n_w: int) -> Iterator[tuple[slice, slice]]:
+        """Core regions covering the H x W plane."""
+        for y0 in range(0, n_h, self.tile):
+            for x0 in range(0, n_w, self.tile):
+                yield slice(y0, min(y0 + self.tile, n_h)), slice(x0, min(x0 + self.tile, n_w))
+
+
+def plan(model: SAINR, n_slices: int, budget_mb: float) -> Plan:
+    """Largest square tile and query chunk whose working set fits ``budget_mb``."""
+    budget = budget_mb * 2**20
+    cfg = model.config
+    per_voxel = 4 * cfg.channels * _ENCODER_FLOATS_PER_CHANNEL
+    side = int(math.sqrt(0.6 * budget / (per_voxel * n_slices)))
+    halo = model.halo
+    tile = max(side - 2 * halo, 16)
+    neighbours = 2 * cfg.window**2 if cfg.lasa else 1
+    per_query = 4 * (cfg.channels * neighbours * _QUERY_FLOATS_PER_NEIGHBOUR + 4 * cfg.hidden)
+    chunk = max(int(0.4 * budget / per_query), 256)
+    return Plan(tile=tile, halo=halo, chunk=chunk)
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+def _tile_queries(
+    grid: SliceGrid, js: np.ndarray, ys: slice, xs: slice, off: tuple[int, int], device
+) -> Queries:
+    """Queries for thin slices ``js`` over core region (ys, xs), in tile coordinates."""
+    yy, xx = torch.meshgrid(
+        torch.arange(ys.start - off[0], ys.stop - off[0], device=device),
+        torch.arange(xs.start - off[1], xs.stop - off[1], device=device),
+        indexing="ij",
+    )
+    n_pix = yy.numel()
+    lower = torch.as_tensor(grid.lower[js], device=device).repeat_interleave(n_pix)
+    frac = torch.as_tensor(grid.frac[js], dtype=torch.float32, device=device)
+    return Queries(
+        b=torch.zeros_like(lower),
+        s=lower,
+        y=yy.reshape(-1).repeat(len(js)),
+        x=xx.reshape(-1).repeat(len(js)),
+        t=frac.repeat_interleave(n_pix),
+    )
+
+
+@torch.inference_mode()
+def super_resolve(
+    model: SAINR,
+    volume: np.ndarray,
+    grid: SliceGrid,
+    device: torch.device,
+    budget_mb: float = DEFAULT_BUDGET_MB,
+    amp: bool = True,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    tile_plan: Plan | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Thin-slice volume (n_hr, H, W) and gating mask (uint8) from normalised ``volume`` (S, H, W).
+
+    ``progress(done, total)`` counts decoded voxels; ``cancel()`` returning True stops the
+    run between chunks with :class:`Cancelled`.
+    """
+    model = model.eval().to(device)
+    n_s, n_h, n_w = volume.shape
+    p = tile_plan or plan(model, n_s, budget_mb)
+    out = np.empty((grid.n_hr, n_h, n_w), dtype=np.float32)
+    mask = np.empty((grid.n_hr, n_h, n_w), dtype=np.uint8)
+    total, done = grid.n_hr * n_h * n_w, 0
+    for ys, xs in p.tiles(n_h, n_w):
+        ty = slice(max(ys.start - p.halo, 0), min(ys.stop + p.halo, n_h))
+        tx = slice(max(xs.start - p.halo, 0), min(xs.stop + p.halo, n_w))
+        lr = torch.from_numpy(np.ascontiguousarray(volume[:, ty, tx])).to(device)
+        with _autocast(device, amp):
+            fm = model.encode(lr[None, None])
+        fm.feat, fm.key, fm.value = (
+            t.float() if t is not None else None for t in (fm.feat, fm.key, fm.value)
+        )
+        per_slice = (ys.stop - ys.start) * (xs.stop - xs.start)
+        step = max(p.chunk // per_slice, 1)
+        for j0 in range(0, grid.n_hr, step):
+            if cancel is not None and cancel():
+                raise Cancelled("cancelled by the user; nothing was written")
+            js = np.arange(j0, min(j0 + step, grid.n_hr))
+            q = _tile_queries(grid, js, ys, xs, (ty.start, tx.start), device)
+            with _autocast(device, amp):
+                res = model.query(fm, q)
+            shape = (len(js), ys.stop - ys.start, xs.stop - xs.start)
+            out[js[0] : js[-1] + 1, ys, xs] = res.value.float().reshape(shape).cpu().numpy()
+            mask[js[0] : js[-1] + 1, ys, xs] = (res.mask > 0.5).reshape(shape).cpu().numpy()
+            done += len(q)
+            if progress is not None:
+                progress(done, total)
+        del fm
+    return out, mask
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def super_resolve_with_fallback(
+    model: SAINR,
+    volume: np.ndarray,
+    grid: SliceGrid,
+    device: torch.device,
+    budget_mb: float = DEFAULT_BUDGET_MB,
+    notice: NoticeFn | None = None,
+    **kwargs,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`super_resolve`, retrying with a quarter of the budget on out-of-memory (three
+    times), then on the CPU when the GPU still runs out; each retry is announced."""
+    say = notice or (lambda _msg: None)
+    for attempt in range(4):
+        try:
+            return super_resolve(model, volume, grid, device, budget_mb, **kwargs)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc) and not isinstance(exc, MemoryError):
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if attempt < 3:
+                budget_mb /= 4
+                say(f"out of memory on {device}; retrying with a {budget_mb:.0f} MB budget")
+            elif device.type != "cpu":
+                say(f"out of memory on {device} even with small chunks; continuing on the CPU")
+                return super_resolve(model, volume, grid, torch.device("cpu"), budget_mb, **kwargs)
+            else:
+                raise
+    raise AssertionError("unreachable")

@@ -1,0 +1,6 @@
+"""SA-INR model: EDSR encoder, gating mask, LASA attention, MLP decoder."""
+
+from .features import FeatureMap, Queries
+from .sainr import SAINR, ModelConfig, QueryOutput
+
+__all__ = ["SAINR", "FeatureMap", "ModelConfig", "Queries", "QueryOutput"]

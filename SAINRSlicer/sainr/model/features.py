@@ -1,0 +1,68 @@
+"""The LR feature grid and the thin-slice queries that read from it.
+
+Features are stored channels-last and flattened, (B*S*H*W, C), so that every read is a row
+gather by flat index. S is the slice axis; H, W are in-plane. A query sits at an integer
+in-plane position (y, x) between acquired slices ``s`` and ``s + 1`` at fraction ``t``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Queries:
+    """Thin-slice query positions; all tensors have shape (Q,)."""
+
+    b: torch.Tensor  # batch index (long)
+    s: torch.Tensor  # lower acquired slice (long)
+    y: torch.Tensor  # in-plane row (long)
+    x: torch.Tensor  # in-plane column (long)
+    t: torch.Tensor  # fraction towards slice s + 1, in [0, 1)
+
+    def __len__(self) -> int:
+        return self.b.shape[0]
+
+    def select(self, keep: torch.Tensor) -> Queries:
+        """The subset at boolean mask or index tensor ``keep``."""
+        return Queries(self.b[keep], self.s[keep], self.y[keep], self.x[keep], self.t[keep])
+
+
+@dataclass
+class FeatureMap:
+    """Encoder output plus the LR image and the attention keys/values on the LR grid."""
+
+    shape: tuple[int, int, int, int]  # (B, S, H, W)
+    feat: torch.Tensor  # (N, C)
+    image: torch.Tensor  # (N,)
+    key: torch.Tensor | None = None  # (N, C), Phi(F)
+    value: torch.Tensor | None = None  # (N, C), Gamma(F)
+
+    def flat_index(
+        self, b: torch.Tensor, s: torch.Tensor, y: torch.Tensor, x: torch.Tensor
+    ) -> torch.Tensor:
+        """Flat row index of voxel (b, s, y, x); inputs broadcast."""
+        _, n_s, n_h, n_w = self.shape
+        return ((b * n_s + s) * n_h + y) * n_w + x
+
+    def bracket(self, q: Queries) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat indices of the lower and upper acquired voxels (last slice replicated)."""
+        upper = torch.clamp(q.s + 1, max=self.shape[1] - 1)
+        return self.flat_index(q.b, q.s, q.y, q.x), self.flat_index(q.b, upper, q.y, q.x)
+
+    def lerp(self, q: Queries) -> tuple[torch.Tensor, torch.Tensor]:
+        """Linear blend along the slice axis of features (Q, C) and image (Q,) at the queries."""
+        lo, hi = self.bracket(q)
+        t = q.t.to(self.feat.dtype)
+        feat = torch.lerp(self.feat[lo], self.feat[hi], t[:, None])
+        image = torch.lerp(self.image[lo], self.image[hi], t.to(self.image.dtype))
+        return feat, image
+
+
+def encode_grid(feat: torch.Tensor, image: torch.Tensor) -> FeatureMap:
+    """Flatten an encoder output (B, C, S, H, W) and its input (B, 1, S, H, W)."""
+    n_b, n_c, n_s, n_h, n_w = feat.shape
+    flat = feat.permute(0, 2, 3, 4, 1).reshape(-1, n_c)
+    return FeatureMap((n_b, n_s, n_h, n_w), flat, image.reshape(-1))

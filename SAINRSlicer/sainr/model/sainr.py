@@ -1,0 +1,108 @@
+"""SA-INR: encoder once per volume, then gated local attention and an MLP per thin-slice query."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .decoder import MLPDecoder
+from .edsr import EDSR3d
+from .features import FeatureMap, Queries, encode_grid
+from .gating import GatingMask
+from .lasa import LASA
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyper-parameters (stored with every checkpoint)."""
+
+    channels: int = 64
+    blocks: int = 8
+    window: int = 7
+    dilation: int = 2
+    hidden: int = 256
+    decoder_layers: int = 5
+    offset_embed: bool = True
+    attn_scale: bool = True
+    lasa: bool = True
+    gating: bool = True
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class QueryOutput(NamedTuple):
+    value: torch.Tensor  # (Q,) predicted intensity (normalised units)
+    mask_logit: torch.Tensor  # (Q,) gating logit
+    mask: torch.Tensor  # (Q,) 0/1 gating decision (straight-through in training)
+
+
+class SAINR(nn.Module):
+    """Spatial-attention implicit neural representation for slice-spacing reduction."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or ModelConfig()
+        self.encoder = EDSR3d(cfg.channels, cfg.blocks)
+        self.gate = GatingMask(cfg.channels) if cfg.lasa and cfg.gating else None
+        self.lasa = (
+            LASA(cfg.channels, cfg.window, cfg.dilation, cfg.offset_embed, cfg.attn_scale)
+            if cfg.lasa
+            else None
+        )
+        self.decoder = MLPDecoder(cfg.channels, cfg.hidden, cfg.decoder_layers)
+
+    @property
+    def halo(self) -> int:
+        """In-plane context (voxels) one output voxel depends on: encoder + attention window."""
+        return self.encoder.receptive_radius + (self.lasa.reach if self.lasa else 0)
+
+    def encode(self, lr: torch.Tensor) -> FeatureMap:
+        """Features of LR volumes (B, 1, S, H, W) with S the slice axis; run once per volume."""
+        fm = encode_grid(self.encoder(lr), lr)
+        return self.lasa.project_kv(fm) if self.lasa is not None else fm
+
+    def query(self, fm: FeatureMap, q: Queries) -> QueryOutput:
+        """Intensities at thin-slice queries: MLP(attended feature) + linear interpolation."""
+        z0, linear = fm.lerp(q)
+        if self.lasa is None:
+            ones = torch.ones_like(linear)
+            return QueryOutput(self.decoder(z0) + linear, ones, ones)
+        if self.gate is None:
+            logit = torch.full_like(linear, float("inf"))
+            mask = torch.ones_like(linear)
+        else:
+            logit, mask = self.gate(z0)
+        z = self._attend(z0, fm, q, mask)
+        return QueryOutput(self.decoder(z) + linear, logit, mask)
+
+    def forward(self, lr: torch.Tensor, q: Queries) -> QueryOutput:
+        """Encode LR volumes and answer queries (the training path; DDP wraps this)."""
+        return self.query(self.encode(lr), q)
+
+    def _attend(
+        self, z0: torch.Tensor, fm: FeatureMap, q: Queries, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Training: blend with the straight-through mask so fidelity teaches the gate.
+        Inference: run LASA only on gated queries (gather, attend, scatter)."""
+        assert self.lasa is not None
+        if self.training:
+            return z0 + mask[:, None] * (self.lasa(z0, fm, q) - z0)
+        keep = torch.nonzero(mask > 0.5).squeeze(1)
+        if keep.numel() == len(q):
+            return self.lasa(z0, fm, q)
+        z = z0.clone()
+        if keep.numel():
+            z[keep] = self.lasa(z0[keep], fm, q.select(keep))
+        return z
