@@ -68,6 +68,7 @@ def _add_reduce(sub) -> None:
     p.add_argument("--memory-mb", type=float, default=2048, help="working memory budget (default 2048)")
     p.add_argument("--nan-to-zero", action="store_true", help="replace NaN/Inf voxels by 0 instead of refusing")
     p.add_argument("--force", action="store_true", help="allow reductions beyond 20x")
+    p.add_argument("--preview", type=Path, help="also write a PNG comparison picture (single input)")
     p.add_argument("--progress", choices=("bar", "lines", "none"), default="bar")
     p.set_defaults(func=_run_reduce)
 
@@ -95,19 +96,20 @@ def _batch_pairs(args) -> list[tuple[Path, Path, Path | None]]:
 
 
 def _run_reduce(args) -> int:
-    from .api import reduce_spacing
+    from .api import plan_reduction, reduce_spacing
     from .weights import load_model
 
     pairs = _batch_pairs(args)
     model = load_model(args.weights)
+    target = {"factor": args.factor, "isotropic": args.isotropic, "axis": args.axis, "force": args.force}
     for src, dst, mask_dst in pairs:
         image = read_volume(src)
+        plan_reduction(image, args.spacing, **target)  # fail before any progress output
         update, close = _progress_printer(args.progress, src.name)
         try:
             result = reduce_spacing(
-                image, args.spacing, factor=args.factor, isotropic=args.isotropic,
-                axis=args.axis, device=args.device, model=model, budget_mb=args.memory_mb,
-                nan_policy="zero" if args.nan_to_zero else "refuse", force=args.force,
+                image, args.spacing, **target, device=args.device, model=model,
+                budget_mb=args.memory_mb, nan_policy="zero" if args.nan_to_zero else "refuse",
                 progress=update, notice=lambda msg: print(f"note: {msg}", file=sys.stderr),
             )  # fmt: skip
         finally:
@@ -115,6 +117,10 @@ def _run_reduce(args) -> int:
         write_volume(result.image, dst)
         if mask_dst is not None:
             write_volume(result.mask, mask_dst)
+        if args.preview is not None and len(pairs) == 1:
+            from .preview import save_comparison
+
+            save_comparison(image, result.image, result.mask, result.info["axis"], args.preview)
         info = result.info
         print(
             f"{src.name}: axis {info['axis_label']}, {info['slices_in']} slices at "
@@ -146,6 +152,23 @@ def _run_train(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="ship a training checkpoint under Resources/Models")
+    p.add_argument("checkpoint", type=Path, help="training checkpoint (e.g. RUN/best.pt)")
+    p.add_argument("--name", default="default", help="model name in the catalog")
+    p.add_argument("--description", default="", help="one line for the catalog")
+    p.add_argument("--models-dir", type=Path, help="catalog folder (default: Resources/Models)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from .weights import export_model
+
+    entry = export_model(args.checkpoint, args.name, args.description, args.models_dir)
+    print(f"{args.name}: {entry['file']} sha256 {entry['sha256']} ({entry['bytes']} bytes)")
+    return 0
+
+
 def _add_evaluate(sub) -> None:
     from . import evaluate
 
@@ -160,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_reduce(sub)
     _add_train(sub)
+    _add_evaluate(sub)
+    _add_export(sub)
     return parser
 
 

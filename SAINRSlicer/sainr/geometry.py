@@ -17,6 +17,10 @@ import numpy as np
 from .errors import AxisError, InputImageError, SpacingError
 
 EPS = 1e-6
+#: Tolerance (in thin-slice units) when counting and placing thin slices. Header spacings are
+#: often rounded (float32 NIfTI, DICOM conversions: 2.999995 mm for 3 mm), so a thin slice may
+#: lie up to 0.1 % of its spacing beyond the last acquired slice rather than be dropped.
+SLICE_TOL = 1e-3
 #: The slice axis must be at least this much coarser than the finer in-plane axis.
 MIN_ANISOTROPY = 1.2
 #: Refuse spacing reductions beyond this factor unless the caller forces them.
@@ -75,18 +79,19 @@ def slice_grid(n_lr: int, spacing_lr: float, spacing_hr: float) -> SliceGrid:
     """Slice localisation for n_lr acquired slices at spacing_lr resampled to spacing_hr.
 
     n_H = floor((n_L - 1) c_L / c_H) + 1; the last thin slice never lies beyond the last
-    acquired slice. Floors are epsilon-safe so exact multiples keep their slice.
+    acquired slice (up to SLICE_TOL). Floors are tolerance-safe so exact multiples of rounded
+    header spacings keep their slice.
     """
     if n_lr < 2:
         raise InputImageError(f"need at least 2 slices along the slice axis, got {n_lr}")
     if not (spacing_lr > 0 and spacing_hr > 0):
         raise SpacingError(f"spacings must be positive, got {spacing_lr} and {spacing_hr} mm")
     ratio = spacing_lr / spacing_hr
-    n_hr = int(math.floor((n_lr - 1) * ratio + EPS)) + 1
+    n_hr = int(math.floor((n_lr - 1) * ratio + SLICE_TOL)) + 1
     pos = np.arange(n_hr, dtype=np.float64) / ratio
-    lower = np.minimum(np.floor(pos + EPS).astype(np.int64), n_lr - 1)
+    lower = np.minimum(np.floor(pos + SLICE_TOL / ratio).astype(np.int64), n_lr - 1)
     frac = np.clip(pos - lower, 0.0, None)
-    frac[frac < EPS] = 0.0
+    frac[frac * ratio < SLICE_TOL] = 0.0
     return SliceGrid(n_lr, n_hr, float(spacing_lr), float(spacing_hr), lower, frac)
 
 
@@ -173,13 +178,13 @@ def resolve_target_spacing(
         raise SpacingError(f"target spacing must be a positive number of mm, got {spacing}")
     if spacing >= current - EPS:
         raise SpacingError(
-            f"target spacing {spacing:g} mm is not smaller than the current slice spacing "
-            f"{current:g} mm; choose a value below {current:g} mm"
+            f"target spacing {spacing:.4g} mm is not smaller than the current slice spacing "
+            f"{current:.4g} mm; choose a value below {current:.4g} mm"
         )
     if current / spacing > MAX_FACTOR and not force:
         raise SpacingError(
-            f"target spacing {spacing:g} mm is a {current / spacing:.1f}x reduction of "
-            f"{current:g} mm (limit {MAX_FACTOR:g}x); use a larger spacing or force it"
+            f"target spacing {spacing:.4g} mm is a {current / spacing:.1f}x reduction of "
+            f"{current:.4g} mm (limit {MAX_FACTOR:g}x); use a larger spacing or force it"
         )
     return float(spacing)
 

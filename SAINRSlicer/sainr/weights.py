@@ -108,3 +108,29 @@ def save_checkpoint(
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def export_model(
+    checkpoint: str | os.PathLike, name: str, description: str, models: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """Ship a training checkpoint: weights + config + provenance only (no optimizer state),
+    written to ``<models>/sainr_<name>.pt`` and registered with its SHA-256 in the catalog."""
+    folder = Path(models) if models is not None else models_dir()
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model = SAINR(ModelConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    meta = {**ckpt.get("meta", {}), "step": ckpt.get("step"), "minutes": ckpt.get("elapsed", 0) / 60}
+    target = folder / f"sainr_{name}.pt"
+    save_checkpoint(model, target, meta=meta)
+    index = folder / CATALOG
+    data = json.loads(index.read_text()) if index.is_file() else {"models": {}}
+    entry = {
+        "file": target.name,
+        "sha256": sha256(target),
+        "bytes": target.stat().st_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "description": description,
+    }
+    data["models"][name] = entry
+    index.write_text(json.dumps(data, indent=2) + "\n")
+    return entry

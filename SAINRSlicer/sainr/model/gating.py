@@ -31,4 +31,4 @@ class GatingMask(nn.Module):
             return logit, (logit >= 0).to(z0.dtype)
         soft = torch.sigmoid(logit + logistic_noise_like(logit))
         hard = (soft >= 0.5).to(soft.dtype)
-        return logit, hard + soft - soft.detach()
+        return logit, hard + (soft - soft.detach())

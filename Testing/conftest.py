@@ -1,0 +1,39 @@
+"""Shared fixtures: real test crops, small models, single-threaded torch for CI's 2 cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+import torch
+
+from sainr.model import SAINR, ModelConfig
+
+DATA = Path(__file__).parent / "Data"
+KNEE_QDESS = DATA / "knee_qdess_crop_1p5mm.nii.gz"
+KNEE_FAIR = DATA / "knee_fair_crop_1mm.nii.gz"
+
+torch.set_num_threads(int(os.environ.get("SAINR_TEST_THREADS", "1")))
+
+#: A model small enough for exact-equivalence tests in milliseconds.
+TINY = ModelConfig(channels=8, blocks=1, hidden=16, window=3, dilation=2)
+
+
+@pytest.fixture
+def tiny_model() -> SAINR:
+    torch.manual_seed(0)
+    return SAINR(TINY).eval()
+
+
+@pytest.fixture(scope="session")
+def knee_image() -> sitk.Image:
+    """Real knee crop, 64 x 64 x 40 at 0.3125 x 0.3125 x 1.5 mm (int16)."""
+    return sitk.ReadImage(str(KNEE_QDESS))
+
+
+@pytest.fixture(scope="session")
+def knee_thick(knee_image: sitk.Image) -> sitk.Image:
+    """The knee crop with every second slice dropped: 3.0 mm slices, 20 of them."""
+    return knee_image[:, :, ::2]

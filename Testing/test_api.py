@@ -1,0 +1,124 @@
+"""Python API on real MRI: geometry of the result, input untouched, values, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import KNEE_FAIR
+from sainr import reduce_spacing
+from sainr.errors import AxisError, InputImageError, SpacingError
+from sainr.metrics import psnr
+from sainr.weights import load_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The shipped default model (real weights from the project's training script)."""
+    return load_model()
+
+
+def _slice_points(image: sitk.Image, axis: int, positions) -> np.ndarray:
+    """Physical points of the in-plane corner voxel at continuous slice positions."""
+    pts = []
+    for p in positions:
+        index = [0.0, 0.0, 0.0]
+        index[axis] = float(p)
+        pts.append(image.TransformContinuousIndexToPhysicalPoint(index))
+    return np.array(pts)
+
+
+def test_output_geometry_matches_simpleitk_index_to_point(knee_thick, model):
+    result = reduce_spacing(knee_thick, 1.0, model=model)
+    out = result.image
+    assert out.GetSize() == (64, 64, 58)
+    np.testing.assert_allclose(out.GetSpacing(), (0.3125, 0.3125, 1.0), atol=1e-6)
+    assert out.GetOrigin() == knee_thick.GetOrigin()
+    assert out.GetDirection() == knee_thick.GetDirection()
+    c_lr = knee_thick.GetSpacing()[2]
+    expected = _slice_points(knee_thick, 2, np.arange(58) * 1.0 / c_lr)
+    np.testing.assert_allclose(_slice_points(out, 2, range(58)), expected, atol=1e-6)
+    assert result.mask.GetSize() == out.GetSize() and result.mask.GetOrigin() == out.GetOrigin()
+    assert result.info["axis"] == 2 and "sagittal" in result.info["axis_label"]
+
+
+def _oblique_permuted(image: sitk.Image) -> sitk.Image:
+    """Same voxels, slice axis moved to index axis i, rotated oblique direction cosines.
+
+    New index axes (i, j, k) = old (k, i, j): the in-plane order is kept, so the network sees
+    the very same array and the result must be the same voxels."""
+    arr = sitk.GetArrayFromImage(image)  # (k, j, i)
+    moved = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(arr, (1, 2, 0))))
+    sp = image.GetSpacing()
+    moved.SetSpacing((sp[2], sp[0], sp[1]))
+    a, b = 0.35, -0.2
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    moved.SetDirection(tuple((rz @ rx).ravel()))
+    moved.SetOrigin((12.5, -40.25, 7.0))
+    return moved
+
+
+def test_oblique_permuted_volume_keeps_every_acquired_slice_in_place(knee_thick, model):
+    image = _oblique_permuted(knee_thick)
+    before = sitk.GetArrayFromImage(image).copy()
+    result = reduce_spacing(image, factor=4, model=model)
+    out = result.image
+    assert result.info["axis"] == 0
+    assert out.GetSize() == (77, 64, 64)  # (i, j, k) = (thin slices, old i, old j)
+    assert out.GetDirection() == image.GetDirection() and out.GetOrigin() == image.GetOrigin()
+    # acquired slice i lies at output slice 4 i, at the same physical position
+    np.testing.assert_allclose(
+        _slice_points(out, 0, range(0, 77, 4)), _slice_points(image, 0, range(20)), atol=1e-6
+    )
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), before)  # input untouched
+    # the permuted run gives the same voxels as the native one (layout is not assumed)
+    native = sitk.GetArrayFromImage(reduce_spacing(knee_thick, factor=4, model=model).image)
+    moved_back = np.transpose(sitk.GetArrayFromImage(out), (2, 0, 1))
+    np.testing.assert_array_equal(moved_back, native)
+
+
+def test_values_are_real_intensities_and_beat_linear_on_real_knee(knee_image, knee_thick, model):
+    """Thin slices in the input's units and type, closer to the withheld 1.5 mm slices than
+    linear interpolation is."""
+    result = reduce_spacing(knee_thick, 1.5, model=model)
+    out = sitk.GetArrayFromImage(result.image)
+    truth = sitk.GetArrayFromImage(knee_image)[: out.shape[0]].astype(np.float64)
+    assert out.dtype == np.int16 and out.shape == truth.shape
+    lr = sitk.GetArrayFromImage(knee_thick).astype(np.float64)
+    linear = np.empty_like(truth)
+    linear[0::2] = lr
+    linear[1::2] = (lr[:-1] + lr[1:]) / 2
+    assert psnr(out, truth) > psnr(linear, truth) + 0.2
+    assert 0.0 < result.info["gated_fraction"] < 1.0
+
+
+def test_bad_inputs_raise_clear_errors(knee_thick, model):
+    arr = sitk.GetArrayFromImage(knee_thick).astype(np.float32)
+    nan = arr.copy()
+    nan[3, 10, 10] = np.nan
+    nan_img = sitk.GetImageFromArray(nan)
+    nan_img.CopyInformation(knee_thick)
+    cases = [
+        (sitk.GetImageFromArray(arr[0]), InputImageError, "2D image"),
+        (sitk.JoinSeries([knee_thick, knee_thick]), InputImageError, "4D .*extract one 3D frame"),
+        (sitk.Compose([knee_thick] * 3), InputImageError, "RGB.*extract one scalar"),
+        (knee_thick[:, :, :1], InputImageError, "at least 2 slices"),
+        (nan_img, InputImageError, "1 NaN/Inf voxels"),
+        (knee_thick, SpacingError, "not smaller than the current slice spacing 3 mm"),
+        (sitk.ReadImage(str(KNEE_FAIR)), AxisError, "nearly isotropic.*--axis"),
+    ]
+    for image, error, pattern in cases:
+        target = 3.0 if error is SpacingError else 0.5
+        with pytest.raises(error, match=pattern):
+            reduce_spacing(image, target, model=model)
+
+
+def test_nan_voxels_can_be_replaced_on_request(knee_thick, model):
+    arr = sitk.GetArrayFromImage(knee_thick).astype(np.float32)
+    arr[5, 20, 20] = np.inf
+    image = sitk.GetImageFromArray(arr)
+    image.CopyInformation(knee_thick)
+    out = sitk.GetArrayFromImage(reduce_spacing(image, 1.0, model=model, nan_policy="zero").image)
+    assert np.isfinite(out).all()
