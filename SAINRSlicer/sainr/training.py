@@ -188,7 +188,7 @@ def train(
     sched = torch.optim.lr_scheduler.MultiStepLR(
         opt, [int(f * cfg.steps) for f in cfg.milestones], gamma=cfg.lr_decay
     )
-    step, elapsed, best = 0, 0.0, -math.inf
+    step, elapsed, best, rng_state = 0, 0.0, -math.inf, None
     last = out / "last.pt"
     if last.is_file():
         ckpt = torch.load(last, map_location=device, weights_only=True)
@@ -196,6 +196,7 @@ def train(
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         step, elapsed, best = ckpt["step"], ckpt["elapsed"], ckpt["best"]
+        rng_state = ckpt.get("rng")
         log(f"resumed from {last} at step {step}")
     spec = PatchSpec(**{**cfg.patch, "factors": tuple(cfg.patch.get("factors", PatchSpec.factors))})
     train_vols = _volumes(cfg.data, root)
@@ -212,13 +213,17 @@ def train(
     def checkpoint(path: Path, **meta: Any) -> None:
         if rank == 0:
             save_checkpoint(model, path, meta={**state, **meta}, optimizer=opt.state_dict(),
-                            scheduler=sched.state_dict(), step=step, elapsed=elapsed, best=best)  # fmt: skip
+                            scheduler=sched.state_dict(), step=step, elapsed=elapsed, best=best,
+                            rng=torch.get_rng_state())  # fmt: skip
 
     scores: dict[str, float] = {}
     t0, last_save, running = time.time() - elapsed, time.time(), []
     started = time.time()
     model.train()
-    for lr_batch, q, tgt in loader:
+    batches = iter(loader)  # draws a loader seed from the global RNG: do it before restoring
+    if rng_state is not None:  # gumbel noise of the gating mask continues where it stopped
+        torch.set_rng_state(rng_state)
+    for lr_batch, q, tgt in batches:
         lr_batch = lr_batch.to(device)
         q = type(q)(*(getattr(q, f).to(device) for f in ("b", "s", "y", "x", "t")))
         target, gate = tgt["target"].to(device), tgt["gate"].to(device)
