@@ -1,0 +1,500 @@
+"""``sainr evaluate``: SA-INR against interpolation on HR volumes with simulated thick slices.
+
+Protocol, per volume:
+
+1. Slice axis: ``--axis``, else the native coarsest axis, else (near-isotropic volume) index
+   axis k. Optional in-plane centre crop (``--crop``). The cropped HR volume is normalised once
+   with the robust scale of :mod:`sainr.intensity` (as in training); every method and metric
+   works in these units, so all methods are scored on one intensity scale.
+2. Per factor r: the LR volume holds the HR at slice positions 0, r, 2r, ...
+   (:func:`sainr.data.decimate`: exact slices for integer r, linear between HR slices for
+   non-integer r). The thin-slice grid has the HR spacing (c_L = r c_H), so thin slice j lies
+   on HR slice j and the truth is HR slices 0 .. n_H - 1: every output slice is scored against
+   a real HR slice, for integer and non-integer r alike.
+3. Methods on that grid: linear, SimpleITK cubic B-spline, each SA-INR model through
+   :func:`sainr.inference.super_resolve` and, for gated models, the same model with the gate
+   removed (LASA on every query) to show what gating costs and saves.
+4. Metrics (:mod:`sainr.metrics`): PSNR (MAX = truth max), 3D SSIM, S3 sharpness on planes that
+   contain the slice axis, wall time, and the fraction of queries that went through LASA.
+
+Writes ``results.csv`` (one row per volume, factor and method), ``results.md`` (tables with the
+configuration and a GFLOPs section) and ``figure_<volume>_x<r>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import __version__
+from .baselines import bspline_interpolate, linear_interpolate
+from .data import decimate, usable_axes
+from .errors import SainrError, WeightsError
+from .flops import flops_table, slab_macs
+from .geometry import EPS, SliceGrid, axis_label, slice_grid
+from .inference import DEFAULT_BUDGET_MB, choose_device, super_resolve
+from .intensity import robust_scale
+from .io import read_volume, volume_suffix
+from .metrics import psnr, s3_volume, ssim
+from .model import SAINR, ModelConfig
+from .validation import check_image, check_values
+from .weights import DEFAULT_MODEL, catalog, load_model
+
+DEFAULT_FACTORS = (2.0, 2.5, 3.0, 4.0)
+TRUTH = "ground truth"
+#: 3D SSIM's window; every evaluated axis needs at least this many voxels.
+_MIN_EXTENT = 7
+_FIELDS = ("volume", "axis", "factor", "method", "psnr", "ssim", "s3", "seconds", "attended")
+
+RunFn = Callable[[np.ndarray, SliceGrid], tuple[np.ndarray, np.ndarray | None]]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One HR volume ready for evaluation: normalised, slice axis first (S, H, W)."""
+
+    name: str
+    hr: np.ndarray
+    axis: int
+    label: str
+    spacing: tuple[float, float, float]  # mm along (S, H, W)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named way to fill the thin-slice grid; ``model`` is set for SA-INR variants."""
+
+    name: str
+    run: RunFn
+    model: SAINR | None = None
+    gated: bool = False
+
+
+@contextmanager
+def gating_disabled(model: SAINR) -> Iterator[SAINR]:
+    """Temporarily remove the model's gate so that every query goes through LASA."""
+    gate = model.gate
+    model.gate = None
+    try:
+        yield model
+    finally:
+        model.gate = gate
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``sainr evaluate`` (registered by :mod:`sainr.cli`)."""
+    p.add_argument("volumes", type=Path, nargs="*", help="HR volumes (the ground truth)")
+    p.add_argument("--out", type=Path, help="output folder (results.csv, results.md, figures)")
+    p.add_argument("--factors", type=float, nargs="+", default=list(DEFAULT_FACTORS),
+                   help="slice-spacing factors to simulate (default 2 2.5 3 4)")  # fmt: skip
+    p.add_argument("--axis", type=_axis_arg, nargs="+", metavar="AXIS",
+                   help="slice axis 0|1|2|auto, one for all volumes or one per volume "
+                        "(auto: the coarsest axis, k for near-isotropic volumes)")  # fmt: skip
+    p.add_argument("--model", action="append", default=[], metavar="NAME=WEIGHTS",
+                   help="SA-INR model to evaluate (repeatable; default: the shipped "
+                        "'default' model when one is installed)")  # fmt: skip
+    p.add_argument("--crop", type=int, metavar="N", help="in-plane centre crop (N x N voxels)")
+    p.add_argument("--max-slices", type=int, default=16, metavar="N",
+                   help="S3 is averaged over N planes containing the slice axis (default 16)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (CUDA if usable, else CPU), cpu, cuda")
+    p.add_argument("--memory-mb", type=float, default=DEFAULT_BUDGET_MB, help="inference budget")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--flops", action="store_true",
+                   help="print GMACs per 256x256x2 slab (paper's Table III accounting) and stop")  # fmt: skip
+
+
+def _axis_arg(text: str) -> int | None:
+    """0, 1, 2 or None for 'auto'."""
+    if text == "auto":
+        return None
+    if text in ("0", "1", "2"):
+        return int(text)
+    raise argparse.ArgumentTypeError(f"axis must be 0, 1, 2 or auto, got {text!r}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate every volume at every factor and write the CSV, markdown and figures
+    (or, with ``--flops``, print the GMAC tables only)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    factors = _check_factors(args.factors)
+    if args.flops:
+        print(flops_report(_load_models(args.model), factors, {}))
+        return 0
+    if not args.volumes:
+        raise SainrError("give at least one HR volume to evaluate (or --flops)")
+    if args.out is None:
+        raise SainrError("give an output folder with --out")
+    axes = _axes_per_volume(args.axis, len(args.volumes))
+    device = choose_device(args.device)
+    models = _load_models(args.model)
+    methods = build_methods(models, device, args.memory_mb)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    cases: list[Case] = []
+    for path, axis in zip(args.volumes, axes, strict=True):
+        case = load_case(path, axis, args.crop)
+        cases.append(case)
+        for factor in factors:
+            rows += evaluate_case(case, factor, methods, args.max_slices, args.out)
+            print(f"{case.name} x{factor:g}: " + ", ".join(
+                f"{r['method']} {r['psnr']:.2f} dB" for r in rows[-len(methods):]
+            ), file=sys.stderr)  # fmt: skip
+    write_csv(rows, args.out / "results.csv")
+    config = configuration(cases, models, factors, args, device)
+    (args.out / "results.md").write_text(report(rows, methods, config, models, factors))
+    print(f"wrote {args.out / 'results.md'}", file=sys.stderr)
+    return 0
+
+
+def _check_factors(factors: list[float]) -> tuple[float, ...]:
+    bad = [f for f in factors if not (math.isfinite(f) and f > 1)]
+    if bad:
+        raise SainrError(f"factors must be finite numbers > 1, got {bad}")
+    return tuple(dict.fromkeys(float(f) for f in factors))
+
+
+def _axes_per_volume(axes: list[int | None] | None, n: int) -> list[int | None]:
+    if not axes:
+        return [None] * n
+    if len(axes) == 1:
+        return axes * n
+    if len(axes) != n:
+        raise SainrError(f"--axis takes one value or one per volume ({n}), got {len(axes)}")
+    return axes
+
+
+def _load_models(specs: list[str]) -> list[tuple[str, str, SAINR]]:
+    """(name, source, model) per ``NAME=WEIGHTS``; the shipped default when none is given."""
+    if not specs:
+        try:
+            if DEFAULT_MODEL in catalog():
+                return [(DEFAULT_MODEL, f"shipped '{DEFAULT_MODEL}'", load_model(None))]
+        except WeightsError as exc:
+            print(f"note: no shipped model ({exc}); evaluating interpolation only", file=sys.stderr)
+        return []
+    out = []
+    for spec in specs:
+        name, sep, weights = spec.partition("=")
+        if not sep:
+            name, weights = Path(spec).stem, spec
+        if not name or not weights:
+            raise SainrError(f"--model expects NAME=WEIGHTS, got {spec!r}")
+        out.append((name, weights, load_model(weights)))
+    names = [n for n, _, _ in out]
+    if len(set(names)) != len(names):
+        raise SainrError(f"model names must be unique, got {names}")
+    return out
+
+
+def build_methods(
+    models: list[tuple[str, str, SAINR]], device: torch.device, budget_mb: float
+) -> list[Method]:
+    """Interpolators, then each model, then each gated model with its gate removed."""
+
+    def interp(fn) -> RunFn:
+        return lambda lr, grid: (fn(lr, grid), None)
+
+    def network(model: SAINR, ungated: bool) -> RunFn:
+        def run_model(lr: np.ndarray, grid: SliceGrid) -> tuple[np.ndarray, np.ndarray]:
+            if ungated:
+                with gating_disabled(model):
+                    return super_resolve(model, lr, grid, device, budget_mb)
+            return super_resolve(model, lr, grid, device, budget_mb)
+
+        return run_model
+
+    methods = [Method("linear", interp(linear_interpolate)),
+               Method("B-spline", interp(bspline_interpolate))]  # fmt: skip
+    for name, _, model in models:
+        methods.append(Method(name, network(model, False), model, model.gate is not None))
+    for name, _, model in models:
+        if model.gate is not None:
+            methods.append(Method(f"{name} (ungated)", network(model, True), model))
+    return methods
+
+
+def volume_name(path: Path) -> str:
+    """File name without its volume suffix (.nii.gz, .nrrd, ...)."""
+    suffix = volume_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.name
+
+
+def load_case(path: Path, axis: int | None, crop: int | None) -> Case:
+    """Read, choose the slice axis, centre-crop in-plane and normalise an HR volume."""
+    image = read_volume(path)
+    check_image(image)
+    spacing = tuple(float(s) for s in image.GetSpacing())
+    if axis is None:
+        axes = usable_axes(spacing)
+        axis = axes[0] if len(axes) == 1 else 2
+    array = check_values(sitk.GetArrayViewFromImage(image))
+    hr = np.moveaxis(np.asarray(array, dtype=np.float32), 2 - axis, 0)
+    if crop is not None:
+        if crop < _MIN_EXTENT:
+            raise SainrError(f"--crop must be at least {_MIN_EXTENT} voxels, got {crop}")
+        starts = [max((n - crop) // 2, 0) for n in hr.shape[1:]]
+        hr = hr[:, starts[0] : starts[0] + crop, starts[1] : starts[1] + crop]
+    in_plane = [a for a in (2, 1, 0) if a != axis]
+    return Case(
+        name=volume_name(path),
+        hr=np.ascontiguousarray(robust_scale(hr).normalize(hr)),
+        axis=axis,
+        label=axis_label(image.GetDirection(), axis),
+        spacing=(spacing[axis], spacing[in_plane[0]], spacing[in_plane[1]]),
+    )
+
+
+def simulate(hr: np.ndarray, factor: float) -> tuple[np.ndarray, SliceGrid, np.ndarray]:
+    """(LR, thin-slice grid at the HR spacing, truth) for reduction ``factor`` along axis 0."""
+    n_lr = int(math.floor((hr.shape[0] - 1) / factor + EPS)) + 1
+    grid = slice_grid(n_lr, factor, 1.0)
+    return decimate(hr, factor, n_lr), grid, hr[: grid.n_hr]
+
+
+def evaluate_case(
+    case: Case, factor: float, methods: list[Method], max_slices: int | None, out_dir: Path
+) -> list[dict]:
+    """Score every method on one volume at one factor; saves the figure; returns CSV rows."""
+    lr, grid, truth = simulate(case.hr, factor)
+    if min(truth.shape) < _MIN_EXTENT:
+        raise SainrError(
+            f"{case.name} at x{factor:g} gives a {truth.shape} truth; 3D SSIM needs at least "
+            f"{_MIN_EXTENT} voxels per axis (use a larger volume, crop or smaller factor)"
+        )
+    base = {"volume": case.name, "axis": case.axis, "factor": factor}
+    rows = [{**base, "method": TRUTH, "s3": _s3(truth, max_slices)}]
+    preds: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for m in methods:
+        start = time.perf_counter()
+        pred, mask = m.run(lr, grid)
+        seconds = time.perf_counter() - start
+        preds[m.name] = (pred, mask)
+        rows.append({
+            **base, "method": m.name, "psnr": psnr(pred, truth), "ssim": ssim(pred, truth),
+            "s3": _s3(pred, max_slices), "seconds": seconds,
+            "attended": float(mask.mean()) if mask is not None else None,
+        })  # fmt: skip
+    save_figure(case, factor, lr, grid, truth, methods, preds,
+                out_dir / f"figure_{case.name}_x{factor:g}.png")  # fmt: skip
+    return rows
+
+
+def _s3(vol: np.ndarray, max_slices: int | None) -> float:
+    """S3 on planes [:, :, x] (containing the slice axis), intensities clipped to [0, 1]
+    as the official evaluator's inputs are."""
+    return s3_volume(np.clip(vol, 0.0, 1.0), axis=2, max_slices=max_slices)
+
+
+def save_figure(
+    case: Case, factor: float, lr: np.ndarray, grid: SliceGrid, truth: np.ndarray,
+    methods: list[Method], preds: dict[str, tuple[np.ndarray, np.ndarray | None]], path: Path,
+) -> None:  # fmt: skip
+    """One plane through the slice axis (the centre column): nearest-upsampled LR input, each
+    method, truth, and for the first SA-INR model its |error| and gating mask."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = truth.shape[2] // 2
+    nearest = np.minimum(np.floor(grid.lower + grid.frac + 0.5).astype(np.int64), grid.n_lr - 1)
+    panels = [(f"LR input ×{factor:g} (nearest)", lr[nearest, :, x], "gray", 0.0, 1.0)]
+    panels += [(m.name, preds[m.name][0][:, :, x], "gray", 0.0, 1.0) for m in methods]
+    panels.append((TRUTH, truth[:, :, x], "gray", 0.0, 1.0))
+    first = next((m for m in methods if m.model is not None), None)
+    if first is not None:
+        pred, mask = preds[first.name]
+        error = np.abs(pred[:, :, x] - truth[:, :, x])
+        panels.append((f"|error| {first.name}", error, "magma", 0.0, max(float(error.max()), 1e-6)))
+        if mask is not None:
+            panels.append((f"gating mask {first.name}", mask[:, :, x], "gray", 0.0, 1.0))
+    aspect = case.spacing[0] / case.spacing[1]  # thin-slice spacing / in-plane spacing
+    height = float(np.clip(2.2 * truth.shape[0] * aspect / truth.shape[1], 1.2, 6.0))
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(2.2 * len(panels), height + 0.9), squeeze=False
+    )
+    for ax, (title, img, cmap, vmin, vmax) in zip(axes[0], panels, strict=True):
+        ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, aspect=aspect, origin="lower",
+                  interpolation="nearest")  # fmt: skip
+        ax.set_title(title, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].set_ylabel("thin-slice index ↑", fontsize=8)
+    fig.suptitle(f"{case.name}, {case.label}, ×{factor:g}, column {x}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """One line per row; empty cells where a metric does not apply."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, _FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(row.get(k)) for k in _FIELDS})
+
+
+def _csv_value(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _lookup(rows: list[dict]) -> tuple[list[tuple[str, float]], dict]:
+    """Row keys (volume, factor) in order of appearance and (volume, factor, method) -> row."""
+    keys = list(dict.fromkeys((r["volume"], r["factor"]) for r in rows))
+    return keys, {(r["volume"], r["factor"], r["method"]): r for r in rows}
+
+
+def metric_table(rows: list[dict], metric: str, columns: list[str], fmt: str,
+                 gain_of: str | None = None) -> str:  # fmt: skip
+    """Markdown: one row per (volume, factor), one column per method, then the mean per factor
+    and overall. ``gain_of`` adds that method's margin over the better interpolator."""
+    keys, index = _lookup(rows)
+    header = ["volume", "factor", *columns] + ([f"{gain_of} − best interp."] if gain_of else [])
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+
+    def values(sel: list[tuple[str, float]]) -> list[float]:
+        cols = [np.mean([index[(v, f, c)][metric] for v, f in sel]) for c in columns]
+        if gain_of:
+            cols.append(np.mean([
+                index[(v, f, gain_of)][metric]
+                - max(index[(v, f, "linear")][metric], index[(v, f, "B-spline")][metric])
+                for v, f in sel
+            ]))  # fmt: skip
+        return cols
+
+    def line(label: str, factor: str, cols: list[float], bold: bool = False) -> str:
+        cells = [format(c, fmt) for c in cols]
+        if bold:
+            label, factor, cells = f"**{label}**", f"**{factor}**", [f"**{c}**" for c in cells]
+        return "| " + " | ".join([label, factor, *cells]) + " |"
+
+    for v, f in keys:
+        lines.append(line(v, f"×{f:g}", values([(v, f)])))
+    if len({v for v, _ in keys}) > 1:
+        for f in dict.fromkeys(f for _, f in keys):
+            lines.append(line("mean", f"×{f:g}", values([k for k in keys if k[1] == f]), True))
+    if len(keys) > 1:
+        lines.append(line("mean", "all", values(keys), True))
+    return "\n".join(lines)
+
+
+def gating_table(rows: list[dict], method: Method) -> str:
+    """Gated vs ungated: fraction attended, PSNR, LASA GMACs per slab (ours), wall time."""
+    keys, index = _lookup(rows)
+    cfg = method.model.config
+    lines = [
+        "| volume | factor | attended | PSNR gated | PSNR ungated | Δ dB | LASA GMAC/slab (ours) "
+        "gated | ungated | time gated (s) | ungated (s) |",
+        "|---" * 10 + "|",
+    ]
+    for v, f in keys:
+        g, u = index[(v, f, method.name)], index[(v, f, f"{method.name} (ungated)")]
+        lasa_g = slab_macs(cfg, f, g["attended"])["lasa"] / 1e9
+        lasa_u = slab_macs(cfg, f, 1.0)["lasa"] / 1e9
+        lines.append(
+            f"| {v} | ×{f:g} | {100 * g['attended']:.1f} % | {g['psnr']:.3f} | {u['psnr']:.3f} | "
+            f"{g['psnr'] - u['psnr']:+.3f} | {lasa_g:.2f} | {lasa_u:.2f} | "
+            f"{g['seconds']:.2f} | {u['seconds']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def flops_report(
+    models: list[tuple[str, str, SAINR]], factors: tuple[float, ...], attended: dict[str, float]
+) -> str:
+    """GMAC tables per 256 x 256 x 2 slab for each model (at its measured gated fraction when
+    known, else the paper's budget of 20 %) and for the paper's configuration."""
+    parts = []
+    for name, _, model in models:
+        frac = attended.get(name, 0.2)
+        which = "measured mean" if name in attended else "paper's budget"
+        gate = f"; gated fraction = {which} {100 * frac:.0f} %" if model.gate is not None else ""
+        parts.append(f"**{name}** ({_config_text(model.config)}{gate})\n\n"
+                     + flops_table(model.config, factors, frac))  # fmt: skip
+    parts.append("**Paper configuration** (C=64, B=8, hidden 256, 5 layers, 7×7 window; "
+                 "Table III: 288.6/302.6/316.5 no LASA, 447.3/514.2/580.3 LASA, "
+                 "320.3/344.9/369.4 gated 20 % at ×2/×3/×4)\n\n"
+                 + flops_table(ModelConfig(), (2.0, 3.0, 4.0), 0.2))  # fmt: skip
+    return "\n\n".join(parts)
+
+
+def _config_text(cfg: ModelConfig) -> str:
+    return ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
+
+
+def configuration(
+    cases: list[Case], models: list[tuple[str, str, SAINR]], factors: tuple[float, ...],
+    args: argparse.Namespace, device: torch.device,
+) -> list[str]:  # fmt: skip
+    """Markdown bullet lines describing exactly what was run."""
+    lines = [f"- volume `{c.name}`: slice axis {c.label}, HR {c.hr.shape[0]} slices × "
+             f"{c.hr.shape[1]}×{c.hr.shape[2]} in-plane, spacing {c.spacing[0]:g} mm "
+             f"(in-plane {c.spacing[1]:g}×{c.spacing[2]:g} mm)" for c in cases]  # fmt: skip
+    for name, source, model in models:
+        n_params = sum(p.numel() for p in model.parameters())
+        lines.append(f"- model `{name}` from `{source}`: {_config_text(model.config)}; "
+                     f"{n_params:,} parameters")  # fmt: skip
+    crop = f"{args.crop}×{args.crop} in-plane centre crop" if args.crop else "none (full volumes)"
+    lines += [
+        f"- factors: {', '.join(f'×{f:g}' for f in factors)}; crop: {crop}",
+        f"- device: {device}; torch threads: {torch.get_num_threads()}; torch {torch.__version__}; "
+        f"sainr {__version__}; Python {platform.python_version()}",
+        "- LR simulation: HR slices at positions 0, r, 2r, … (linear between HR slices for "
+        "non-integer r); output grid = HR grid, truth = HR slices 0 … n_H−1",
+        "- intensities: every metric in the units of the HR volume's robust scale "
+        "(0.5th → 0, 99.5th percentile → 1), shared by all methods; PSNR equals the PSNR in "
+        "the file's units when the 0.5th percentile is 0 (volumes with background)",
+        "- PSNR: MAX = truth max, prediction clipped to [0, MAX]; SSIM: 3D, scikit-image "
+        "defaults (7-voxel uniform window), L = max − min of the truth, prediction clipped to "
+        "[min, max] of the truth",
+        f"- S3: mean over at most {args.max_slices} planes [:, :, x] containing the slice axis "
+        "(x evenly spaced), intensities clipped to [0, 1]; 'ground truth' gives the reference",
+        "- time: wall-clock seconds per method and volume (SA-INR: encoder + all queries)",
+    ]
+    return lines
+
+
+def report(
+    rows: list[dict], methods: list[Method], config: list[str],
+    models: list[tuple[str, str, SAINR]], factors: tuple[float, ...],
+) -> str:  # fmt: skip
+    """results.md: configuration, PSNR/SSIM/S3/time tables, gating and GFLOPs sections."""
+    names = [m.name for m in methods]
+    scored = [r for r in rows if r["method"] != TRUTH]
+    first = next((m.name for m in methods if m.model is not None), None)
+    parts = [
+        "# SA-INR evaluation",
+        "## Configuration\n\n" + "\n".join(config),
+        "## PSNR (dB)\n\n" + metric_table(scored, "psnr", names, ".2f", gain_of=first),
+        "## SSIM\n\n" + metric_table(scored, "ssim", names, ".4f"),
+        "## S3 sharpness\n\n" + metric_table(rows, "s3", names + [TRUTH], ".4f"),
+        "## Wall time (s)\n\n" + metric_table(scored, "seconds", names, ".2f"),
+    ]
+    for m in methods:
+        if m.gated:
+            parts.append(f"## Gating: `{m.name}` gated vs ungated\n\n" + gating_table(rows, m))
+    attended = {
+        m.name: float(np.mean([r["attended"] for r in rows if r["method"] == m.name]))
+        for m in methods if m.gated
+    }  # fmt: skip
+    parts.append("## GMACs per 256×256×2 slab (the paper's \"GFLOPs\")\n\n"
+                 + flops_report(models, factors, attended))  # fmt: skip
+    return "\n\n".join(parts) + "\n"
