@@ -50,7 +50,7 @@ from .io import read_volume, volume_suffix
 from .metrics import psnr, s3_volume, ssim
 from .model import SAINR, ModelConfig
 from .validation import check_image, check_values
-from .weights import DEFAULT_MODEL, catalog, load_model
+from .weights import DEFAULT_MODEL, catalog, load_model, resolve
 
 DEFAULT_FACTORS = (2.0, 2.5, 3.0, 4.0)
 TRUTH = "ground truth"
@@ -181,7 +181,8 @@ def _load_models(specs: list[str]) -> list[tuple[str, str, SAINR]]:
     if not specs:
         try:
             if DEFAULT_MODEL in catalog():
-                return [(DEFAULT_MODEL, f"shipped '{DEFAULT_MODEL}'", load_model(None))]
+                shipped = f"{resolve(None)[0].name} (shipped as '{DEFAULT_MODEL}')"
+                return [(DEFAULT_MODEL, shipped, load_model(None))]
         except WeightsError as exc:
             print(f"note: no shipped model ({exc}); evaluating interpolation only", file=sys.stderr)
         return []
@@ -450,7 +451,7 @@ def configuration(
              f"(in-plane {c.spacing[1]:g}×{c.spacing[2]:g} mm)" for c in cases]  # fmt: skip
     for name, source, model in models:
         n_params = sum(p.numel() for p in model.parameters())
-        lines.append(f"- model `{name}` from `{source}`: {_config_text(model.config)}; "
+        lines.append(f"- model `{name}` from {source}: {_config_text(model.config)}; "
                      f"{n_params:,} parameters")  # fmt: skip
     crop = f"{args.crop}×{args.crop} in-plane centre crop" if args.crop else "none (full volumes)"
     lines += [
