@@ -1,0 +1,372 @@
+"""The Slicer module's Logic on real MRML (slicer-core, no Slicer application), with the
+shipped default model: what a user of the panel or the Python console would notice.
+
+One oblique, permuted, left-handed real knee volume (3 mm slices along index axis j) under a
+parent transform is reduced once to 1 mm; most tests inspect that result. The other runs are
+small: an existing output node, a failing and a cancelled run, the console example.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import pathlib
+import tempfile
+import time
+
+import numpy as np
+import psutil
+import pytest
+import slicer
+import vtk
+
+import slicer_scene
+from slicer_scene import SAINRSlicer
+
+MASK_REFERENCE_ROLE = SAINRSlicer.MASK_REFERENCE_ROLE
+SAINRSlicerError = SAINRSlicer.SAINRSlicerError
+SAINRSlicerLogic = SAINRSlicer.SAINRSlicerLogic
+
+KNEE = slicer_scene.REPO / "Testing" / "Data" / "knee_qdess_crop_1p5mm.nii.gz"
+SLICE_SPACING = 3.0
+IN_PLANE = 0.3125
+TARGET = 1.0
+N_SLICES = 12
+#: floor((12 - 1) * 3.0 / 1.0) + 1 thin slices: the last one lies on the last acquired slice.
+N_THIN = 34
+
+
+def rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    cx, sx, cy, sy, cz, sz = (f(a) for a in (ax, ay, az) for f in (math.cos, math.sin))
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+#: Oblique and left-handed (j flipped), as DICOM-derived grids often are.
+DIRECTIONS = rotation(0.3, -0.2, 0.25) @ np.diag([1.0, -1.0, 1.0])
+ORIGIN = np.array([12.5, -30.25, 40.0])
+
+
+def thick_knee_slices_on_j() -> np.ndarray:
+    """Real knee, every second 1.5 mm slice (3 mm), 48 x 48 in-plane, slices on index axis j."""
+    array = slicer_scene.readArray(KNEE)[::2][:N_SLICES, 8:56, 8:56]  # (k=slice, j, i)
+    return np.ascontiguousarray(np.transpose(array, (1, 0, 2)))  # (k, j=slice, i)
+
+
+def matrix_array(node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def node_count(scene) -> int:
+    return scene.GetNumberOfNodes()
+
+
+@pytest.fixture(scope="module")
+def reduced(tmp_path_factory):
+    """The knee reduced to 1 mm once, in a scene with a study folder and a parent transform."""
+    handles = slicer_scene.newScene()
+    scene = handles.scene
+    array = thick_knee_slices_on_j()
+    spacing = (IN_PLANE, SLICE_SPACING, IN_PLANE)
+    knee = slicer_scene.addVolume(
+        scene, array, slicer_scene.ijkToRAS(DIRECTIONS, spacing, ORIGIN), "knee"
+    )
+    knee.GetDisplayNode().SetAutoWindowLevel(False)
+    knee.GetDisplayNode().SetWindowLevel(1234.0, 567.0)
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "table shift")
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(0, 3, 5.0)
+    transform.SetMatrixTransformToParent(shift)
+    knee.SetAndObserveTransformNodeID(transform.GetID())
+    shNode = scene.GetSubjectHierarchyNode()
+    study = shNode.CreateStudyItem(shNode.CreateSubjectItem(shNode.GetSceneItemID(), "P"), "S")
+    shNode.CreateItem(study, knee)
+
+    before = {"array": array.copy(), "matrix": matrix_array(knee), "nodes": node_count(scene)}
+    reports = []
+    temp = tmp_path_factory.mktemp("temp")
+    saved, tempfile.tempdir = tempfile.tempdir, str(temp)
+    try:
+        started = time.monotonic()
+        output = SAINRSlicerLogic(handles.applicationLogic).process(
+            knee, TARGET, progressCallback=lambda f, m: reports.append((f, m))
+        )
+        seconds = time.monotonic() - started
+    finally:
+        tempfile.tempdir = saved
+    return dict(
+        handles=handles, scene=scene, knee=knee, output=output, study=study, transform=transform,
+        before=before, reports=reports, temp=temp, seconds=seconds,
+    )  # fmt: skip
+
+
+def test_output_grid_changes_only_the_slice_axis(reduced):
+    output = reduced["output"]
+    assert output.GetImageData().GetDimensions() == (48, N_THIN, 48)
+    expected = np.eye(4)
+    expected[:3, :3] = DIRECTIONS @ np.diag((IN_PLANE, TARGET, IN_PLANE))
+    expected[:3, 3] = ORIGIN
+    np.testing.assert_allclose(matrix_array(output), expected, atol=1e-9)
+
+
+def test_every_thin_slice_lies_where_expected_in_patient_space(reduced):
+    """Thin slice j at origin + j * 1 mm along the slice direction; thin slice 3m lies exactly
+    on acquired slice m (corner-aligned grid, no half-voxel shift)."""
+    output, knee = reduced["output"], reduced["knee"]
+    out_matrix, in_matrix = matrix_array(output), matrix_array(knee)
+    for j in range(N_THIN):
+        centre = out_matrix @ [24, j, 24, 1]
+        expected = ORIGIN + DIRECTIONS @ [24 * IN_PLANE, j * TARGET, 24 * IN_PLANE]
+        np.testing.assert_allclose(centre[:3], expected, atol=1e-9)
+    for m in range(N_SLICES):
+        np.testing.assert_allclose(
+            out_matrix @ [0, 3 * m, 0, 1], in_matrix @ [0, m, 0, 1], atol=1e-9
+        )
+
+
+def test_thin_slices_on_acquired_positions_show_the_acquired_anatomy(reduced):
+    """Voxels landed in the right place: no axis swapped or flipped on the way through NRRD,
+    the core (LPS) and back."""
+    acquired = reduced["before"]["array"].astype(float)
+    thin = slicer.util.arrayFromVolume(reduced["output"]).astype(float)
+    for m in range(N_SLICES):
+        correlation = np.corrcoef(acquired[:, m, :].ravel(), thin[:, 3 * m, :].ravel())[0, 1]
+        assert correlation > 0.9, (m, correlation)
+
+
+def test_result_is_named_displayed_and_placed_like_the_input(reduced):
+    output, scene = reduced["output"], reduced["scene"]
+    assert output.GetName() == "knee_1.0mm"
+    assert slicer.util.arrayFromVolume(output).dtype == np.int16
+    display = output.GetDisplayNode()
+    assert (display.GetWindow(), display.GetLevel()) == (1234.0, 567.0)
+    assert not display.GetAutoWindowLevel()
+    assert output.GetTransformNodeID() == reduced["transform"].GetID()
+    shNode = scene.GetSubjectHierarchyNode()
+    assert shNode.GetItemParent(shNode.GetItemByDataNode(output)) == reduced["study"]
+
+
+def test_gating_mask_is_a_labelmap_on_the_output_grid(reduced):
+    output, scene = reduced["output"], reduced["scene"]
+    mask = output.GetNodeReference(MASK_REFERENCE_ROLE)
+    assert mask.IsA("vtkMRMLLabelMapVolumeNode") and mask.GetName() == "knee_1.0mm_gating"
+    assert mask.GetImageData().GetDimensions() == output.GetImageData().GetDimensions()
+    np.testing.assert_array_equal(matrix_array(mask), matrix_array(output))
+    values = slicer.util.arrayFromVolume(mask)
+    assert set(np.unique(values)) <= {0, 1}
+    assert mask.GetTransformNodeID() == reduced["transform"].GetID()
+    shNode = scene.GetSubjectHierarchyNode()
+    assert shNode.GetItemParent(shNode.GetItemByDataNode(mask)) == reduced["study"]
+
+
+def test_input_node_and_scene_are_otherwise_unchanged(reduced):
+    knee, before = reduced["knee"], reduced["before"]
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(knee), before["array"])
+    np.testing.assert_array_equal(matrix_array(knee), before["matrix"])
+    assert knee.GetStorageNode() is None  # the temporary NRRD left no trace on the node
+    added = node_count(reduced["scene"]) - before["nodes"]
+    assert added == 4  # output + mask, each with a display node
+    assert not list(reduced["temp"].iterdir())  # the temporary folder is gone
+
+
+def test_progress_reaches_one_with_percentages(reduced):
+    fractions = [f for f, _ in reduced["reports"]]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any("%" in message for _, message in reduced["reports"])
+    assert reduced["reports"][-1][1].startswith("Done in")
+
+
+def test_compare_shows_input_left_output_right_cut_through_the_slice_axis(reduced):
+    handles, knee, output = reduced["handles"], reduced["knee"], reduced["output"]
+    scene = reduced["scene"]
+    logic = SAINRSlicerLogic(handles.applicationLogic)
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
+    red = scene.GetSingletonNode("Red", "vtkMRMLSliceNode")
+    red_before = slicer.util.arrayFromVTKMatrix(red.GetSliceToRAS()).copy()
+
+    snapshot = logic.showComparison(knee, output, showMask=True, maskOpacity=0.4)
+
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+    mask = output.GetNodeReference(MASK_REFERENCE_ROLE)
+    expected = {"Red": (knee, None), "Yellow": (output, mask)}
+    slice_direction = DIRECTIONS[:, 1]
+    for name, (background, label) in expected.items():
+        composite = scene.GetSingletonNode(name, "vtkMRMLSliceCompositeNode")
+        assert composite.GetBackgroundVolumeID() == background.GetID()
+        assert composite.GetForegroundVolumeID() is None
+        assert composite.GetLabelVolumeID() == (label.GetID() if label else None)
+        assert composite.GetLinkedControl()
+        normal = slicer.util.arrayFromVTKMatrix(
+            scene.GetSingletonNode(name, "vtkMRMLSliceNode").GetSliceToRAS()
+        )[:3, 2]
+        assert abs(normal @ slice_direction) < 1e-6  # the view plane contains the slice axis
+    yellow = scene.GetSingletonNode("Yellow", "vtkMRMLSliceCompositeNode")
+    assert yellow.GetLabelOpacity() == pytest.approx(0.4)
+
+    logic.setMaskOverlay(output, False, 0.4)
+    assert yellow.GetLabelVolumeID() is None
+
+    logic.restoreLayout(snapshot)
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView
+    for name in ("Red", "Yellow"):
+        composite = scene.GetSingletonNode(name, "vtkMRMLSliceCompositeNode")
+        assert composite.GetBackgroundVolumeID() is None and not composite.GetLinkedControl()
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(red.GetSliceToRAS()), red_before)
+
+
+def test_mask_overlay_colours_the_gated_voxels_in_the_output_view(reduced):
+    """Rendered like Slicer's slice view (vtkMRMLSliceLogic blends the layers): the overlay
+    changes exactly the pixels of gated voxels."""
+    handles, knee, output = reduced["handles"], reduced["knee"], reduced["output"]
+    logic = SAINRSlicerLogic(handles.applicationLogic)
+    snapshot = logic.showComparison(knee, output, showMask=False, maskOpacity=1.0)
+    plain = handles.sliceImage("Yellow", 200, 200)
+    logic.setMaskOverlay(output, True, 1.0)
+    overlaid = handles.sliceImage("Yellow", 200, 200)
+    logic.restoreLayout(snapshot)
+    changed = np.any(plain[..., :3] != overlaid[..., :3], axis=-1)
+    assert 0 < changed.mean() < 1
+
+
+@pytest.fixture
+def small_scene():
+    """A fresh scene with a small axial volume: 32 x 32 x 8 slices at 0.5 x 0.5 x 3 mm."""
+    handles = slicer_scene.newScene()
+    array = slicer_scene.readArray(KNEE)[::2][:8, 16:48, 16:48]
+    matrix = slicer_scene.ijkToRAS(np.diag([-1.0, -1.0, 1.0]), (0.5, 0.5, 3.0), (0.0, 0.0, 0.0))
+    volume = slicer_scene.addVolume(handles.scene, array, matrix, "small")
+    return handles, volume
+
+
+def test_existing_output_node_is_updated_in_place_and_its_mask_reused(small_scene):
+    handles, volume = small_scene
+    scene = handles.scene
+    target = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "my result")
+    logic = SAINRSlicerLogic()
+    assert logic.process(volume, 1.5, outputVolume=target, device="cpu") is target
+    assert target.GetName() == "my result"
+    assert target.GetImageData().GetDimensions() == (32, 32, 15)
+    mask = target.GetNodeReference(MASK_REFERENCE_ROLE)
+    nodes = node_count(scene)
+    logic.process(volume, 1.0, outputVolume=target, device="cpu")
+    assert target.GetImageData().GetDimensions() == (32, 32, 22)
+    assert target.GetNodeReference(MASK_REFERENCE_ROLE) is mask
+    assert mask.GetImageData().GetDimensions() == (32, 32, 22)
+    assert node_count(scene) == nodes
+
+
+def test_impossible_target_raises_the_core_reason_and_adds_nothing(small_scene):
+    handles, volume = small_scene
+    nodes = node_count(handles.scene)
+    with pytest.raises(SAINRSlicerError, match="not smaller than the current slice spacing 3 mm"):
+        SAINRSlicerLogic().process(volume, 3.5)
+    label = handles.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "seg")
+    with pytest.raises(SAINRSlicerError, match="seg is a labelmap"):
+        SAINRSlicerLogic().process(label, 1.0)
+    assert node_count(handles.scene) == nodes + 1
+
+
+def test_error_inside_the_process_reaches_the_caller_and_adds_nothing(small_scene, tmp_path):
+    handles, volume = small_scene
+    garbage = tmp_path / "weights.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    nodes = node_count(handles.scene)
+    with pytest.raises(SAINRSlicerError, match=r"cannot read weights weights\.pt"):
+        SAINRSlicerLogic().process(volume, 1.0, weights=str(garbage))
+    assert node_count(handles.scene) == nodes
+
+
+def test_cancel_mid_run_stops_the_process_within_a_second_and_adds_nothing():
+    handles = slicer_scene.newScene()
+    array = slicer_scene.readArray(KNEE)[::2]  # 64 x 64 x 20 slices: a few seconds of work
+    matrix = slicer_scene.ijkToRAS(np.eye(3), (IN_PLANE, IN_PLANE, SLICE_SPACING), (0, 0, 0))
+    volume = slicer_scene.addVolume(handles.scene, array, matrix, "knee")
+    nodes = node_count(handles.scene)
+    run = SAINRSlicerLogic().start(volume, 0.5)
+    deadline = time.monotonic() + 60
+    while run.poll() and run.fraction == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert run.running and 0 < run.fraction < 1
+    started = time.monotonic()
+    run.cancel()
+    assert time.monotonic() - started < 1.0
+    assert not psutil.pid_exists(run.pid)
+    assert run.state == run.CANCELLED and "unchanged" in run.message
+    assert not run.outputPath.parent.exists()
+    assert node_count(handles.scene) == nodes
+    assert not run.poll()
+
+
+def test_parameters_survive_saving_and_loading_the_scene(tmp_path):
+    handles = slicer_scene.newScene()
+    scene = handles.scene
+    knee = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "knee")
+    result = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "knee_0.5mm")
+    parameters = SAINRSlicerLogic().getParameterNode()
+    assert (parameters.targetSpacing, parameters.device, parameters.model) == (
+        1.0,
+        "auto",
+        "default",
+    )
+    parameters.inputVolume = knee
+    parameters.resultVolume = result
+    parameters.targetSpacing = 0.5
+    parameters.device = "cpu"
+    parameters.model = SAINRSlicer.WEIGHTS_FILE
+    parameters.weightsPath = pathlib.Path("/data/my model.pt")
+    parameters.showGatingMask = False
+    parameters.maskOpacity = 0.3
+    with pytest.raises(ValueError):
+        parameters.device = "gpu"
+    with pytest.raises(ValueError):
+        parameters.targetSpacing = 50.0
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert scene.Commit()
+
+    loaded = slicer_scene.newScene().scene
+    loaded.SetURL(str(tmp_path / "scene.mrml"))
+    assert loaded.Import()
+    restored = SAINRSlicerLogic().getParameterNode()
+    assert restored.parameterNode.GetScene() is loaded
+    assert restored.inputVolume.GetName() == "knee"
+    assert restored.resultVolume.GetName() == "knee_0.5mm"
+    assert restored.outputVolume is None
+    assert (restored.targetSpacing, restored.device, restored.model) == (0.5, "cpu", "file")
+    assert restored.weightsPath == pathlib.Path("/data/my model.pt")
+    assert (restored.showGatingMask, restored.maskOpacity) == (False, 0.3)
+
+
+def test_console_example_of_the_help_runs_as_written():
+    handles = slicer_scene.newScene()
+    scene = handles.scene
+    array = slicer_scene.readArray(KNEE)[::2][:6, 24:40, 24:40]
+    slicer_scene.addVolume(
+        scene, array, slicer_scene.ijkToRAS(np.eye(3), (0.5, 0.5, 3.0), (0, 0, 0)), "thick"
+    )
+    slicer_scene.addVolume(
+        scene, array, slicer_scene.ijkToRAS(np.eye(3), (1.0, 1.0, 1.0), (0, 0, 0)), "iso"
+    )
+    scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "segmentation")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(SAINRSlicer.CONSOLE_EXAMPLE, {"slicer": slicer})
+    lines = printed.getvalue().splitlines()
+    assert lines[0] == "thick -> thick_1.0mm"
+    assert lines[1].startswith("iso: skipped (cannot tell the slice axis")
+    assert len(lines) == 2
+    assert scene.GetFirstNodeByName("thick_1.0mm").GetImageData().GetDimensions() == (16, 16, 16)
+
+
+def test_torch_probe_reports_the_subprocess_torch():
+    import torch
+
+    info = SAINRSlicerLogic().torchInfo()
+    assert info["torch"] == torch.__version__
+    assert len(info["gpus"]) == torch.cuda.device_count()
+    assert torch.__version__ in SAINRSlicer.describeTorch(info)

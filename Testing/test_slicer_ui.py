@@ -1,0 +1,173 @@
+"""The panel without the Slicer application: the .ui file against the Widget code and the
+parameter node, and the texts the panel shows.
+
+The Widget itself needs Qt; what can go wrong between it and the .ui file (a renamed widget, a
+wrong class, a binding Slicer's parameterNodeWrapper cannot make) is checked statically here.
+"""
+
+from __future__ import annotations
+
+import html
+import pathlib
+import re
+import typing
+import xml.etree.ElementTree as ET
+
+import pytest
+import slicer
+
+import slicer_scene
+from slicer_scene import SAINRSlicer
+
+UI_FILE = slicer_scene.REPO / "Resources" / "UI" / "SAINRSlicer.ui"
+MODULE_FILE = slicer_scene.MODULE_DIR / "SAINRSlicer.py"
+
+#: Class each widget the Widget code uses must have (what the code calls on it depends on it).
+EXPECTED_CLASSES = {
+    "inputSelector": "qMRMLNodeComboBox",
+    "spacingLabel": "QLabel",
+    "axisLabel": "QLabel",
+    "targetSpacingSpinBox": "QDoubleSpinBox",
+    "isotropicButton": "QPushButton",
+    "outputSizeLabel": "QLabel",
+    "deviceComboBox": "QComboBox",
+    "deviceInfoLabel": "QLabel",
+    "modelComboBox": "QComboBox",
+    "weightsPathLineEdit": "ctkPathLineEdit",
+    "outputSelector": "qMRMLNodeComboBox",
+    "applyButton": "QPushButton",
+    "progressBar": "QProgressBar",
+    "statusLabel": "QLabel",
+    "showMaskCheckBox": "QCheckBox",
+    "maskOpacitySlider": "ctkSliderWidget",
+    "compareButton": "QPushButton",
+    "restoreLayoutButton": "QPushButton",
+}
+
+#: (widget class, parameter type) pairs Slicer's parameterNodeWrapper GUI connectors accept
+#: (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py; they match the exact class).
+CONNECTABLE = {
+    ("QCheckBox", bool),
+    ("QPushButton", bool),
+    ("QSpinBox", int),
+    ("QSlider", int),
+    ("QDoubleSpinBox", float),
+    ("ctkSliderWidget", float),
+    ("QComboBox", str),
+    ("QLineEdit", str),
+    ("ctkPathLineEdit", pathlib.Path),
+    ("qMRMLNodeComboBox", slicer.vtkMRMLNode),
+}
+
+
+def widgets() -> dict[str, ET.Element]:
+    return {w.get("name"): w for w in ET.parse(UI_FILE).getroot().iter("widget")}
+
+
+def used_names() -> set[str]:
+    return set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
+
+
+def parameter_hints() -> dict[str, object]:
+    return typing.get_type_hints(SAINRSlicer.SAINRSlicerParameterNode, include_extras=True)
+
+
+def bindings() -> dict[str, ET.Element]:
+    """Parameter name -> widget, from the SlicerParameterName properties."""
+    found = {}
+    for widget in widgets().values():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                found[prop.findtext("string")] = widget
+    return found
+
+
+def test_every_widget_the_code_uses_exists_with_the_right_class():
+    ui = widgets()
+    assert used_names() == set(EXPECTED_CLASSES)
+    for name, cls in EXPECTED_CLASSES.items():
+        assert name in ui, f"{name} is used by the Widget but missing in the .ui"
+        assert ui[name].get("class") == cls, name
+
+
+def test_root_is_a_mrml_widget_and_custom_widgets_are_declared():
+    root = ET.parse(UI_FILE).getroot()
+    assert root.find("widget").get("class") == "qMRMLWidget"
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    assert {c for c in used if c.startswith(("ctk", "qMRML"))} <= declared
+    receivers = {c.findtext("receiver") for c in root.iter("connection")}
+    assert receivers == {"inputSelector", "outputSelector"}  # both get the scene
+
+
+@pytest.mark.parametrize("parameter", sorted(bindings()))
+def test_bound_widgets_can_be_connected_by_the_parameter_node_wrapper(parameter):
+    hints = parameter_hints()
+    assert parameter in hints, f"the .ui binds {parameter}, which the parameter node lacks"
+    hint = hints[parameter]
+    base, extras = (typing.get_args(hint)[0], typing.get_args(hint)[1:]) if (
+        typing.get_origin(hint) is typing.Annotated
+    ) else (hint, ())  # fmt: skip
+    if isinstance(base, type) and issubclass(base, slicer.vtkMRMLNode):
+        base = slicer.vtkMRMLNode
+    cls = bindings()[parameter].get("class")
+    assert (cls, base) in CONNECTABLE
+    if cls == "QComboBox":  # the connector fills the items from a Choice
+        assert any(isinstance(e, SAINRSlicer.Choice) for e in extras)
+    if cls == "ctkSliderWidget":  # the connector refuses unbounded floats
+        assert any(isinstance(e, SAINRSlicer.WithinRange) for e in extras)
+
+
+def test_input_selector_offers_image_volumes_only():
+    ui = widgets()
+    props = {p.get("name"): p for p in ui["inputSelector"].findall("property")}
+    assert props["nodeTypes"].findtext("stringlist/string") == "vtkMRMLScalarVolumeNode"
+    assert props["showChildNodeTypes"].findtext("bool") == "false"  # no labelmaps
+    output = {p.get("name"): p for p in ui["outputSelector"].findall("property")}
+    for flag in ("noneEnabled", "addEnabled", "renameEnabled"):
+        assert output[flag].findtext("bool") == "true"
+
+
+def test_panel_needs_the_application_but_the_logic_does_not():
+    with pytest.raises(RuntimeError, match="needs the 3D Slicer application"):
+        SAINRSlicer.SAINRSlicerWidget()
+    slicer_scene.newScene()
+    assert SAINRSlicer.SAINRSlicerLogic().getParameterNode().targetSpacing == 1.0
+
+
+def test_help_shows_the_console_example():
+    assert html.escape(SAINRSlicer.CONSOLE_EXAMPLE) in SAINRSlicer.helpText()
+
+
+@pytest.mark.parametrize(
+    "info, expected",
+    [
+        ({"torch": "2.5.1+cu121", "gpus": [{"name": "NVIDIA RTX A4000", "memoryGB": 15.7}]},
+         "PyTorch 2.5.1+cu121 · GPU: NVIDIA RTX A4000 (16 GB)"),
+        ({"torch": "2.13.0+cpu", "gpus": []}, "PyTorch 2.13.0+cpu · no usable GPU: runs on the CPU (slower)"),
+        ({"torch": None}, "PyTorch is not installed: it is installed through the PyTorch extension at the first run."),
+        ({"torch": None, "error": "OSError: libcudnn.so.9 missing"}, "PyTorch does not load: OSError: libcudnn.so.9 missing"),
+    ],
+)  # fmt: skip
+def test_device_line_says_what_pytorch_can_use(info, expected):
+    assert SAINRSlicer.describeTorch(info) == expected
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (1.0, "1.0"),
+        (0.75, "0.75"),
+        (0.5, "0.5"),
+        (2.0, "2.0"),
+        (0.3125, "0.3125"),
+        (1 / 3, "0.3333"),
+    ],
+)
+def test_spacing_in_node_names(value, text):
+    assert SAINRSlicer.formatMillimetres(value) == text
+
+
+@pytest.mark.parametrize("seconds, text", [(8.4, "8 s"), (125, "2 min 5 s"), (3780, "1 h 3 min")])
+def test_remaining_time_wording(seconds, text):
+    assert SAINRSlicer.formatDuration(seconds) == text
