@@ -21,6 +21,7 @@ import html
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -653,8 +654,13 @@ class ReductionRun:
         on stderr."""
         if stream == "stdout":
             parts = line.split()
-            if len(parts) == 3 and parts[0] == "PROGRESS" and int(parts[2]) > 0:
-                self._setProgress(int(parts[1]) / int(parts[2]))
+            if (
+                len(parts) == 3
+                and parts[0] == "PROGRESS"
+                and parts[1].isdigit()
+                and parts[2].isdigit()
+            ):
+                self._setProgress(int(parts[1]) / max(int(parts[2]), 1))
             return
         self._stderrTail.append(line)
         if line.startswith("note: "):
@@ -680,16 +686,16 @@ class ReductionRun:
 
     def _finish(self) -> None:
         self._finished = time.monotonic()
-        self.state = self.FAILED  # until the result is in the scene
         try:
             if self._process.returncode != 0:
-                self.error = self._failureMessage()
-                return
+                raise SAINRSlicerError(self._failureMessage())
             self._importResults()
-            self.fraction = 1.0
-            self.state = self.SUCCEEDED
-        except SAINRSlicerError as error:
-            self.error = str(error)
+        except Exception as error:
+            self.state, self.error = self.FAILED, str(error)
+            if not isinstance(error, SAINRSlicerError):
+                raise
+        else:
+            self.fraction, self.state = 1.0, self.SUCCEEDED
         finally:
             self._removeTempDir()
 
@@ -977,7 +983,7 @@ class SAINRSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     parameters.device,
                     weights=self._selectedWeights(),
                 )
-        except SAINRSlicerError as error:
+        except (SAINRSlicerError, OSError) as error:
             self._showStatus(_("Cannot start: {reason}").format(reason=error), error=True)
             return
         self._setRunning(True)
@@ -991,15 +997,14 @@ class SAINRSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onTimer(self) -> None:
         run = self._run
-        running = False
         with slicer.util.tryWithErrorDisplay(
             _("Reading the SA-INR result failed."), waitCursor=False
         ):
-            running = run.poll()
-        if running:
-            self.ui.progressBar.value = int(100 * run.fraction)
-            self._showStatus(run.message)
-            return
+            if run.poll():
+                self.ui.progressBar.value = int(100 * run.fraction)
+                self._showStatus(run.message)
+                return
+        run.cancel()  # only does something if poll() failed: leave no process behind
         self._showStatus(run.message, error=run.state == ReductionRun.FAILED)
         self._endRun()
         if run.state == ReductionRun.SUCCEEDED:
@@ -1266,8 +1271,6 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
 
     def modelCatalog(self) -> dict[str, dict]:
         """Shipped models (name -> entry of Resources/Models/models.json); empty if none."""
-        import json
-
         try:
             path = resourcePath("Models/models.json")
         except FileNotFoundError:
@@ -1276,17 +1279,19 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
 
     def torchInfo(self, timeout: float = 120.0) -> dict:
         """PyTorch version and GPUs as the subprocess sees them, without importing torch here:
-        {"torch": version or None, "cuda": build or None, "gpus": [{"name", "memoryGB"}]}."""
-        import json
-
-        result = subprocess.run(
-            [_pythonExecutable(), "-c", _TORCH_PROBE],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=_subprocessEnvironment(),
-            **_noConsoleWindow(),
-        )
+        {"torch": version or None, "cuda": build or None, "gpus": [{"name", "memoryGB"}]}, or
+        {"torch": None, "error": reason} when the check itself fails."""
+        try:
+            result = subprocess.run(
+                [_pythonExecutable(), "-c", _TORCH_PROBE],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=_subprocessEnvironment(),
+                **_noConsoleWindow(),
+            )
+        except (SAINRSlicerError, OSError, subprocess.TimeoutExpired) as error:
+            return {"torch": None, "error": str(error)}
         if result.returncode != 0:
             lines = result.stderr.strip().splitlines()
             return {
