@@ -44,14 +44,15 @@ class SlicerScene:
     sliceLogics: dict[str, slicer.vtkMRMLSliceLogic]
 
     def sliceImage(self, viewName: str, width: int, height: int) -> np.ndarray:
-        """The RGBA picture a slice view shows (layers blended as in Slicer), without OpenGL."""
-        sliceNode = self.sliceLogics[viewName].GetSliceNode()
-        sliceNode.SetDimensions(width, height, 1)
+        """The RGBA picture a slice view of this size shows, fitted to its volumes, with the
+        layers blended as in Slicer (vtkMRMLSliceLogic's pipeline, no OpenGL); rows top-down."""
         logic = self.sliceLogics[viewName]
+        logic.GetSliceNode().SetDimensions(width, height, 1)
+        logic.FitSliceToAll()
         producer = logic.GetImageDataConnection().GetProducer()
         producer.Update()
         image = producer.GetOutputDataObject(0)
-        rows, cols = image.GetDimensions()[1], image.GetDimensions()[0]
+        cols, rows = image.GetDimensions()[:2]
         scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
         return scalars.reshape(rows, cols, -1)[::-1].copy()  # VTK rows run bottom-up
 

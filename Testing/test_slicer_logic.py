@@ -282,6 +282,19 @@ def test_error_inside_the_process_reaches_the_caller_and_adds_nothing(small_scen
     assert node_count(handles.scene) == nodes
 
 
+def test_core_notes_show_in_the_status_line(small_scene):
+    """The core reports fallbacks (GPU out of memory: smaller chunks, then the CPU) as
+    "note: ..." lines on stderr; the panel's status line shows the latest one."""
+    _handles, volume = small_scene
+    run = SAINRSlicerLogic().start(volume, 1.0)
+    run.handleLine("stderr", "note: CUDA out of memory; retrying with smaller chunks")
+    assert run.message.endswith("note: CUDA out of memory; retrying with smaller chunks")
+    run.handleLine("stdout", "PROGRESS 5 20")
+    assert run.fraction == 0.25 and "25 %" in run.message
+    run.wait()
+    assert run.notes == ["CUDA out of memory; retrying with smaller chunks"]
+
+
 def test_cancel_mid_run_stops_the_process_within_a_second_and_adds_nothing():
     handles = slicer_scene.newScene()
     array = slicer_scene.readArray(KNEE)[::2]  # 64 x 64 x 20 slices: a few seconds of work

@@ -1,15 +1,17 @@
-"""The panel without the Slicer application: the .ui file against the Widget code and the
-parameter node, and the texts the panel shows.
+"""The panel and the extension's packaging, checked without the Slicer application.
 
 The Widget itself needs Qt; what can go wrong between it and the .ui file (a renamed widget, a
-wrong class, a binding Slicer's parameterNodeWrapper cannot make) is checked statically here.
+wrong class, a binding Slicer's parameterNodeWrapper cannot make) is checked statically here,
+as are the texts the panel shows and what CMake and the .s4ext file ship and declare.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import pathlib
 import re
+import struct
 import typing
 import xml.etree.ElementTree as ET
 
@@ -171,3 +173,63 @@ def test_spacing_in_node_names(value, text):
 @pytest.mark.parametrize("seconds, text", [(8.4, "8 s"), (125, "2 min 5 s"), (3780, "1 h 3 min")])
 def test_remaining_time_wording(seconds, text):
     assert SAINRSlicer.formatDuration(seconds) == text
+
+
+# Extension packaging
+
+
+def cmake_list(name: str) -> list[str]:
+    text = (slicer_scene.MODULE_DIR / "CMakeLists.txt").read_text()
+    block = re.search(rf"set\({name}\n(.*?)\n  \)", text, re.S).group(1)
+    return [line.strip().replace("${MODULE_NAME}", "SAINRSlicer") for line in block.splitlines()]
+
+
+def extension_variables() -> dict[str, str]:
+    text = (slicer_scene.REPO / "CMakeLists.txt").read_text()
+    return dict(re.findall(r'set\(EXTENSION_(\w+) "([^"]*)"\)', text))
+
+
+def s4ext() -> dict[str, str]:
+    lines = (slicer_scene.REPO / "SAINRSlicer.s4ext").read_text().splitlines()
+    pairs = (line.split(" ", 1) for line in lines if line.strip() and not line.startswith("#"))
+    return {key: value for key, value in pairs}
+
+
+def test_every_core_file_is_installed_with_the_module():
+    module = slicer_scene.MODULE_DIR
+    on_disk = {str(p.relative_to(module)) for p in (module / "sainr").rglob("*.py")}
+    listed = cmake_list("MODULE_PYTHON_SCRIPTS")
+    assert listed[0] == "SAINRSlicer.py"
+    assert set(listed[1:]) == on_disk
+
+
+def test_every_shipped_resource_exists_including_the_catalog_models():
+    resources = slicer_scene.REPO / "Resources"
+    listed = cmake_list("MODULE_RESOURCES")
+    for resource in listed:
+        assert (resources / resource).is_file(), resource
+    catalog = json.loads((resources / "Models" / "models.json").read_text())["models"]
+    for entry in catalog.values():
+        assert f"Models/{entry['file']}" in listed
+    assert "Sample/knee_qdess_sag_3mm.nii.gz" in listed  # the self-test reduces it
+
+
+def test_s4ext_agrees_with_cmake():
+    cmake, index = extension_variables(), s4ext()
+    assert index["depends"] == cmake["DEPENDS"] == "PyTorch"
+    assert index["category"] == cmake["CATEGORY"] == "Filtering"
+    assert index["homepage"] == cmake["HOMEPAGE"] == index["scmurl"]
+    assert index["scm"] == "git"
+    for key in ("iconurl", "screenshoturls", "description", "contributors"):
+        cmake_key = {"iconurl": "ICONURL", "screenshoturls": "SCREENSHOTURLS"}.get(key, key.upper())
+        assert index[key] == cmake[cmake_key], key
+
+
+def test_icon_and_screenshots_named_by_the_urls_exist():
+    raw = "https://raw.githubusercontent.com/sainrslicer/SAINRSlicer/main/"
+    urls = [extension_variables()["ICONURL"], *extension_variables()["SCREENSHOTURLS"].split()]
+    for url in urls:
+        assert url.startswith(raw)
+        assert (slicer_scene.REPO / url.removeprefix(raw)).is_file(), url
+    header = (slicer_scene.REPO / "Resources" / "Icons" / "SAINRSlicer.png").read_bytes()[:24]
+    assert struct.unpack(">II", header[16:24]) == (128, 128)  # PNG IHDR width, height
