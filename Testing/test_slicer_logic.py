@@ -18,6 +18,7 @@ import time
 import numpy as np
 import psutil
 import pytest
+import SimpleITK as sitk
 import slicer
 import vtk
 
@@ -374,6 +375,22 @@ def test_console_example_of_the_help_runs_as_written():
     assert lines[1].startswith("iso: skipped (cannot tell the slice axis")
     assert len(lines) == 2
     assert scene.GetFirstNodeByName("thick_1.0mm").GetImageData().GetDimensions() == (16, 16, 16)
+
+
+def test_self_test_passes_on_a_crop_of_the_sample(monkeypatch, tmp_path):
+    """Slicer's self-test (SAINRSlicerTest), run headless on the central 48 x 48 columns of
+    the bundled sample (all 40 slices; the full sample takes a minute on one CPU thread)."""
+    sample = SAINRSlicer.resourcePath("Sample/knee_qdess_sag_3mm.nii.gz")
+    crop = tmp_path / sample.name
+    sitk.WriteImage(sitk.ReadImage(str(sample))[72:120, 72:120, :], str(crop))
+    find = SAINRSlicer.resourcePath
+    monkeypatch.setattr(
+        SAINRSlicer, "resourcePath", lambda path: crop if path.startswith("Sample/") else find(path)
+    )
+    slicer_scene.newScene()
+    SAINRSlicer.SAINRSlicerTest().runTest()
+    output = slicer.mrmlScene.GetFirstNodeByName("knee_qdess_sag_3mm_1.0mm")
+    assert output.GetImageData().GetDimensions() == (48, 48, 118)
 
 
 def test_torch_probe_reports_the_subprocess_torch():

@@ -12,6 +12,8 @@ import json
 import pathlib
 import re
 import struct
+import subprocess
+import sys
 import typing
 import xml.etree.ElementTree as ET
 
@@ -135,6 +137,26 @@ def test_panel_needs_the_application_but_the_logic_does_not():
         SAINRSlicer.SAINRSlicerWidget()
     slicer_scene.newScene()
     assert SAINRSlicer.SAINRSlicerLogic().getParameterNode().targetSpacing == 1.0
+
+
+def test_geometry_preview_keeps_torch_out_of_slicers_process():
+    """Spacing, slice axis and output size come from the core's geometry without importing
+    torch (which would slow the panel and block a later PyTorch install until restart)."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(slicer_scene.REPO / "Testing")!r})
+import numpy as np
+import slicer_scene
+scene = slicer_scene.newScene().scene
+matrix = slicer_scene.ijkToRAS(np.eye(3), (0.5, 0.5, 3.0), (0, 0, 0))
+volume = slicer_scene.addVolume(scene, np.zeros((8, 16, 16), np.int16), matrix, "v")
+plan = slicer_scene.SAINRSlicer.SAINRSlicerLogic().plan(volume, 1.0)
+print(plan.outputSize, plan.axisLabel, "torch" in sys.modules)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "(16, 16, 22) k (S-I, axial slices) False"
 
 
 def test_help_shows_the_console_example():
