@@ -12,6 +12,7 @@ import contextlib
 import io
 import math
 import pathlib
+import re
 import tempfile
 import time
 
@@ -375,6 +376,11 @@ def test_console_example_of_the_help_runs_as_written():
     assert lines[1].startswith("iso: skipped (cannot tell the slice axis")
     assert len(lines) == 2
     assert scene.GetFirstNodeByName("thick_1.0mm").GetImageData().GetDimensions() == (16, 16, 16)
+
+
+def test_readme_shows_the_console_example_that_runs_above():
+    readme = (slicer_scene.REPO / "README.md").read_text()
+    assert SAINRSlicer.CONSOLE_EXAMPLE in re.findall(r"```python\n(.*?)```", readme, re.S)
 
 
 def test_self_test_passes_on_a_crop_of_the_sample(monkeypatch, tmp_path):
