@@ -761,7 +761,8 @@ def helpText() -> str:
             "the acquired slices, with the gating mask (where SA-INR used slice attention) as an "
             "overlay.</p>"
             "<p>A GPU is used when PyTorch can use one (device <i>auto</i>); the CPU works too, "
-            "more slowly. PyTorch is installed through the PyTorch extension at the first run.</p>"
+            "more slowly. PyTorch is installed through the PyTorch extension at the first run. "
+            "Needs 3D Slicer 5.10 or later (Python 3.12).</p>"
             "<p>From the Python console, for every image volume in the scene:</p>"
         )
         + f"<pre>{html.escape(CONSOLE_EXAMPLE)}</pre>"
