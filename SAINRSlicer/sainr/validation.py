@@ -6,10 +6,12 @@ Checks what SA-INR needs of an input volume before any work is done, and raises 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputImageError
+from .errors import InputImageError, SpacingError
 from .geometry import check_direction, check_spacing
 
 #: Pixel types SA-INR accepts (scalar, real-valued).
@@ -18,10 +20,40 @@ SUPPORTED_TYPES = {
     sitk.sitkUInt32, sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64,
     sitk.sitkFloat32, sitk.sitkFloat64,
 }  # fmt: skip
+#: Refuse (unless forced) outputs whose result arrays would need more memory than this.
+MAX_RESULT_BYTES = 4 * 2**30
+#: Memory per output voxel besides the output itself: float32 result, uint8 gating mask and
+#: the float64 de-normalised copy made before the cast (see :func:`sainr.api.reduce_spacing`).
+RESULT_WORK_BYTES_PER_VOXEL = 4 + 1 + 8
 
 
 def check_image(image: sitk.Image) -> None:
-    """Refuse images that are not a scalar 3D volume with a sane grid."""
+    """Refuse images that are not a scalar 3D volume of at least 2 x 2 x 2 voxels with a sane
+    grid (positive finite spacing, orthonormal direction)."""
+    _check_dimension(image)
+    comps = image.GetNumberOfComponentsPerPixel()
+    if comps > 1:
+        raise InputImageError(
+            f"the input is {_vector_kind(image)} volume ({comps} components per voxel), not a "
+            "scalar one; extract one scalar component first (e.g. one channel, or the magnitude)"
+        )
+    if image.GetPixelID() not in SUPPORTED_TYPES:
+        raise InputImageError(
+            f"pixel type {image.GetPixelIDTypeAsString()} is not supported; "
+            "convert to an integer or float scalar volume"
+        )
+    check_spacing(image.GetSpacing())
+    check_direction(image.GetDirection())
+    size = image.GetSize()
+    if min(size) < 2:
+        shape = " x ".join(map(str, size))
+        raise InputImageError(
+            f"the input is a single slice ({shape} voxels); SA-INR interpolates between "
+            "slices and needs at least 2 slices"
+        )
+
+
+def _check_dimension(image: sitk.Image) -> None:
     dim = image.GetDimension()
     if dim == 2:
         raise InputImageError("the input is a 2D image; SA-INR needs a 3D volume with slices")
@@ -32,35 +64,59 @@ def check_image(image: sitk.Image) -> None:
         )
     if dim != 3:
         raise InputImageError(f"the input has {dim} dimensions; SA-INR needs a 3D volume")
+
+
+def _vector_kind(image: sitk.Image) -> str:
+    """What a multi-component volume most likely is: 8-bit with 3/4 components is colour."""
     comps = image.GetNumberOfComponentsPerPixel()
-    if comps > 1:
-        kind = "an RGB/colour" if comps in (3, 4) else "a vector"
-        raise InputImageError(
-            f"the input is {kind} volume ({comps} components per voxel); "
-            "extract one scalar component first"
-        )
-    if image.GetPixelID() not in SUPPORTED_TYPES:
-        raise InputImageError(
-            f"pixel type {image.GetPixelIDTypeAsString()} is not supported; "
-            "convert to an integer or float scalar volume"
-        )
-    check_spacing(image.GetSpacing())
-    check_direction(image.GetDirection())
-    if min(image.GetSize()) < 1:
-        raise InputImageError(f"the input is empty (size {image.GetSize()})")
+    colour = {3: "RGB", 4: "RGBA"}.get(comps)
+    if colour and image.GetPixelID() == sitk.sitkVectorUInt8:
+        return f"an {colour} colour"
+    return f"a vector or {colour}" if colour else "a vector"
 
 
 def check_values(array: np.ndarray, nan_policy: str = "refuse") -> np.ndarray:
-    """Refuse (or, with nan_policy='zero', replace by 0) NaN/Inf voxels."""
-    if array.dtype.kind != "f":
-        return array
-    bad = ~np.isfinite(array)
-    n_bad = int(bad.sum())
-    if n_bad == 0:
-        return array
-    if nan_policy == "zero":
-        return np.where(bad, 0, array)
-    raise InputImageError(
-        f"the volume has {n_bad} NaN/Inf voxels; fix them or allow replacing them by 0 "
-        "(--nan-to-zero)"
-    )
+    """Refuse (or, with nan_policy='zero', replace by 0) NaN/Inf voxels; refuse volumes
+    without contrast (all zero, or constant). Returns the (cleaned) array."""
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array)
+        n_bad = int(bad.sum())
+        if n_bad and nan_policy != "zero":
+            raise InputImageError(
+                f"the volume has {n_bad} NaN/Inf voxels; fix them or allow replacing them "
+                "by 0 (--nan-to-zero)"
+            )
+        if n_bad:
+            array = np.where(bad, 0, array)
+    low, high = array.min(), array.max()
+    if low == high == 0:
+        raise InputImageError(
+            "every voxel of the volume is 0 (an empty or blank export); check that the right "
+            "file or series was exported"
+        )
+    if low == high:
+        raise InputImageError(
+            f"every voxel of the volume is {low:g}; there is nothing to interpolate"
+        )
+    return array
+
+
+def check_output_size(size: tuple[int, ...], bytes_per_voxel: int, force: bool = False) -> None:
+    """Refuse an output whose result arrays would need more than MAX_RESULT_BYTES of memory,
+    with the size it would need, unless ``force``."""
+    voxels = math.prod(size)
+    needed = voxels * (bytes_per_voxel + RESULT_WORK_BYTES_PER_VOXEL)
+    if needed > MAX_RESULT_BYTES and not force:
+        raise SpacingError(
+            f"the output would be {' x '.join(map(str, size))} voxels and need "
+            f"{format_bytes(needed)} of memory (limit {format_bytes(MAX_RESULT_BYTES)}); "
+            "choose a larger target spacing, crop the volume, or force it (--force)"
+        )
+
+
+def format_bytes(n: float) -> str:
+    """'4.0 GiB', '12.5 MiB', '900 KiB'."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 2**10:.0f} KiB"
