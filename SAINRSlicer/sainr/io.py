@@ -1,24 +1,44 @@
 """Reading and writing volumes with SimpleITK: NIfTI, NRRD, MHA and DICOM series folders.
 
-Geometry (origin, spacing, direction) round-trips exactly. Outputs are written atomically: a
-temporary file in the destination folder, renamed over the target only when complete, so a
-failed write (disk full, cancel) never leaves a partial file. Inputs are only ever read.
+Geometry (origin, spacing, direction) round-trips exactly. Before the pixels are read, the
+file's own header is checked for what ITK would silently "repair" (a zero, negative or
+non-finite spacing becomes 1 mm; a sheared NIfTI sform is replaced by the qform) and for sizes
+no scan has, so a corrupt header never turns into a wrong geometry or a huge allocation.
+
+Outputs are written atomically: temporary files in the destination folder, renamed over the
+targets only when every one is complete, so a failed write (disk full, cancel) never leaves a
+partial file. Inputs are only ever read.
 """
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
+import re
+import secrets
+import struct
 import tempfile
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, OutputPathError
+from .geometry import check_direction, check_spacing
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: Refuse headers that declare more voxels than this (2^30, e.g. 1024^3): a corrupt size field
+#: must not make ITK allocate gigabytes before the read fails.
+MAX_INPUT_VOXELS = 2**30
+#: Bytes of a text header (NRRD, MetaImage) inspected before ITK reads the file.
+_TEXT_HEADER_BYTES = 65536
 
 
 def volume_suffix(path: str | os.PathLike) -> str | None:
+    """The volume file extension of ``path`` (e.g. ``.nii.gz``), or None."""
     name = str(path).lower()
     return next((s for s in VOLUME_SUFFIXES if name.endswith(s)), None)
 
@@ -28,27 +48,40 @@ def is_dicom_folder(path: Path) -> bool:
 
 
 def read_volume(path: str | os.PathLike) -> sitk.Image:
-    """Read a volume file or a folder holding one DICOM series."""
+    """Read a volume file or a folder holding one DICOM series; raise InputImageError else."""
     path = Path(path)
     if not path.exists():
-        raise InputImageError(f"input not found: {path}")
+        raise InputImageError(f"input not found: {path}; check the path")
     if path.is_dir():
         return _read_dicom(path)
     if path.stat().st_size == 0:
-        raise InputImageError(f"input file is empty: {path}")
+        raise InputImageError(f"input file is empty (0 bytes): {path}; export the volume again")
+    check_header(path)
     try:
         return sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+    except (RuntimeError, MemoryError, OSError) as exc:
         raise InputImageError(
-            f"cannot read {path.name} as a volume (corrupt or unsupported format: {first[:160]})"
+            f"cannot read {path.name} as a volume: corrupt or not a supported format "
+            f"({_itk_reason(exc)}); check that it opens in 3D Slicer, or export it again"
         ) from exc
+
+
+def _itk_reason(exc: BaseException) -> str:
+    """The informative line of an ITK/SimpleITK error: the innermost teem (NRRD) message, else
+    the last ``ERROR:`` line without its class prefix, else the last line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    nrrd = [ln.removeprefix("[nrrd]") for ln in lines if ln.startswith("[nrrd]")]
+    errors = [ln.split("ERROR:", 1)[1] for ln in lines if "ERROR:" in ln]
+    reason = (nrrd or errors or lines or [type(exc).__name__])[-1]
+    return re.sub(r"^\s*\w+\(0x[0-9a-f]+\):", "", reason).strip()[:160]
 
 
 def _read_dicom(folder: Path) -> sitk.Image:
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
-        raise InputImageError(f"{folder} is a folder without a DICOM series")
+        raise InputImageError(
+            f"{folder} is a folder without a DICOM series; give a volume file or a DICOM folder"
+        )
     if len(series) > 1:
         raise InputImageError(
             f"{folder} holds {len(series)} DICOM series; put one series per folder"
@@ -58,39 +91,261 @@ def _read_dicom(folder: Path) -> sitk.Image:
     try:
         return reader.Execute()
     except RuntimeError as exc:
-        raise InputImageError(f"cannot read the DICOM series in {folder}: {exc}") from exc
+        raise InputImageError(
+            f"cannot read the DICOM series in {folder} ({_itk_reason(exc)})"
+        ) from exc
 
 
-def check_output_path(path: str | os.PathLike, inputs: tuple[Path, ...] = ()) -> Path:
-    """Refuse an output path that cannot be written or would overwrite an input."""
-    path = Path(path)
+# --- header checks (before ITK reads the pixels) --------------------------------------------
+
+
+def check_header(path: Path) -> None:
+    """Refuse a file whose header declares an invalid spacing, a sheared orientation (where
+    ITK would silently replace it) or an absurd size, before any pixel is read."""
     suffix = volume_suffix(path)
-    if suffix is None:
+    try:
+        if suffix in (".nii", ".nii.gz"):
+            header = _head(path, 348, gz=suffix == ".nii.gz")
+            _check_nifti_header(header)
+            _check_nifti_length(path, header, gz=suffix == ".nii.gz")
+        elif suffix in (".nrrd", ".nhdr"):
+            _check_nrrd_header(_text_header(path))
+        elif suffix in (".mha", ".mhd"):
+            _check_meta_header(_text_header(path))
+    except InputImageError as exc:
+        raise InputImageError(f"{path.name}: {exc}") from exc
+    _check_declared_size(path)
+
+
+def _head(path: Path, n: int, gz: bool) -> bytes:
+    """First ``n`` bytes of the file (decompressed for .gz; raw bytes if not gzip after all)."""
+    if gz:
+        try:
+            with gzip.open(path, "rb") as fh:
+                return fh.read(n)
+        except (OSError, EOFError, zlib.error):
+            pass  # not gzip-compressed (or broken): ITK decides below
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
+def _text_header(path: Path) -> dict[str, str]:
+    """``key -> value`` of a NRRD (``key: value``) or MetaImage (``Key = Value``) header."""
+    with open(path, "rb") as fh:
+        text = fh.read(_TEXT_HEADER_BYTES).decode("latin-1")
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # NRRD: a blank line ends the header
+        if line.startswith("#") or ":=" in line:
+            continue
+        sep = ": " if ": " in line else "=" if "=" in line else None
+        if sep is None:
+            continue
+        key, value = line.split(sep, 1)
+        fields[key.strip().lower()] = value.strip()
+        if key.strip().lower() == "elementdatafile":
+            break  # MetaImage: pixel data follows
+    return fields
+
+
+def _floats(text: str) -> list[float] | None:
+    """Numbers in ``text`` (NaN for 'nan'), or None when a token is not a number."""
+    try:
+        return [
+            float(tok) for tok in text.replace(",", " ").replace("(", " ").replace(")", " ").split()
+        ]
+    except ValueError:
+        return None
+
+
+def _nifti_endian(raw: bytes) -> str | None:
+    """'<' or '>' for a NIfTI-1 header (sizeof_hdr = 348), None for anything else (NIfTI-2,
+    garbage: ITK decides)."""
+    if len(raw) < 348:
+        return None
+    return next((e for e in "<>" if struct.unpack_from(e + "i", raw, 0)[0] == 348), None)
+
+
+def _check_nifti_header(raw: bytes) -> None:
+    """NIfTI-1: spacing (pixdim 1-3) positive and finite, sform orthonormal when used."""
+    endian = _nifti_endian(raw)
+    if endian is None:
+        return
+    dim = struct.unpack_from(endian + "8h", raw, 40)
+    if dim[0] < 3:
+        return  # 2D (or corrupt) images are refused by their dimension
+    pixdim = struct.unpack_from(endian + "8f", raw, 76)
+    # a single-slice axis may carry any pixdim: such volumes are refused as a single slice
+    check_spacing(tuple(float(p) if n > 1 else 1.0 for p, n in zip(pixdim[1:4], dim[1:4])))
+    sform_code = struct.unpack_from(endian + "h", raw, 254)[0]
+    if sform_code > 0:
+        srow = np.array(struct.unpack_from(endian + "12f", raw, 280), dtype=np.float64)
+        srow = srow.reshape(3, 4)
+        norms = np.linalg.norm(srow[:, :3], axis=0)
+        if not (np.all(np.isfinite(srow)) and np.all(norms > 0)):
+            raise InputImageError(
+                "the NIfTI sform is degenerate (zero or non-finite); fix the header"
+            )
+        check_direction(srow[:, :3] / norms)
+
+
+def _check_nifti_length(path: Path, raw: bytes, gz: bool) -> None:
+    """Refuse a truncated NIfTI (ITK silently fills the missing voxels) or a corrupt gzip
+    stream; the whole .gz stream is decompressed (and its CRC checked), not stored."""
+    endian = _nifti_endian(raw)
+    if endian is None:
+        return
+    dim = struct.unpack_from(endian + "8h", raw, 40)
+    bitpix = struct.unpack_from(endian + "h", raw, 72)[0]
+    vox_offset = struct.unpack_from(endian + "f", raw, 108)[0]
+    if not (1 <= dim[0] <= 7 and all(n >= 1 for n in dim[1 : dim[0] + 1]) and bitpix > 0):
+        return  # nonsense sizes: ITK reports them
+    if not (math.isfinite(vox_offset) and vox_offset >= 0):
+        return
+    needed = max(int(vox_offset), 348) + math.prod(dim[1 : dim[0] + 1]) * bitpix // 8
+    held = _gzip_length(path) if gz else path.stat().st_size
+    if held < needed:
+        raise InputImageError(
+            f"the file is truncated: its header needs {needed} bytes, it holds {held}; "
+            "copy or export it again"
+        )
+
+
+def _gzip_length(path: Path) -> int:
+    """Decompressed size of a gzip file, read to the end; raw size if it is not gzip."""
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            return path.stat().st_size
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while block := fh.read(1 << 22):
+                total += len(block)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise InputImageError(
+            f"the compressed data is corrupt or truncated ({exc}); copy or export it again"
+        ) from exc
+    return total
+
+
+def _check_nrrd_header(fields: dict[str, str]) -> None:
+    """3D NRRD: every spacing known, positive and finite (nan means 'unknown' to ITK: 1 mm)."""
+    if fields.get("dimension", "").strip() != "3":
+        return  # other dimensions are refused once read
+    if "spacings" in fields:
+        values = _floats(fields["spacings"])
+        if values is not None:
+            check_spacing(tuple(values))
+    if "space directions" in fields and "none" not in fields["space directions"].lower():
+        values = _floats(fields["space directions"])
+        if values is not None and len(values) == 9:
+            vectors = np.array(values).reshape(3, 3)  # one row per axis
+            check_spacing(tuple(float(n) for n in np.linalg.norm(vectors, axis=1)))
+
+
+def _check_meta_header(fields: dict[str, str]) -> None:
+    """3D MetaImage: ElementSpacing positive and finite (ITK flips negative values silently)."""
+    if fields.get("ndims", "").strip() != "3":
+        return
+    spacing = fields.get("elementspacing") or fields.get("elementsize")
+    values = _floats(spacing) if spacing else None
+    if values is not None:
+        check_spacing(tuple(values))
+
+
+def _check_declared_size(path: Path) -> None:
+    """Refuse absurd header sizes before ITK allocates them (unreadable headers pass: the
+    read reports them)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return
+    size = reader.GetSize()
+    voxels = math.prod(size) * reader.GetNumberOfComponents()
+    if voxels > MAX_INPUT_VOXELS:
+        raise InputImageError(
+            f"{path.name}: the header declares {' x '.join(map(str, size))} voxels "
+            f"({voxels / 1e9:.3g} billion; the limit is {MAX_INPUT_VOXELS / 1e9:.3g} billion): "
+            "the file is corrupt, or crop the volume first"
+        )
+
+
+# --- output paths and atomic writes ---------------------------------------------------------
+
+
+def check_output_path(path: str | os.PathLike, inputs: Sequence[Path] = ()) -> Path:
+    """Refuse an output path of unknown format, in a missing or unwritable folder, or that is
+    one of ``inputs``; returns it as a Path."""
+    path = Path(path)
+    if volume_suffix(path) is None:
         raise OutputPathError(
             f"unknown output format for {path.name}; use one of {', '.join(VOLUME_SUFFIXES)}"
         )
     folder = path.resolve().parent
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"the output folder {folder} is a file; choose another folder")
     if not folder.is_dir():
-        raise OutputPathError(f"output folder does not exist: {folder}")
-    if not os.access(folder, os.W_OK):
-        raise OutputPathError(f"output folder is not writable: {folder}")
+        raise OutputPathError(f"output folder does not exist: {folder}; create it first")
+    check_writable(folder)
     for src in inputs:
-        if src.exists() and path.exists() and path.resolve() == src.resolve():
+        if path.exists() and src.exists() and os.path.samefile(path, src):
             raise OutputPathError(f"output {path} is the input file; choose another name")
     return path
 
 
-def write_volume(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
-    """Write atomically: temp file in the same folder, then rename over ``path``."""
-    path = check_output_path(path)
-    suffix = volume_suffix(path)
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=".sainr-", suffix=suffix)
-    os.close(fd)
+def check_writable(folder: Path) -> None:
+    """Create and remove a probe file: the only test that is right for every user (root
+    ignores permission bits) and file system (read-only mounts, full quotas)."""
     try:
-        sitk.WriteImage(image, tmp, compress)
-        os.replace(tmp, path)
-    except RuntimeError as exc:
-        raise OutputPathError(f"could not write {path}: {str(exc).strip()[:200]}") from exc
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".sainr-probe-")
+    except OSError as exc:
+        raise OutputPathError(
+            f"output folder is not writable: {folder} ({exc.strerror}); choose another folder"
+        ) from exc
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _new_temp_file(target: Path) -> str:
+    """An empty, uniquely named hidden file beside ``target``, created with the permissions a
+    new file normally gets (0o666 minus the umask; mkstemp would give 0o600)."""
+    for _ in range(100):
+        tmp = target.resolve().parent / f".sainr-{secrets.token_hex(6)}{volume_suffix(target)}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return str(tmp)
+    raise FileExistsError(f"no free temporary name in {target.parent}")
+
+
+def write_volume(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write one volume atomically (see :func:`write_volumes`)."""
+    write_volumes([(image, path)], compress)
+
+
+def write_volumes(
+    items: Sequence[tuple[sitk.Image, str | os.PathLike]], compress: bool = True
+) -> None:
+    """Write every image to a temp file beside its target, then rename them all: on any
+    failure (disk full, interrupt) no target is created or changed and no temp file is left."""
+    targets = [check_output_path(path) for _, path in items]
+    temps: list[str] = []
+    try:
+        for (image, _), target in zip(items, targets):
+            temps.append(_new_temp_file(target))
+            sitk.WriteImage(image, temps[-1], compress)
+        for tmp, target in zip(temps, targets):
+            os.replace(tmp, target)
+    except (RuntimeError, OSError) as exc:
+        raise OutputPathError(
+            f"could not write {', '.join(map(str, targets))} ({_itk_reason(exc)}); "
+            "check the free disk space and the folder"
+        ) from exc
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
