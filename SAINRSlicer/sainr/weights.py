@@ -25,14 +25,17 @@ CATALOG = "models.json"
 
 
 def models_dir() -> Path:
-    """Folder with the shipped weights: repo layout, then the Slicer install layout."""
+    """Folder with the shipped weights: ``$SAINR_MODELS_DIR`` when set (it must hold the
+    catalog), else the repo layout, then the Slicer install layout."""
+    env = os.environ.get("SAINR_MODELS_DIR")
+    if env:
+        if not (Path(env) / CATALOG).is_file():
+            raise WeightsError(f"SAINR_MODELS_DIR={env} has no {CATALOG}; fix or unset it")
+        return Path(env)
     here = Path(__file__).resolve().parent
     for candidate in (here.parents[1] / "Resources" / "Models", here.parent / "Resources" / "Models"):
         if (candidate / CATALOG).is_file():
             return candidate
-    env = os.environ.get("SAINR_MODELS_DIR")
-    if env and (Path(env) / CATALOG).is_file():
-        return Path(env)
     raise WeightsError(
         "the bundled model catalog (Resources/Models/models.json) was not found; "
         "reinstall SAINRSlicer or pass a weights file"
@@ -41,7 +44,11 @@ def models_dir() -> Path:
 
 def catalog() -> dict[str, dict[str, Any]]:
     """Name -> entry ({"file", "sha256", "description", ...}) of the shipped models."""
-    return json.loads((models_dir() / CATALOG).read_text())["models"]
+    path = models_dir() / CATALOG
+    try:
+        return json.loads(path.read_text())["models"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"the model catalog {path} is unreadable ({exc}); reinstall") from exc
 
 
 def sha256(path: Path) -> str:
@@ -75,17 +82,43 @@ def load_model(weights: str | os.PathLike | None = None) -> SAINR:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/garbage files
-        raise WeightsError(f"cannot read weights {path.name}: not a valid checkpoint ({exc})") from exc
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"cannot read weights {path.name}: not a valid checkpoint, e.g. truncated ({reason})"
+        ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise WeightsError(f"{path.name} is not a SAINRSlicer checkpoint ({FORMAT})")
     try:
         model = SAINR(ModelConfig.from_dict(ckpt["config"]))
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError) as exc:
+        raise WeightsError(f"{path.name} declares an unknown SA-INR configuration: {exc}") from exc
+    mismatch = _state_mismatch(model, ckpt.get("state_dict"))
+    if mismatch:
         raise WeightsError(
-            f"{path.name} does not match the SA-INR architecture it declares: {exc}"
-        ) from exc
+            f"{path.name} holds weights of another architecture than the one it declares "
+            f"({mismatch}); use the checkpoint that belongs to this configuration"
+        )
+    model.load_state_dict(ckpt["state_dict"], strict=True)
     return model.eval()
+
+
+def _state_mismatch(model: SAINR, state: Any) -> str:
+    """Short description of how ``state`` differs from ``model``'s parameters ('' if not)."""
+    if not isinstance(state, dict):
+        return "no state_dict"
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    shaped = sorted(
+        k for k in expected.keys() & state.keys()
+        if not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape
+    )  # fmt: skip
+    parts = [
+        f"{len(keys)} {what}, e.g. {keys[0]}"
+        for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (shaped, "wrong-shaped"))
+        if keys
+    ]
+    return "; ".join(parts)
 
 
 def save_checkpoint(
