@@ -14,12 +14,22 @@ import signal
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+import SimpleITK as sitk
+
 from . import __version__
-from .errors import SainrError
-from .io import check_output_path, is_dicom_folder, read_volume, volume_suffix, write_volume
+from .errors import OutputPathError, SainrError
+from .io import (
+    check_output_path,
+    check_writable,
+    is_dicom_folder,
+    read_volume,
+    volume_suffix,
+    write_volumes,
+)
 
 EXIT_USER = 2
 EXIT_INTERNAL = 1
@@ -74,8 +84,11 @@ def _add_reduce(sub) -> None:
 
 
 def _batch_pairs(args) -> list[tuple[Path, Path, Path | None]]:
-    """(input, output, mask) triples; a non-DICOM folder input means batch mode."""
+    """(input, output, mask) triples with every output path checked; a non-DICOM folder input
+    means batch mode. Nothing is created here."""
     src: Path = args.input
+    if args.mask is not None and args.mask.resolve() == args.output.resolve():
+        raise OutputPathError(f"--mask {args.mask} is the output path; give it another name")
     if not src.is_dir() or is_dicom_folder(src):
         check_output_path(args.output, (src,))
         if args.mask is not None:
@@ -84,27 +97,71 @@ def _batch_pairs(args) -> list[tuple[Path, Path, Path | None]]:
     files = sorted(f for f in src.iterdir() if volume_suffix(f))
     if not files:
         raise SainrError(f"no volume files (.nii.gz, .nrrd, .mha, ...) in {src}")
-    if args.output.exists() and not args.output.is_dir():
-        raise SainrError(f"batch mode needs an output folder, but {args.output} is a file")
-    args.output.mkdir(parents=True, exist_ok=True)
-    if args.mask is not None:
-        args.mask.mkdir(parents=True, exist_ok=True)
+    for folder in (args.output, args.mask):
+        if folder is not None:
+            _check_output_folder(folder, src)
     return [
         (f, args.output / f.name, args.mask / f.name if args.mask is not None else None)
         for f in files
     ]
 
 
+def _check_output_folder(folder: Path, src: Path) -> None:
+    """Batch mode: ``folder`` is (or can be created as) a writable folder other than ``src``."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"batch mode needs an output folder, but {folder} is a file")
+    if folder.resolve() == src.resolve():
+        raise OutputPathError(
+            f"the output folder {folder} is the input folder: the results would replace the "
+            "inputs; choose another folder"
+        )
+    existing = next(p for p in (folder.resolve(), *folder.resolve().parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputPathError(f"cannot create the output folder {folder}: {existing} is a file")
+    check_writable(existing)
+
+
+def _checked_input(src: Path, args, target: dict) -> sitk.Image:
+    """Read ``src`` and run every check that needs no model (grid, target, voxel values)."""
+    from .api import plan_reduction
+    from .validation import check_values
+
+    with _native_stderr_silenced():
+        image = read_volume(src)
+    plan_reduction(image, args.spacing, **target)
+    check_values(sitk.GetArrayViewFromImage(image), "zero" if args.nan_to_zero else "refuse")
+    return image
+
+
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Discard what C++ code (MetaIO, VNL) prints on stderr meanwhile: the CLI's stderr holds
+    only its own lines; the failure itself still arrives as an exception."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _run_reduce(args) -> int:
-    from .api import plan_reduction, reduce_spacing
+    from .api import reduce_spacing
+    from .inference import choose_device
     from .weights import load_model
 
     pairs = _batch_pairs(args)
-    model = load_model(args.weights)
+    choose_device(args.device)  # an unavailable device fails before any work
     target = {"factor": args.factor, "isotropic": args.isotropic, "axis": args.axis, "force": args.force}
-    for src, dst, mask_dst in pairs:
-        image = read_volume(src)
-        plan_reduction(image, args.spacing, **target)  # fail before any progress output
+    first = _checked_input(pairs[0][0], args, target)  # a bad input fails before the model loads
+    for src, _, _ in pairs[1:]:  # batch: refuse any bad volume before the first result is written
+        _checked_input(src, args, target)
+    model = load_model(args.weights)
+    for n, (src, dst, mask_dst) in enumerate(pairs):
+        image = first if n == 0 else _checked_input(src, args, target)
         update, close = _progress_printer(args.progress, src.name)
         try:
             result = reduce_spacing(
@@ -114,9 +171,11 @@ def _run_reduce(args) -> int:
             )  # fmt: skip
         finally:
             close()
-        write_volume(result.image, dst)
-        if mask_dst is not None:
-            write_volume(result.mask, mask_dst)
+        for path in (dst, mask_dst):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        outputs = [(result.image, dst)] + ([(result.mask, mask_dst)] if mask_dst else [])
+        write_volumes(outputs)  # image and mask together, or neither
         if args.preview is not None and len(pairs) == 1:
             from .preview import save_comparison
 
@@ -188,27 +247,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    """``text`` on one line (messages from torch or ITK may span several)."""
+    return " ".join(text.split())
+
+
 def _report_internal(exc: BaseException) -> int:
+    """Write the traceback to a report file; one line on stderr points to it."""
     fd, path = tempfile.mkstemp(prefix="sainr-error-", suffix=".txt")
     with os.fdopen(fd, "w") as fh:
         traceback.print_exception(exc, file=fh)
-    print(f"sainr: internal error ({type(exc).__name__}: {exc}); report: {path}", file=sys.stderr)
+    reason = _one_line(f"{type(exc).__name__}: {exc}")[:200]
+    print(f"sainr: internal error ({reason}); report: {path}", file=sys.stderr)
     return EXIT_INTERNAL
 
 
+def _interrupt(signum, frame) -> None:
+    """SIGTERM handler: stop like Ctrl+C, so temp files are removed on the way out."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
-    args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # keep stderr to our one-line messages
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except SainrError as exc:
-        print(f"sainr: error: {exc}", file=sys.stderr)
+        print(f"sainr: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
-        print("sainr: cancelled; nothing was written", file=sys.stderr)
+        print("sainr: cancelled; no partial output was written", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the one place internal errors are reported
         return _report_internal(exc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
