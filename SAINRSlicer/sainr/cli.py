@@ -236,6 +236,14 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=evaluate.run)
 
 
+def _add_bench(sub) -> None:
+    from . import bench
+
+    p = sub.add_parser("bench", help="speed and memory of SA-INR vs SimpleITK interpolation")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sainr", description="Reduce MRI slice spacing with SA-INR.")
     parser.add_argument("--version", action="version", version=f"sainr {__version__}")
@@ -244,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_export(sub)
+    _add_bench(sub)
     return parser
 
 

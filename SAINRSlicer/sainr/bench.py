@@ -1,0 +1,212 @@
+"""``sainr bench``: SA-INR speed and memory against SimpleITK interpolation, in one run.
+
+For each volume the same thin-slice grid is produced three ways — SimpleITK linear, SimpleITK
+B-spline and SA-INR (end to end: normalise, encode, attend, decode, de-normalise) — and the
+wall times, their ratios, the time per SA-INR stage (from module hooks), the gated fraction,
+peak memory and the configuration (threads, device, dtype, torch version) are printed as a
+table and written as JSON. Stage times of the gated run are compared with the same model
+forced to attend every query, which is what gating is meant to save.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import SimpleITK as sitk
+import torch
+
+from .api import plan_reduction, reduce_spacing
+from .errors import SainrError
+from .inference import choose_device
+from .io import read_volume
+from .model import SAINR
+from .weights import load_model
+
+SAMPLE = "knee_qdess_sag_3mm.nii.gz"
+
+
+def sample_path() -> Path:
+    """The bundled sample: repository layout, then the Slicer install layout."""
+    here = Path(__file__).resolve().parent
+    for root in (here.parents[1], here.parent):
+        if (root / "Resources" / "Sample" / SAMPLE).is_file():
+            return root / "Resources" / "Sample" / SAMPLE
+    raise SainrError("the bundled sample volume was not found; pass volumes to benchmark")
+
+
+def resize_in_plane(image: sitk.Image, axis: int, size: int) -> sitk.Image:
+    """Resample the in-plane axes to ``size`` voxels over the same extent (B-spline),
+    keeping the slices: a knee-sized test volume made from the shipped sample."""
+    new_size, new_spacing = list(image.GetSize()), list(image.GetSpacing())
+    for a in range(3):
+        if a != axis:
+            new_spacing[a] = image.GetSpacing()[a] * image.GetSize()[a] / size
+            new_size[a] = size
+    return sitk.Resample(
+        image, new_size, sitk.Transform(), sitk.sitkBSpline, image.GetOrigin(), new_spacing,
+        image.GetDirection(), 0.0, image.GetPixelID(),
+    )  # fmt: skip
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def stage_timer(model: SAINR, device: torch.device):
+    """Accumulate forward time per top-level stage (encoder, gate, lasa, decoder)."""
+    totals: dict[str, float] = defaultdict(float)
+    starts: dict[str, float] = {}
+    handles = []
+    for name in ("encoder", "gate", "lasa", "decoder"):
+        module = getattr(model, name)
+        if module is None:
+            continue
+
+        def pre(_m, _i, name=name):
+            _sync(device)
+            starts[name] = time.perf_counter()
+
+        def post(_m, _i, _o, name=name):
+            _sync(device)
+            totals[name] += time.perf_counter() - starts[name]
+
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    try:
+        yield totals
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def ungated(model: SAINR):
+    """Temporarily attend every query (the gate removed), for the gating comparison."""
+    gate, model.gate = model.gate, None
+    try:
+        yield model
+    finally:
+        model.gate = gate
+
+
+def time_sitk(image: sitk.Image, out_geom, interpolator: int, repeats: int) -> float:
+    """Best-of-``repeats`` time of SimpleITK resampling onto the thin-slice grid."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sitk.Resample(
+            image, out_geom.size, sitk.Transform(), interpolator, out_geom.origin,
+            out_geom.spacing, out_geom.direction, 0.0, image.GetPixelID(),
+        )  # fmt: skip
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def time_sainr(image, spacing, model, device, budget_mb) -> dict[str, float]:
+    """End-to-end SA-INR time with per-stage split and gated fraction."""
+    with stage_timer(model, device) as stages:
+        _sync(device)
+        t0 = time.perf_counter()
+        result = reduce_spacing(image, spacing, model=model, device=str(device), budget_mb=budget_mb)
+        _sync(device)
+        total = time.perf_counter() - t0
+    return {"total_s": total, **{f"{k}_s": v for k, v in stages.items()},
+            "gated_fraction": result.info["gated_fraction"]}  # fmt: skip
+
+
+def bench_volume(name, image, spacing, model, device, budget_mb, repeats) -> dict:
+    axis, out_geom = plan_reduction(image, spacing)
+    row = {
+        "volume": name,
+        "size": list(image.GetSize()),
+        "spacing_in": list(image.GetSpacing()),
+        "size_out": list(out_geom.size),
+        "linear_s": time_sitk(image, out_geom, sitk.sitkLinear, repeats),
+        "bspline_s": time_sitk(image, out_geom, sitk.sitkBSpline, repeats),
+    }
+    time_sainr(image, spacing, model, device, budget_mb)  # warm-up (allocator, kernels)
+    row["sainr"] = time_sainr(image, spacing, model, device, budget_mb)
+    if model.gate is not None:
+        with ungated(model):
+            row["sainr_ungated"] = time_sainr(image, spacing, model, device, budget_mb)
+    row["ratio_bspline"] = row["sainr"]["total_s"] / row["bspline_s"]
+    row["ratio_linear"] = row["sainr"]["total_s"] / row["linear_s"]
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        row["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return row
+
+
+def configuration(model: SAINR, device: torch.device, weights: str) -> dict:
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "dtype": "float16 autocast" if device.type == "cuda" else "float32",
+        "weights": weights,
+        "model": model.config.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("| volume | size in → out | linear s | B-spline s | SA-INR s | ×B-spline | encoder s "
+            "| LASA s | decoder s | gated | LASA s ungated | peak RSS MB |")  # fmt: skip
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        s, u = r["sainr"], r.get("sainr_ungated", {})
+        lines.append(
+            f"| {r['volume']} | {'×'.join(map(str, r['size']))} → {'×'.join(map(str, r['size_out']))} "
+            f"| {r['linear_s']:.2f} | {r['bspline_s']:.2f} | {s['total_s']:.2f} | {r['ratio_bspline']:.1f} "
+            f"| {s.get('encoder_s', 0):.2f} | {s.get('lasa_s', 0):.2f} | {s.get('decoder_s', 0):.2f} "
+            f"| {100 * s['gated_fraction']:.0f} % | {u.get('lasa_s', float('nan')):.2f} "
+            f"| {r['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="*", type=Path, help="volumes (default: the bundled sample, "
+                   "as is and resized in-plane to --in-plane)")  # fmt: skip
+    p.add_argument("--spacing", type=float, default=1.0, help="target slice spacing (mm)")
+    p.add_argument("--in-plane", type=int, default=384, help="in-plane size of the resized sample")
+    p.add_argument("--weights", default=None, help="model name or checkpoint (default: default)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--memory-mb", type=float, default=2048)
+    p.add_argument("--repeats", type=int, default=3, help="best-of for the SimpleITK timings")
+    p.add_argument("--json", type=Path, help="write the results here")
+
+
+def run(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = choose_device(args.device)
+    model = load_model(args.weights)
+    if args.inputs:
+        volumes = [(p.name, read_volume(p)) for p in args.inputs]
+    else:
+        sample = read_volume(sample_path())
+        axis = plan_reduction(sample, args.spacing)[0]
+        volumes = [
+            (SAMPLE, sample),
+            (f"{SAMPLE} resized to {args.in_plane}²", resize_in_plane(sample, axis, args.in_plane)),
+        ]
+    config = configuration(model, device, args.weights or "default")
+    print("configuration: " + json.dumps(config))
+    rows = [bench_volume(n, img, args.spacing, model, device, args.memory_mb, args.repeats)
+            for n, img in volumes]  # fmt: skip
+    print(format_table(rows))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"configuration": config, "results": rows}, indent=2))
+    return 0
+

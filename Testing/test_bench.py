@@ -1,0 +1,54 @@
+"""The benchmark reports what it measured, and inference respects its memory budget."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import KNEE_QDESS
+from sainr.cli import main
+from sainr.geometry import slice_grid
+from sainr.inference import plan, super_resolve
+from sainr.model import SAINR, ModelConfig
+
+
+def test_bench_reports_times_ratios_stages_and_configuration(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(KNEE_QDESS), "--spacing", "0.75", "--repeats", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    cfg = report["configuration"]
+    assert cfg["torch"] == torch.__version__ and cfg["threads"] >= 1 and cfg["device"] == "cpu"
+    (row,) = report["results"]
+    assert row["size_out"] == [64, 64, 79]
+    assert row["bspline_s"] > 0 and row["linear_s"] > 0
+    assert row["ratio_bspline"] == pytest.approx(row["sainr"]["total_s"] / row["bspline_s"])
+    stages = row["sainr"]
+    assert 0 < stages["encoder_s"] + stages["lasa_s"] + stages["decoder_s"] <= stages["total_s"]
+    assert 0 < stages["gated_fraction"] < 1 and row["sainr_ungated"]["gated_fraction"] == 1
+    assert row["peak_rss_mb"] > 0
+    assert "| volume |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("budget_mb", [64, 512, 2048])
+def test_tile_and_chunk_sizes_follow_the_memory_budget(budget_mb):
+    model = SAINR(ModelConfig(channels=32, blocks=4, hidden=128))
+    p = plan(model, n_slices=40, budget_mb=budget_mb)
+    side = p.tile + 2 * p.halo
+    encoder_bytes = side * side * 40 * 4 * 32 * 8
+    query_bytes = p.chunk * 4 * (32 * 98 * 3 + 4 * 128)
+    assert encoder_bytes <= 0.6 * budget_mb * 2**20 or p.tile == 16
+    assert query_bytes <= 0.4 * budget_mb * 2**20 or p.chunk == 256
+    assert p.halo == model.halo == 2 * 4 + 2 + 3 * 2
+
+
+def test_small_budget_gives_the_same_volume(tiny_model):
+    volume = np.random.default_rng(3).random((6, 40, 36), dtype=np.float32)
+    grid = slice_grid(6, 3.0, 1.0)
+    cpu = torch.device("cpu")
+    big = super_resolve(tiny_model, volume, grid, cpu, budget_mb=2048)[0]
+    small = super_resolve(tiny_model, volume, grid, cpu, budget_mb=0.5)[0]
+    assert plan(tiny_model, 6, 0.5).tile < 36  # really tiled
+    np.testing.assert_allclose(small, big, rtol=1e-5, atol=1e-5)
