@@ -7,7 +7,8 @@ top-20 % gradient target and M the straight-through mask; gamma halves 40 times 
 Runs on one CPU, one GPU, or many via ``torchrun`` (DistributedDataParallel + DistributedSampler;
 gloo on CPU, NCCL on CUDA). Rank 0 writes ``last.pt`` every few minutes and at the end, the
 best-by-validation ``best.pt``, ``history.csv`` and ``history.png``. Restarting the same command
-resumes from ``last.pt`` with the same model, optimizer, scheduler, step and data stream.
+resumes from ``last.pt`` with the same model, optimizer, scheduler, step and data stream; a
+restart with a larger ``steps`` extends the run (the step-decay milestones move with it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 import os
 import time
 import tomllib
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -195,6 +197,7 @@ def train(
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
+        sched.milestones = Counter(int(f * cfg.steps) for f in cfg.milestones)  # new length re-plans
         step, elapsed, best = ckpt["step"], ckpt["elapsed"], ckpt["best"]
         rng_state = ckpt.get("rng")
         log(f"resumed from {last} at step {step}")
