@@ -309,11 +309,13 @@ def check_writable(folder: Path) -> None:
     os.unlink(probe)
 
 
-def _new_temp_file(target: Path) -> str:
-    """An empty, uniquely named hidden file beside ``target``, created with the permissions a
-    new file normally gets (0o666 minus the umask; mkstemp would give 0o600)."""
+def new_temp_file(target: Path, suffix: str | None = None) -> str:
+    """An empty, uniquely named hidden file beside ``target`` (same suffix unless given),
+    created with the permissions a new file normally gets (0o666 minus the umask; mkstemp
+    would give 0o600)."""
+    suffix = suffix if suffix is not None else volume_suffix(target) or target.suffix
     for _ in range(100):
-        tmp = target.resolve().parent / f".sainr-{secrets.token_hex(6)}{volume_suffix(target)}"
+        tmp = target.resolve().parent / f".sainr-{secrets.token_hex(6)}{suffix}"
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
@@ -336,7 +338,7 @@ def write_volumes(
     temps: list[str] = []
     try:
         for (image, _), target in zip(items, targets):
-            temps.append(_new_temp_file(target))
+            temps.append(new_temp_file(target))
             sitk.WriteImage(image, temps[-1], compress)
         for tmp, target in zip(temps, targets):
             os.replace(tmp, target)

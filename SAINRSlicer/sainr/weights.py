@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import WeightsError
+from .io import new_temp_file
 from .model import SAINR, ModelConfig
 
 FORMAT = "sainr-checkpoint-v1"
@@ -133,8 +133,7 @@ def save_checkpoint(
         "meta": meta or {},
         **extra,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = new_temp_file(path, ".tmp")
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
