@@ -103,6 +103,7 @@ def reduce_spacing(
     weights: str | None = None,
     model: SAINR | None = None,
     budget_mb: float = DEFAULT_BUDGET_MB,
+    precision: str = "auto",
     nan_policy: str = "refuse",
     force: bool = False,
     progress: ProgressFn | None = None,
@@ -127,7 +128,7 @@ def reduce_spacing(
     dev = choose_device(device)
     hr, mask = super_resolve_with_fallback(
         net, scale.normalize(volume), grid, dev, budget_mb,
-        notice=notice, progress=progress, cancel=cancel,
+        notice=notice, progress=progress, cancel=cancel, precision=precision,
     )  # fmt: skip
     hr = scale.denormalize(np.maximum(hr, 0.0))
     dtype = sitk.GetArrayViewFromImage(image).dtype

@@ -110,19 +110,20 @@ def time_sitk(image: sitk.Image, out_geom, interpolator: int, repeats: int) -> f
     return best
 
 
-def time_sainr(image, spacing, model, device, budget_mb) -> dict[str, float]:
+def time_sainr(image, spacing, model, device, budget_mb, precision) -> dict[str, float]:
     """End-to-end SA-INR time with per-stage split and gated fraction."""
     with stage_timer(model, device) as stages:
         _sync(device)
         t0 = time.perf_counter()
-        result = reduce_spacing(image, spacing, model=model, device=str(device), budget_mb=budget_mb)
+        result = reduce_spacing(image, spacing, model=model, device=str(device),
+                                budget_mb=budget_mb, precision=precision)  # fmt: skip
         _sync(device)
         total = time.perf_counter() - t0
     return {"total_s": total, **{f"{k}_s": v for k, v in stages.items()},
             "gated_fraction": result.info["gated_fraction"]}  # fmt: skip
 
 
-def bench_volume(name, image, spacing, model, device, budget_mb, repeats) -> dict:
+def bench_volume(name, image, spacing, model, device, budget_mb, precision, repeats) -> dict:
     axis, out_geom = plan_reduction(image, spacing)
     row = {
         "volume": name,
@@ -132,11 +133,11 @@ def bench_volume(name, image, spacing, model, device, budget_mb, repeats) -> dic
         "linear_s": time_sitk(image, out_geom, sitk.sitkLinear, repeats),
         "bspline_s": time_sitk(image, out_geom, sitk.sitkBSpline, repeats),
     }
-    time_sainr(image, spacing, model, device, budget_mb)  # warm-up (allocator, kernels)
-    row["sainr"] = time_sainr(image, spacing, model, device, budget_mb)
+    time_sainr(image, spacing, model, device, budget_mb, precision)  # warm-up (allocator, kernels)
+    row["sainr"] = time_sainr(image, spacing, model, device, budget_mb, precision)
     if model.gate is not None:
         with ungated(model):
-            row["sainr_ungated"] = time_sainr(image, spacing, model, device, budget_mb)
+            row["sainr_ungated"] = time_sainr(image, spacing, model, device, budget_mb, precision)
     row["ratio_bspline"] = row["sainr"]["total_s"] / row["bspline_s"]
     row["ratio_linear"] = row["sainr"]["total_s"] / row["linear_s"]
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -145,13 +146,13 @@ def bench_volume(name, image, spacing, model, device, budget_mb, repeats) -> dic
     return row
 
 
-def configuration(model: SAINR, device: torch.device, weights: str) -> dict:
+def configuration(model: SAINR, device: torch.device, weights: str, precision: str) -> dict:
     return {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "dtype": "float16 autocast" if device.type == "cuda" else "float32",
+        "precision": precision if precision != "auto" else ("fp16" if device.type == "cuda" else "fp32"),
         "weights": weights,
         "model": model.config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -183,6 +184,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--memory-mb", type=float, default=2048)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     p.add_argument("--repeats", type=int, default=3, help="best-of for the SimpleITK timings")
     p.add_argument("--json", type=Path, help="write the results here")
 
@@ -201,9 +203,9 @@ def run(args) -> int:
             (SAMPLE, sample),
             (f"{SAMPLE} resized to {args.in_plane}²", resize_in_plane(sample, axis, args.in_plane)),
         ]
-    config = configuration(model, device, args.weights or "default")
+    config = configuration(model, device, args.weights or "default", args.precision)
     print("configuration: " + json.dumps(config))
-    rows = [bench_volume(n, img, args.spacing, model, device, args.memory_mb, args.repeats)
+    rows = [bench_volume(n, img, args.spacing, model, device, args.memory_mb, args.precision, args.repeats)
             for n, img in volumes]  # fmt: skip
     print(format_table(rows))
     if args.json is not None:

@@ -76,6 +76,8 @@ def _add_reduce(sub) -> None:
     p.add_argument("--weights", default=None, help="shipped model name or checkpoint file (default: default)")
     p.add_argument("--axis", type=int, choices=(0, 1, 2), help="slice axis (i, j, k); detected if omitted")
     p.add_argument("--memory-mb", type=float, default=2048, help="working memory budget (default 2048)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto = fp16 autocast on CUDA, fp32 on CPU; bf16 helps CPUs with AMX")  # fmt: skip
     p.add_argument("--nan-to-zero", action="store_true", help="replace NaN/Inf voxels by 0 instead of refusing")
     p.add_argument("--force", action="store_true", help="allow reductions beyond 20x")
     p.add_argument("--preview", type=Path, help="also write a PNG comparison picture (single input)")
@@ -166,7 +168,7 @@ def _run_reduce(args) -> int:
         try:
             result = reduce_spacing(
                 image, args.spacing, **target, device=args.device, model=model,
-                budget_mb=args.memory_mb, nan_policy="zero" if args.nan_to_zero else "refuse",
+                budget_mb=args.memory_mb, precision=args.precision, nan_policy="zero" if args.nan_to_zero else "refuse",
                 progress=update, notice=lambda msg: print(f"note: {msg}", file=sys.stderr),
             )  # fmt: skip
         finally:
