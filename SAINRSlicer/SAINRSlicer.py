@@ -20,7 +20,6 @@ import collections
 import html
 import importlib
 import importlib.metadata
-import importlib.util
 import json
 import logging
 import math
@@ -215,26 +214,19 @@ def resourcePath(relativePath: str) -> pathlib.Path:
 
 
 def coreModule(name: str) -> types.ModuleType:
-    """A torch-free module of the core (``geometry``, ``errors``), loaded without running
-    ``sainr/__init__.py``.
+    """A torch-free module of the core (``geometry``, ``errors``).
 
-    ``import sainr.geometry`` would import torch through the package's __init__: seconds of
-    start-up, and PyTorch loaded into Slicer's own process, which blocks a later PyTorch
-    install or upgrade until restart. The package folder is mounted under a private name
-    instead, so only the requested files (and their relative imports) are executed.
+    The ``sainr`` package imports torch only when its inference API is used, so the panel's
+    geometry preview never loads PyTorch into Slicer's own process (which would block a later
+    PyTorch install or upgrade until restart).
     """
-    private = "_sainr_torchfree"
-    if private not in sys.modules:
-        spec = importlib.util.find_spec("sainr")
-        if spec is None or not spec.submodule_search_locations:
-            raise SAINRSlicerError(
-                f"the SAINRSlicer core package 'sainr' is missing (expected in {MODULE_DIR}); "
-                "reinstall the extension"
-            )
-        package = types.ModuleType(private)
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules[private] = package
-    return importlib.import_module(f"{private}.{name}")
+    try:
+        return importlib.import_module(f"sainr.{name}")
+    except ImportError as exc:
+        raise SAINRSlicerError(
+            f"the SAINRSlicer core package 'sainr' is missing (expected in {MODULE_DIR}); "
+            "reinstall the extension"
+        ) from exc
 
 
 def formatMillimetres(value: float) -> str:
