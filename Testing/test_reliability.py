@@ -38,6 +38,7 @@ from sainr.errors import (
     DeviceError,
     InputImageError,
     OutputPathError,
+    ResourceError,
     SainrError,
     SpacingError,
     WeightsError,
@@ -615,7 +616,7 @@ def test_gpu_out_of_memory_retries_smaller_then_on_the_cpu(monkeypatch):
 def test_cpu_out_of_memory_gives_up_after_the_smaller_retries(monkeypatch):
     calls = []
     monkeypatch.setattr("sainr.inference.super_resolve", _oom_until(lambda d, b: False, calls))
-    with pytest.raises(torch.OutOfMemoryError):
+    with pytest.raises(ResourceError, match="not enough memory even with a 32 MB"):
         super_resolve_with_fallback(None, None, None, torch.device("cpu"), 2048)
     assert calls == [("cpu", 2048), ("cpu", 512), ("cpu", 128), ("cpu", 32)]
 

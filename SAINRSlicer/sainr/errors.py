@@ -36,5 +36,9 @@ class DeviceError(SainrError):
     """The requested compute device is not available."""
 
 
+class ResourceError(SainrError):
+    """Not enough memory for the run, even with the smallest working budget."""
+
+
 class Cancelled(SainrError):
     """The run was cancelled by the user; nothing was written."""

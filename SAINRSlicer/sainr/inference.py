@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import Cancelled, DeviceError
+from .errors import Cancelled, DeviceError, ResourceError
 from .geometry import SliceGrid
 from .model import SAINR, Queries
 
@@ -175,6 +175,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+#: Out-of-memory retries on one device, each with a quarter of the previous budget.
+OOM_RETRIES = 3
+
+
 def super_resolve_with_fallback(
     model: SAINR,
     volume: np.ndarray,
@@ -184,23 +188,27 @@ def super_resolve_with_fallback(
     notice: NoticeFn | None = None,
     **kwargs,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`super_resolve`, retrying with a quarter of the budget on out-of-memory (three
-    times), then on the CPU when the GPU still runs out; each retry is announced."""
+    """:func:`super_resolve`, retrying with a quarter of the budget on out-of-memory (up to
+    ``OOM_RETRIES`` times), then on the CPU when a GPU still runs out; each step is announced.
+    Running out on the CPU with the smallest budget is a :class:`ResourceError`."""
     say = notice or (lambda _msg: None)
-    for attempt in range(4):
+    for attempt in range(OOM_RETRIES + 1):
         try:
             return super_resolve(model, volume, grid, device, budget_mb, **kwargs)
         except (RuntimeError, MemoryError) as exc:
-            if not is_out_of_memory(exc) and not isinstance(exc, MemoryError):
+            if not (isinstance(exc, MemoryError) or is_out_of_memory(exc)):
                 raise
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            if attempt < 3:
+            if attempt < OOM_RETRIES:
                 budget_mb /= 4
                 say(f"out of memory on {device}; retrying with a {budget_mb:.0f} MB budget")
-            elif device.type != "cpu":
-                say(f"out of memory on {device} even with small chunks; continuing on the CPU")
-                return super_resolve(model, volume, grid, torch.device("cpu"), budget_mb, **kwargs)
-            else:
-                raise
-    raise AssertionError("unreachable")
+    if device.type != "cpu":
+        say(f"out of memory on {device} even with small chunks; continuing on the CPU")
+        return super_resolve_with_fallback(
+            model, volume, grid, torch.device("cpu"), budget_mb, notice, **kwargs
+        )
+    raise ResourceError(
+        f"not enough memory even with a {budget_mb:.0f} MB working budget; close other "
+        "programs, crop the volume or choose a larger target spacing"
+    )
