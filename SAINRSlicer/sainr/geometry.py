@@ -184,7 +184,7 @@ def resolve_target_spacing(
     if current / spacing > MAX_FACTOR and not force:
         raise SpacingError(
             f"target spacing {spacing:.4g} mm is a {current / spacing:.1f}x reduction of "
-            f"{current:.4g} mm (limit {MAX_FACTOR:g}x); use a larger spacing or force it"
+            f"{current:.4g} mm (limit {MAX_FACTOR:g}x); use a larger spacing or force it (--force)"
         )
     return float(spacing)
 

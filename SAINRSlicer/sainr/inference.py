@@ -43,7 +43,15 @@ def choose_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise DeviceError("CUDA was requested but no usable GPU is visible; use --device cpu")
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError as exc:
+            raise DeviceError(f"unknown device {name!r}; use cuda or cuda:N") from exc
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"{name} was requested but only {torch.cuda.device_count()} GPU(s) are visible"
+            )
+        return device
     if name == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
             raise DeviceError("MPS was requested but is not available; use --device cpu")
