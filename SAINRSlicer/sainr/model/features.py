@@ -12,6 +12,12 @@ from dataclasses import dataclass
 import torch
 
 
+def rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for a row table and an index tensor of any shape; index_select is
+    about twice as fast as advanced indexing on the CPU."""
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
+
+
 @dataclass
 class Queries:
     """Thin-slice query positions; all tensors have shape (Q,)."""
@@ -56,8 +62,8 @@ class FeatureMap:
         """Linear blend along the slice axis of features (Q, C) and image (Q,) at the queries."""
         lo, hi = self.bracket(q)
         t = q.t.to(self.feat.dtype)
-        feat = torch.lerp(self.feat[lo], self.feat[hi], t[:, None])
-        image = torch.lerp(self.image[lo], self.image[hi], t.to(self.image.dtype))
+        feat = torch.lerp(rows(self.feat, lo), rows(self.feat, hi), t[:, None])
+        image = torch.lerp(rows(self.image, lo), rows(self.image, hi), t.to(self.image.dtype))
         return feat, image
 
 

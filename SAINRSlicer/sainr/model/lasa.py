@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from .features import FeatureMap, Queries
+from .features import FeatureMap, Queries, rows
 
 
 class LASA(nn.Module):
@@ -80,13 +80,13 @@ class LASA(nn.Module):
         assert fm.key is not None and fm.value is not None, "call project_kv first"
         idx, delta = self.neighbours(fm, q)
         qv = self.query(z0)
-        logits = torch.einsum("qc,qnc->qn", qv, fm.key[idx])
+        logits = torch.einsum("qc,qnc->qn", qv, rows(fm.key, idx))
         if self.offset is not None:
             qk = qv @ self.key.weight
             logits = logits + torch.einsum("qd,qnd->qn", qk @ self.offset.weight, delta)
             logits = logits + (qk @ self.offset.bias)[:, None]
         attn = torch.softmax(logits.float() * self.scale, dim=-1).to(z0.dtype)
-        out = torch.einsum("qn,qnc->qc", attn, fm.value[idx])
+        out = torch.einsum("qn,qnc->qc", attn, rows(fm.value, idx))
         if self.offset is not None:
             mean_delta = torch.einsum("qn,qnd->qd", attn, delta)
             out = out + self.offset(mean_delta) @ self.value.weight.T
