@@ -24,5 +24,5 @@ models=()
 for name in $(python -c "import json; print(' '.join(json.load(open('Resources/Models/models.json'))['models']))"); do
   models+=(--model "$name=$name")
 done
-sainr evaluate "$held"/*.nii.gz "${models[@]}" --factors 2 2.5 3 4 --crop 128 --max-slices 8 \
+sainr evaluate "$held"/*.nii.gz "${models[@]}" --factors 2 3 4 --crop 128 --max-slices 8 \
   --out docs/evaluation "$@"
