@@ -185,7 +185,7 @@ def _run_reduce(args) -> int:
         info = result.info
         print(
             f"{src.name}: axis {info['axis_label']}, {info['slices_in']} slices at "
-            f"{info['spacing_in']:g} mm -> {info['slices_out']} at {info['spacing_out']:g} mm, "
+            f"{info['spacing_in']:.4g} mm -> {info['slices_out']} at {info['spacing_out']:.4g} mm, "
             f"gated {100 * info['gated_fraction']:.0f} % ({info['device']}) -> {dst}",
             file=sys.stderr,
         )

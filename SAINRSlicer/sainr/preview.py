@@ -37,9 +37,9 @@ def save_comparison(
     lr_vol = np.moveaxis(lr_arr, 2 - slice_axis, 0)
     nearest = lr_vol[np.rint(grid.lower + grid.frac).astype(int).clip(0, grid.n_lr - 1)]
     panels = {
-        f"acquired ({grid.spacing_lr:g} mm)": nearest[:, nearest.shape[1] // 2, :],
+        f"acquired ({grid.spacing_lr:.4g} mm)": nearest[:, nearest.shape[1] // 2, :],
         "linear": linear_interpolate(lr_vol, grid)[:, lr_vol.shape[1] // 2, :],
-        f"SA-INR ({grid.spacing_hr:g} mm)": _cut(sitk.GetArrayFromImage(hr), slice_axis),
+        f"SA-INR ({grid.spacing_hr:.4g} mm)": _cut(sitk.GetArrayFromImage(hr), slice_axis),
     }
     in_plane = [a for a in range(3) if a != slice_axis][1]
     extent = (0, hr.GetSize()[in_plane] * hr.GetSpacing()[in_plane], grid.n_hr * grid.spacing_hr, 0)
@@ -48,7 +48,7 @@ def save_comparison(
     for ax, (title, img) in zip(axes, panels.items()):
         ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest")
         ax.set_title(title)
-    base = panels[f"SA-INR ({grid.spacing_hr:g} mm)"]
+    base = panels[f"SA-INR ({grid.spacing_hr:.4g} mm)"]
     axes[3].imshow(base, cmap="gray", vmin=vmin, vmax=vmax, extent=extent)
     gate = _cut(sitk.GetArrayFromImage(mask), slice_axis).astype(float)
     axes[3].imshow(np.ma.masked_equal(gate, 0), cmap="autumn", alpha=0.5, extent=extent)
