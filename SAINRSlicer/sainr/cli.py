@@ -51,8 +51,7 @@ def _progress_printer(mode: str, label: str) -> tuple[Callable[[int, int], None]
 
     def update(done: int, total: int) -> None:
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update(done - bar.n)  # redraws at most every mininterval
 
     return update, bar.close
 
