@@ -13,11 +13,12 @@ import torch
 from sainr.baselines import linear_interpolate
 from sainr.cli import main
 from sainr.data import decimate
-from sainr.evaluate import gating_disabled, simulate
+from sainr.evaluate import simulate
 from sainr.geometry import slice_grid
 from sainr.inference import super_resolve
 from sainr.intensity import robust_scale
 from sainr.metrics import psnr
+from sainr.model import gating_disabled
 from sainr.training import TrainConfig, train
 from sainr.weights import load_model
 

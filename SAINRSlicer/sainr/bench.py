@@ -26,7 +26,7 @@ from .api import plan_reduction, reduce_spacing
 from .errors import SainrError
 from .inference import choose_device
 from .io import read_volume
-from .model import SAINR
+from .model import SAINR, gating_disabled
 from .weights import load_model
 
 SAMPLE = "knee_qdess_sag_3mm.nii.gz"
@@ -87,16 +87,6 @@ def stage_timer(model: SAINR, device: torch.device):
             h.remove()
 
 
-@contextmanager
-def ungated(model: SAINR):
-    """Temporarily attend every query (the gate removed), for the gating comparison."""
-    gate, model.gate = model.gate, None
-    try:
-        yield model
-    finally:
-        model.gate = gate
-
-
 def time_sitk(image: sitk.Image, out_geom, interpolator: int, repeats: int) -> float:
     """Best-of-``repeats`` time of SimpleITK resampling onto the thin-slice grid."""
     best = float("inf")
@@ -136,7 +126,7 @@ def bench_volume(name, image, spacing, model, device, budget_mb, precision, repe
     time_sainr(image, spacing, model, device, budget_mb, precision)  # warm-up (allocator, kernels)
     row["sainr"] = time_sainr(image, spacing, model, device, budget_mb, precision)
     if model.gate is not None:
-        with ungated(model):
+        with gating_disabled(model):
             row["sainr_ungated"] = time_sainr(image, spacing, model, device, budget_mb, precision)
     row["ratio_bspline"] = row["sainr"]["total_s"] / row["bspline_s"]
     row["ratio_linear"] = row["sainr"]["total_s"] / row["linear_s"]

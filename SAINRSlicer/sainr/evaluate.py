@@ -29,8 +29,7 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +47,7 @@ from .inference import DEFAULT_BUDGET_MB, choose_device, super_resolve
 from .intensity import robust_scale
 from .io import read_volume, volume_suffix
 from .metrics import psnr, s3_volume, ssim
-from .model import SAINR, ModelConfig
+from .model import SAINR, ModelConfig, gating_disabled
 from .validation import check_image, check_values
 from .weights import DEFAULT_MODEL, catalog, load_model, resolve
 
@@ -80,17 +79,6 @@ class Method:
     run: RunFn
     model: SAINR | None = None
     gated: bool = False
-
-
-@contextmanager
-def gating_disabled(model: SAINR) -> Iterator[SAINR]:
-    """Temporarily remove the model's gate so that every query goes through LASA."""
-    gate = model.gate
-    model.gate = None
-    try:
-        yield model
-    finally:
-        model.gate = gate
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

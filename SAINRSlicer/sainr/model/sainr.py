@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
 
@@ -106,3 +108,15 @@ class SAINR(nn.Module):
         if keep.numel():
             z[keep] = self.lasa(z0[keep], fm, q.select(keep))
         return z
+
+
+@contextmanager
+def gating_disabled(model: SAINR) -> Iterator[SAINR]:
+    """Temporarily remove the model's gate so that every query goes through LASA (the
+    ungated reference of the evaluation and the benchmark)."""
+    gate = model.gate
+    model.gate = None
+    try:
+        yield model
+    finally:
+        model.gate = gate
