@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
@@ -37,3 +38,13 @@ def knee_image() -> sitk.Image:
 def knee_thick(knee_image: sitk.Image) -> sitk.Image:
     """The knee crop with every second slice dropped: 3.0 mm slices, 20 of them."""
     return knee_image[:, :, ::2]
+
+
+def slice_points(image: sitk.Image, axis: int, positions) -> np.ndarray:
+    """Physical points (LPS) of the corner voxel at continuous positions along ``axis``."""
+    rows = []
+    for p in positions:
+        index = [0.0, 0.0, 0.0]
+        index[axis] = float(p)
+        rows.append(image.TransformContinuousIndexToPhysicalPoint(index))
+    return np.array(rows)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import KNEE_FAIR
+from conftest import KNEE_FAIR, slice_points
 from sainr import reduce_spacing
 from sainr.errors import AxisError, InputImageError, SpacingError
 from sainr.metrics import psnr
@@ -19,16 +19,6 @@ def model():
     return load_model()
 
 
-def _slice_points(image: sitk.Image, axis: int, positions) -> np.ndarray:
-    """Physical points of the in-plane corner voxel at continuous slice positions."""
-    pts = []
-    for p in positions:
-        index = [0.0, 0.0, 0.0]
-        index[axis] = float(p)
-        pts.append(image.TransformContinuousIndexToPhysicalPoint(index))
-    return np.array(pts)
-
-
 def test_output_geometry_matches_simpleitk_index_to_point(knee_thick, model):
     result = reduce_spacing(knee_thick, 1.0, model=model)
     out = result.image
@@ -37,8 +27,8 @@ def test_output_geometry_matches_simpleitk_index_to_point(knee_thick, model):
     assert out.GetOrigin() == knee_thick.GetOrigin()
     assert out.GetDirection() == knee_thick.GetDirection()
     c_lr = knee_thick.GetSpacing()[2]
-    expected = _slice_points(knee_thick, 2, np.arange(58) * 1.0 / c_lr)
-    np.testing.assert_allclose(_slice_points(out, 2, range(58)), expected, atol=1e-6)
+    expected = slice_points(knee_thick, 2, np.arange(58) * 1.0 / c_lr)
+    np.testing.assert_allclose(slice_points(out, 2, range(58)), expected, atol=1e-6)
     assert result.mask.GetSize() == out.GetSize() and result.mask.GetOrigin() == out.GetOrigin()
     assert result.info["axis"] == 2 and "sagittal" in result.info["axis_label"]
 
@@ -70,7 +60,7 @@ def test_oblique_permuted_volume_keeps_every_acquired_slice_in_place(knee_thick,
     assert out.GetDirection() == image.GetDirection() and out.GetOrigin() == image.GetOrigin()
     # acquired slice i lies at output slice 4 i, at the same physical position
     np.testing.assert_allclose(
-        _slice_points(out, 0, range(0, 77, 4)), _slice_points(image, 0, range(20)), atol=1e-6
+        slice_points(out, 0, range(0, 77, 4)), slice_points(image, 0, range(20)), atol=1e-6
     )
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), before)  # input untouched
     # the permuted run gives the same voxels as the native one (layout is not assumed)

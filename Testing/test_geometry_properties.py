@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import slice_points
 from sainr import reduce_spacing
 from sainr.geometry import SLICE_TOL, slice_grid
 
@@ -68,16 +69,6 @@ def volumes(draw) -> tuple[sitk.Image, int, dict]:
     return image, axis, target
 
 
-def _points(image: sitk.Image, axis: int, positions) -> np.ndarray:
-    """Physical points (LPS) of the corner voxel at continuous positions along ``axis``."""
-    rows = []
-    for p in positions:
-        index = [0.0, 0.0, 0.0]
-        index[axis] = float(p)
-        rows.append(image.TransformContinuousIndexToPhysicalPoint(index))
-    return np.array(rows)
-
-
 @PROPERTY
 @given(case=volumes())
 def test_thin_slices_lie_on_the_slice_line_at_the_requested_spacing(
@@ -97,8 +88,8 @@ def test_thin_slices_lie_on_the_slice_line_at_the_requested_spacing(
         assert out.GetSpacing()[a] == image.GetSpacing()[a]
 
     # thin slice j lies at acquired position j * c_hr / c_lr, on the acquired slice line
-    pts = _points(out, axis, range(n_hr))
-    np.testing.assert_allclose(pts, _points(image, axis, np.arange(n_hr) * c_hr / c_lr), atol=1e-9)
+    pts = slice_points(out, axis, range(n_hr))
+    np.testing.assert_allclose(pts, slice_points(image, axis, np.arange(n_hr) * c_hr / c_lr), atol=1e-9)
     line = np.asarray(image.GetDirection()).reshape(3, 3)[:, axis]
     offsets = pts - np.asarray(image.GetOrigin())
     np.testing.assert_allclose(offsets, np.outer(np.arange(n_hr) * c_hr, line), atol=1e-9)
@@ -110,7 +101,7 @@ def test_thin_slices_lie_on_the_slice_line_at_the_requested_spacing(
     factor = target.get("factor")
     if isinstance(factor, int):  # every acquired slice is reproduced at thin slice factor * i
         np.testing.assert_allclose(
-            _points(out, axis, range(0, n_hr, factor)), _points(image, axis, range(n_lr)), atol=1e-9
+            slice_points(out, axis, range(0, n_hr, factor)), slice_points(image, axis, range(n_lr)), atol=1e-9
         )
 
     _check_nifti_round_trip(out, tmp_path_factory.mktemp("nifti") / "out.nii.gz")
