@@ -70,3 +70,51 @@ def test_bf16_autocast_stays_close_to_fp32_on_a_real_knee(knee_thick):
     assert np.abs(a - b).mean() / scale < 5e-4
     assert np.percentile(np.abs(a - b), 99) / scale < 5e-3
     assert abs(full.info["gated_fraction"] - half.info["gated_fraction"]) < 0.02
+
+
+def test_auto_precision_is_fp16_on_cuda_bf16_only_on_amx_cpus():
+    from sainr.inference import has_bf16_matrix_units, resolve_precision
+
+    assert resolve_precision(torch.device("cuda"), "auto") == "fp16"
+    amx = has_bf16_matrix_units()
+    assert resolve_precision(torch.device("cpu"), "auto") == ("bf16" if amx else "fp32")
+    assert resolve_precision(torch.device("cpu"), "fp32") == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision(torch.device("cpu"), "int8")
+
+
+def test_attention_stays_fp32_inside_a_bf16_autocast_region(tiny_model):
+    """LASA is gather-bound: it opts out of autocast, so its output is the fp32 result."""
+    from sainr.model import Queries
+
+    rng = torch.Generator().manual_seed(0)
+    lr = torch.rand(1, 1, 5, 20, 20, generator=rng)
+    n = 300
+    q = Queries(
+        b=torch.zeros(n, dtype=torch.long),
+        s=torch.randint(0, 4, (n,), generator=rng),
+        y=torch.randint(0, 20, (n,), generator=rng),
+        x=torch.randint(0, 20, (n,), generator=rng),
+        t=torch.rand(n, generator=rng),
+    )
+    with torch.inference_mode():
+        fm = tiny_model.encode(lr)
+        z0, _ = fm.lerp(q)
+        full = tiny_model.lasa(z0, fm, q)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = tiny_model.lasa(z0, fm, q)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, full, rtol=0, atol=0)
+
+
+def test_reduced_precision_layout_does_not_change_later_fp32_results(tiny_model):
+    """A bf16 run switches the encoder to channels-last; an fp32 run afterwards gives the
+    same volume as before it."""
+    volume = np.random.default_rng(5).random((6, 32, 32), dtype=np.float32)
+    grid = slice_grid(6, 3.0, 1.0)
+    cpu = torch.device("cpu")
+    before = super_resolve(tiny_model, volume, grid, cpu, precision="fp32")[0]
+    half = super_resolve(tiny_model, volume, grid, cpu, precision="bf16")[0]
+    after = super_resolve(tiny_model, volume, grid, cpu, precision="fp32")[0]
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+    assert np.abs(half - before).max() < 0.05 * np.abs(before).max()

@@ -24,7 +24,7 @@ import torch
 
 from .api import plan_reduction, reduce_spacing
 from .errors import SainrError
-from .inference import choose_device
+from .inference import choose_device, resolve_precision
 from .io import read_volume
 from .model import SAINR, gating_disabled
 from .weights import load_model
@@ -142,7 +142,7 @@ def configuration(model: SAINR, device: torch.device, weights: str, precision: s
         "threads": torch.get_num_threads(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "precision": precision if precision != "auto" else ("fp16" if device.type == "cuda" else "fp32"),
+        "precision": resolve_precision(device, precision),
         "weights": weights,
         "model": model.config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),

@@ -76,7 +76,7 @@ def _add_reduce(sub) -> None:
     p.add_argument("--axis", type=int, choices=(0, 1, 2), help="slice axis (i, j, k); detected if omitted")
     p.add_argument("--memory-mb", type=float, default=2048, help="working memory budget (default 2048)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="auto = fp16 autocast on CUDA, fp32 on CPU; bf16 helps CPUs with AMX")  # fmt: skip
+                   help="auto = fp16 autocast on CUDA, bf16 on CPUs with AMX, else fp32")  # fmt: skip
     p.add_argument("--nan-to-zero", action="store_true", help="replace NaN/Inf voxels by 0 instead of refusing")
     p.add_argument("--force", action="store_true", help="allow reductions beyond 20x")
     p.add_argument("--preview", type=Path, help="also write a PNG comparison picture (single input)")

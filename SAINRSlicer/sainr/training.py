@@ -34,7 +34,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .baselines import linear_interpolate
 from .data import PatchDataset, PatchSpec, Volume, collate, load_volume
 from .geometry import slice_grid
-from .inference import Plan, super_resolve
+from .inference import Plan, memory_format, super_resolve
 from .metrics import psnr
 from .model import SAINR, ModelConfig
 from .weights import save_checkpoint
@@ -92,7 +92,9 @@ def _volumes(entries: list[dict[str, Any]], root: Path) -> list[Volume]:
     return out
 
 
-def validate(model: SAINR, volumes: list[Volume], factors, size: int) -> dict[str, float]:
+def validate(
+    model: SAINR, volumes: list[Volume], factors, size: int, precision: str = "fp32"
+) -> dict[str, float]:
     """PSNR of SA-INR and linear interpolation on centre crops decimated along the native
     slice axis; mean over volumes per factor, and the mean gain."""
     model.eval()
@@ -106,7 +108,8 @@ def validate(model: SAINR, volumes: list[Volume], factors, size: int) -> dict[st
             lr = hr[:: int(k)]
             grid = slice_grid(lr.shape[0], float(k), 1.0)
             truth = hr[: grid.n_hr]
-            pred, _ = super_resolve(model, lr, grid, device, tile_plan=Plan(size, 0, 1 << 16))
+            pred, _ = super_resolve(model, lr, grid, device, precision=precision,
+                                    tile_plan=Plan(size, 0, 1 << 16))  # fmt: skip
             scores.setdefault(f"psnr_x{k:g}", []).append(psnr(pred, truth))
             scores.setdefault(f"linear_x{k:g}", []).append(psnr(linear_interpolate(lr, grid), truth))
     model.train()
@@ -186,6 +189,9 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = SAINR(ModelConfig.from_dict(cfg.model)).to(device)
+    precision = "fp32" if cfg.amp == "none" else cfg.amp
+    layout = memory_format(precision)
+    model.encoder.to(memory_format=layout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(
         opt, [int(f * cfg.steps) for f in cfg.milestones], gamma=cfg.lr_decay
@@ -227,7 +233,7 @@ def train(
     if rng_state is not None:  # gumbel noise of the gating mask continues where it stopped
         torch.set_rng_state(rng_state)
     for lr_batch, q, tgt in batches:
-        lr_batch = lr_batch.to(device)
+        lr_batch = lr_batch.to(device).contiguous(memory_format=layout)
         q = type(q)(*(getattr(q, f).to(device) for f in ("b", "s", "y", "x", "t")))
         target, gate = tgt["target"].to(device), tgt["gate"].to(device)
         with _autocast(device, cfg.amp):
@@ -251,7 +257,7 @@ def train(
                 f"lr {sched.get_last_lr()[0]:.2e}  {elapsed / 60:.1f} min")  # fmt: skip
             running = []
         if rank == 0 and val_vols and (step % cfg.val_every == 0 or step == cfg.steps):
-            scores = validate(model, val_vols, cfg.val_factors, cfg.val_size)
+            scores = validate(model, val_vols, cfg.val_factors, cfg.val_size, precision)
             history.add({"step": step, "minutes": round(elapsed / 60, 2), **scores})
             log("  val " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
             if scores["gain"] > best:
