@@ -178,6 +178,16 @@ WEIGHTS_FILE = "file"
 MASK_REFERENCE_ROLE = "SAINRSlicerGatingMask"
 #: PyTorch versions the core supports (its pyproject.toml); installed through PyTorchUtils.
 TORCH_REQUIREMENT = ">=2.1"
+#: Adaptation steps the panel offers (sainr.adapt.AdaptConfig.steps is the default).
+DEFAULT_ADAPT_STEPS = 200
+MAX_ADAPT_STEPS = 10000
+#: Stdout tags of the core's progress lines: ``ADAPT done total`` while it adapts the model to
+#: the input (sainr.adapt.ADAPT_TAG), ``PROGRESS done total`` while it reconstructs.
+ADAPT_TAG = "ADAPT"
+PROGRESS_TAG = "PROGRESS"
+#: Share of the progress bar given to adaptation when a run adapts first (the rest is the
+#: reconstruction); the status line says which phase is running and its own time left.
+ADAPT_PROGRESS_SHARE = 0.5
 #: Slice views of SlicerLayoutSideBySideView: input left, output right.
 COMPARE_VIEWS = ("Red", "Yellow")
 #: View orientation that contains the slice axis, by the patient axis the slices are stacked on
@@ -460,6 +470,9 @@ class ReductionRun:
     handles what the process printed (progress, notes, errors) and, once the process has
     succeeded, reads the result into the scene. :meth:`cancel` kills the process tree. The
     temporary folder is removed whichever way the run ends.
+
+    With ``adaptSteps`` > 0 the process first adapts the model to the input (``ADAPT`` lines),
+    then reconstructs (``PROGRESS`` lines): ``phase`` says which, ``fraction`` covers both.
     """
 
     RUNNING, SUCCEEDED, FAILED, CANCELLED = "running", "succeeded", "failed", "cancelled"
@@ -473,13 +486,19 @@ class ReductionRun:
         device: str = "auto",
         weights: str | None = None,
         axis: int | None = None,
+        adaptSteps: int = 0,
+        saveAdaptedPath: str | None = None,
     ):
         self.inputVolume = inputVolume
         self.plan = plan
         self.outputVolume = outputVolume
         self.maskVolume = maskVolume
+        self.adaptSteps = adaptSteps
         self.state = self.RUNNING
         self.fraction = 0.0
+        self.phase: str | None = None  # ADAPT_TAG, then PROGRESS_TAG
+        self.phaseFraction = 0.0
+        self.adaptDone = 0
         self.notes: list[str] = []
         self.error: str | None = None
         self._coreMessage: str | None = None
@@ -493,7 +512,7 @@ class ReductionRun:
             inputPath = self._tempDir / "input.nrrd"
             _writeVolume(inputVolume, inputPath)
             self._process = subprocess.Popen(
-                self._command(inputPath, device, weights, axis),
+                self._command(inputPath, device, weights, axis, saveAdaptedPath),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -530,7 +549,12 @@ class ReductionRun:
         return self.state == self.RUNNING
 
     def _command(
-        self, inputPath: pathlib.Path, device: str, weights: str | None, axis: int | None
+        self,
+        inputPath: pathlib.Path,
+        device: str,
+        weights: str | None,
+        axis: int | None,
+        saveAdaptedPath: str | None,
     ) -> list[str]:
         command = [
             _pythonExecutable(),
@@ -552,37 +576,55 @@ class ReductionRun:
             command += ["--weights", str(weights)]
         if axis is not None:
             command += ["--axis", str(axis)]
+        if self.adaptSteps:
+            command += ["--adapt-steps", str(self.adaptSteps)]
+        if saveAdaptedPath is not None:
+            command += ["--save-adapted", str(saveAdaptedPath)]
         return command
 
     def remainingSeconds(self) -> float | None:
-        """Estimated seconds left, from the progress rate since the first progress line."""
+        """Estimated seconds left in the current phase, from its progress rate since its first
+        progress line."""
         if self._progressStart is None:
             return None
         startTime, startFraction = self._progressStart
         elapsed = time.monotonic() - startTime
-        if self.fraction <= startFraction or elapsed <= 0:
+        if self.phaseFraction <= startFraction or elapsed <= 0:
             return None
-        return (1.0 - self.fraction) * elapsed / (self.fraction - startFraction)
+        return (1.0 - self.phaseFraction) * elapsed / (self.phaseFraction - startFraction)
 
     @property
     def message(self) -> str:
         """Status line for the panel or a progress callback."""
         if self.state == self.SUCCEEDED:
-            return _("Done in {time}: {name}, {slices} slices at {spacing} mm.").format(
+            text = _("Done in {time}: {name}, {slices} slices at {spacing} mm.").format(
                 time=formatDuration(self._finished - self._started),
                 name=self.outputVolume.GetName(),
                 slices=self.plan.outputSize[self.plan.axis],
                 spacing=formatMillimetres(self.plan.targetSpacing),
             )
+            if self.adaptSteps:
+                text += " " + _("Model adapted to the input for {steps} steps.").format(
+                    steps=self.adaptSteps
+                )
+            return text
         if self.state == self.FAILED:
             return _("Failed: {reason}").format(reason=self.error)
         if self.state == self.CANCELLED:
             return _("Cancelled; the scene is unchanged.")
-        if self._progressStart is None:
+        remaining = self.remainingSeconds()
+        if self.phase is None:
             text = _("Starting: loading PyTorch and the model...")
+        elif self.phase == ADAPT_TAG:
+            text = _("Adapting to this volume: {done}/{total} steps").format(
+                done=self.adaptDone, total=self.adaptSteps
+            )
+            if remaining is not None:
+                text += " · " + _("about {time} until the reconstruction").format(
+                    time=formatDuration(remaining)
+                )
         else:
-            text = _("Reducing spacing: {percent} %").format(percent=int(100 * self.fraction))
-            remaining = self.remainingSeconds()
+            text = _("Reducing spacing: {percent} %").format(percent=int(100 * self.phaseFraction))
             if remaining is not None:
                 text += " · " + _("about {time} left").format(time=formatDuration(remaining))
         if self.notes:
@@ -641,18 +683,20 @@ class ReductionRun:
             self.handleLine(stream, line)
 
     def handleLine(self, stream: str, line: str) -> None:
-        """Interpret one line of the core CLI's protocol: ``PROGRESS done total`` on stdout;
-        ``note: ...``, ``sainr: error: ...`` (user error) and ``sainr: ...`` (internal error)
-        on stderr."""
+        """Interpret one line of the core CLI's protocol: ``ADAPT done total`` (adaptation
+        steps) and ``PROGRESS done total`` (reconstruction) on stdout; ``note: ...``,
+        ``sainr: error: ...`` (user error) and ``sainr: ...`` (internal error) on stderr."""
         if stream == "stdout":
             parts = line.split()
             if (
                 len(parts) == 3
-                and parts[0] == "PROGRESS"
+                and parts[0] in (ADAPT_TAG, PROGRESS_TAG)
                 and parts[1].isdigit()
                 and parts[2].isdigit()
             ):
-                self._setProgress(int(parts[1]) / max(int(parts[2]), 1))
+                if parts[0] == ADAPT_TAG:
+                    self.adaptDone = int(parts[1])
+                self._setProgress(parts[0], int(parts[1]) / max(int(parts[2]), 1))
             return
         self._stderrTail.append(line)
         if line.startswith("note: "):
@@ -662,11 +706,19 @@ class ReductionRun:
         elif line.startswith("sainr: "):
             self._coreMessage = line.removeprefix("sainr: ")
 
-    def _setProgress(self, fraction: float) -> None:
+    def _setProgress(self, phase: str, fraction: float) -> None:
+        """Progress within ``phase``; ``fraction`` of the whole run: adaptation fills the first
+        ADAPT_PROGRESS_SHARE of it when the run adapts, the reconstruction the rest."""
         now = time.monotonic()
-        if self._progressStart is None or fraction < self.fraction:  # first line, or a restart
+        # a new phase, or a restart within one (the core retrying with a smaller budget)
+        if phase != self.phase or fraction < self.phaseFraction:
             self._progressStart = (now, fraction)
-        self.fraction = fraction
+        self.phase, self.phaseFraction = phase, fraction
+        share = ADAPT_PROGRESS_SHARE if self.adaptSteps else 0.0
+        if phase == ADAPT_TAG:
+            self.fraction = share * fraction
+        else:
+            self.fraction = share + (1.0 - share) * fraction
 
     def _failureMessage(self) -> str:
         if self._coreMessage:
@@ -752,6 +804,10 @@ def helpText() -> str:
             "axis changes. <b>Compare</b> shows input and output side by side, cut perpendicular to "
             "the acquired slices, with the gating mask (where SA-INR used slice attention) as an "
             "overlay.</p>"
+            "<p><b>Advanced · Adapt to this volume</b> first fine-tunes the model for the given "
+            "number of steps on training pairs made from the volume's own in-plane detail, then "
+            "reconstructs with it: slower, and it can help on contrasts unlike the training "
+            "data.</p>"
             "<p>A GPU is used when PyTorch can use one (device <i>auto</i>); the CPU works too, "
             "more slowly. PyTorch is installed through the PyTorch extension at the first run. "
             "Needs 3D Slicer 5.10 or later (Python 3.12).</p>"
@@ -774,6 +830,7 @@ class SAINRSlicerParameterNode:
     resultVolume: the last result (what Compare and the mask overlay show). targetSpacing:
     output slice spacing in mm. device: auto, cuda or cpu. model: a shipped model name or
     "file" for weightsPath. showGatingMask, maskOpacity: the gating-mask overlay.
+    adaptToVolume, adaptSteps: first fine-tune the model on the input for that many steps.
     """
 
     inputVolume: slicer.vtkMRMLScalarVolumeNode
@@ -785,6 +842,8 @@ class SAINRSlicerParameterNode:
     weightsPath: pathlib.Path
     showGatingMask: bool = True
     maskOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    adaptToVolume: bool = False
+    adaptSteps: Annotated[int, WithinRange(1, MAX_ADAPT_STEPS)] = DEFAULT_ADAPT_STEPS
 
 
 #
@@ -908,6 +967,7 @@ class SAINRSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo.currentIndex = max(combo.findData(parameters.model), 0)
         combo.blockSignals(wasBlocked)
         self.ui.weightsPathLineEdit.enabled = parameters.model == WEIGHTS_FILE and self._run is None
+        self.ui.adaptStepsSpinBox.enabled = parameters.adaptToVolume and self._run is None
 
         problem = self._updateGeometryLabels(parameters.inputVolume, parameters.targetSpacing)
         if (
@@ -975,6 +1035,7 @@ class SAINRSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     parameters.outputVolume,
                     parameters.device,
                     weights=self._selectedWeights(),
+                    adaptSteps=parameters.adaptSteps if parameters.adaptToVolume else 0,
                 )
         except (SAINRSlicerError, OSError) as error:
             self._showStatus(_("Cannot start: {reason}").format(reason=error), error=True)
@@ -1021,6 +1082,8 @@ class SAINRSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceComboBox,
             self.ui.modelComboBox,
             self.ui.weightsPathLineEdit,
+            self.ui.adaptCheckBox,
+            self.ui.adaptStepsSpinBox,
             self.ui.outputSelector,
         ):
             widget.enabled = not running
@@ -1222,15 +1285,24 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
         maskVolume=None,
         weights: str | None = None,
         axis: int | None = None,
+        adaptSteps: int = 0,
+        saveAdaptedPath: str | None = None,
     ) -> ReductionRun:
         """Start a reduction in the background and return the run (see ReductionRun)."""
         if device not in DEVICES:
             raise SAINRSlicerError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
         if outputVolume is not None and outputVolume is inputVolume:
             raise SAINRSlicerError(_("the output volume must not be the input volume"))
+        if isinstance(adaptSteps, bool) or not isinstance(adaptSteps, int) or adaptSteps < 0:
+            raise SAINRSlicerError(f"adaptSteps must be a whole number >= 0, got {adaptSteps!r}")
+        if saveAdaptedPath is not None and not adaptSteps:
+            raise SAINRSlicerError("saving adapted weights needs adaptSteps > 0")
         plan = self.plan(inputVolume, targetSpacing, axis)
         self.ensureTorch()
-        return ReductionRun(inputVolume, plan, outputVolume, maskVolume, device, weights, axis)
+        return ReductionRun(
+            inputVolume, plan, outputVolume, maskVolume, device, weights, axis,
+            adaptSteps, saveAdaptedPath,
+        )  # fmt: skip
 
     def process(
         self,
@@ -1242,6 +1314,8 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
         progressCallback: Callable[[float, str], None] | None = None,
         weights: str | None = None,
         axis: int | None = None,
+        adaptSteps: int = 0,
+        saveAdaptedPath: str | None = None,
     ):
         """Reduce the slice spacing of ``inputVolume`` to ``targetSpacing`` mm and wait.
 
@@ -1251,13 +1325,17 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
         progressCallback(fraction, message): called as the run progresses.
         weights: shipped model name or checkpoint file; None is the bundled default model.
         axis: slice axis (0, 1, 2 = i, j, k); detected (largest spacing) if None.
+        adaptSteps: first fine-tune the model for this many steps on pairs made from the
+        input's own in-plane detail (0: use the model as it is).
+        saveAdaptedPath: also save the adapted weights to this .pt file (needs adaptSteps).
 
         Returns the output volume node; raises SAINRSlicerError with the reason on failure,
         in which case the scene is unchanged.
         """
         run = self.start(
-            inputVolume, targetSpacing, outputVolume, device, maskVolume, weights, axis
-        )
+            inputVolume, targetSpacing, outputVolume, device, maskVolume, weights, axis,
+            adaptSteps, saveAdaptedPath,
+        )  # fmt: skip
         return run.wait(progressCallback)
 
     # Models and devices

@@ -297,6 +297,91 @@ def test_core_notes_show_in_the_status_line(small_scene):
     assert run.notes == ["CUDA out of memory; retrying with smaller chunks"]
 
 
+def test_adapting_first_shows_both_phases_and_saves_the_adapted_weights(small_scene, tmp_path):
+    import torch
+
+    from sainr.weights import load_model
+
+    handles, volume = small_scene
+    weights = tmp_path / "adapted.pt"
+    reports = []
+    output = SAINRSlicerLogic().process(
+        volume, 1.5, device="cpu", adaptSteps=3, saveAdaptedPath=str(weights),
+        progressCallback=lambda f, m: reports.append((f, m)),
+    )  # fmt: skip
+    assert output.GetImageData().GetDimensions() == (32, 32, 15)
+    fractions = [f for f, _ in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    messages = [m for _, m in reports]
+    adapting = [i for i, m in enumerate(messages) if m.startswith("Adapting to this volume")]
+    reducing = [i for i, m in enumerate(messages) if m.startswith("Reducing spacing")]
+    assert adapting and reducing and max(adapting) < min(reducing)
+    assert all(f <= SAINRSlicer.ADAPT_PROGRESS_SHARE for f, m in reports if "Adapting" in m)
+    assert "for 3 steps" in messages[-1]
+    adapted, shipped = load_model(weights), load_model()
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(adapted.state_dict().values(), shipped.state_dict().values())
+    )
+
+
+def test_adaptation_progress_lines_fill_the_first_part_of_the_bar(small_scene):
+    _handles, volume = small_scene
+    run = SAINRSlicerLogic().start(volume, 1.0, adaptSteps=4)
+    try:
+        assert run.message.startswith("Starting")
+        run.handleLine("stdout", "ADAPT 1 4")
+        assert run.fraction == pytest.approx(SAINRSlicer.ADAPT_PROGRESS_SHARE / 4)
+        assert run.message.startswith("Adapting to this volume: 1/4 steps")
+        run.handleLine("stdout", "ADAPT 4 4")
+        assert run.fraction == pytest.approx(SAINRSlicer.ADAPT_PROGRESS_SHARE)
+        run.handleLine("stdout", "PROGRESS 10 40")
+        share = SAINRSlicer.ADAPT_PROGRESS_SHARE
+        assert run.fraction == pytest.approx(share + (1 - share) / 4)
+        assert run.message.startswith("Reducing spacing: 25 %")
+    finally:
+        run.cancel()
+
+
+def test_adaptation_options_are_checked_before_anything_runs(small_scene, tmp_path):
+    handles, volume = small_scene
+    nodes = node_count(handles.scene)
+    with pytest.raises(SAINRSlicerError, match="adaptSteps must be a whole number"):
+        SAINRSlicerLogic().start(volume, 1.0, adaptSteps=-1)
+    with pytest.raises(SAINRSlicerError, match="needs adaptSteps"):
+        SAINRSlicerLogic().start(volume, 1.0, saveAdaptedPath=str(tmp_path / "w.pt"))
+    assert node_count(handles.scene) == nodes
+
+
+def test_cancel_during_adaptation_stops_the_process_and_adds_nothing(small_scene, tmp_path):
+    handles, volume = small_scene
+    nodes = node_count(handles.scene)
+    weights = tmp_path / "adapted.pt"
+    run = SAINRSlicerLogic().start(
+        volume, 1.0, adaptSteps=SAINRSlicer.MAX_ADAPT_STEPS, saveAdaptedPath=str(weights)
+    )
+    deadline = time.monotonic() + 60
+    while run.poll() and run.adaptDone == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert run.running and run.phase == SAINRSlicer.ADAPT_TAG
+    assert 0 < run.fraction < SAINRSlicer.ADAPT_PROGRESS_SHARE
+    started = time.monotonic()
+    run.cancel()
+    assert time.monotonic() - started < 1.0
+    assert not psutil.pid_exists(run.pid)
+    assert run.state == run.CANCELLED and "unchanged" in run.message
+    assert not run.outputPath.parent.exists()
+    assert node_count(handles.scene) == nodes
+    assert not list(tmp_path.iterdir())  # no adapted weights, no temporary file
+
+
+def test_the_logic_speaks_the_cores_adaptation_protocol():
+    from sainr.adapt import ADAPT_TAG, AdaptConfig
+
+    assert SAINRSlicer.ADAPT_TAG == ADAPT_TAG
+    assert SAINRSlicer.DEFAULT_ADAPT_STEPS == AdaptConfig.steps
+
+
 def test_cancel_mid_run_stops_the_process_within_a_second_and_adds_nothing():
     handles = slicer_scene.newScene()
     array = slicer_scene.readArray(KNEE)[::2]  # 64 x 64 x 20 slices: a few seconds of work
@@ -337,8 +422,13 @@ def test_parameters_survive_saving_and_loading_the_scene(tmp_path):
     parameters.weightsPath = pathlib.Path("/data/my model.pt")
     parameters.showGatingMask = False
     parameters.maskOpacity = 0.3
+    assert (parameters.adaptToVolume, parameters.adaptSteps) == (False, 200)
+    parameters.adaptToVolume = True
+    parameters.adaptSteps = 500
     with pytest.raises(ValueError):
         parameters.device = "gpu"
+    with pytest.raises(ValueError):
+        parameters.adaptSteps = 0
     with pytest.raises(ValueError):
         parameters.targetSpacing = 50.0
     scene.SetURL(str(tmp_path / "scene.mrml"))
@@ -355,6 +445,7 @@ def test_parameters_survive_saving_and_loading_the_scene(tmp_path):
     assert (restored.targetSpacing, restored.device, restored.model) == (0.5, "cpu", "file")
     assert restored.weightsPath == pathlib.Path("/data/my model.pt")
     assert (restored.showGatingMask, restored.maskOpacity) == (False, 0.3)
+    assert (restored.adaptToVolume, restored.adaptSteps) == (True, 500)
 
 
 def test_console_example_of_the_help_runs_as_written():

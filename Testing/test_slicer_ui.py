@@ -38,6 +38,8 @@ EXPECTED_CLASSES = {
     "deviceInfoLabel": "QLabel",
     "modelComboBox": "QComboBox",
     "weightsPathLineEdit": "ctkPathLineEdit",
+    "adaptCheckBox": "QCheckBox",
+    "adaptStepsSpinBox": "QSpinBox",
     "outputSelector": "qMRMLNodeComboBox",
     "applyButton": "QPushButton",
     "progressBar": "QProgressBar",
@@ -130,6 +132,21 @@ def test_input_selector_offers_image_volumes_only():
     output = {p.get("name"): p for p in ui["outputSelector"].findall("property")}
     for flag in ("noneEnabled", "addEnabled", "renameEnabled"):
         assert output[flag].findtext("bool") == "true"
+
+
+def test_adaptation_is_an_advanced_option_whose_steps_match_the_parameter():
+    ui = widgets()
+    advanced = ui["advancedCollapsibleButton"]
+    names = {w.get("name") for w in advanced.iter("widget")}
+    assert {"adaptCheckBox", "adaptStepsSpinBox"} <= names
+    assert advanced.find("property[@name='collapsed']").findtext("bool") == "true"
+    spin = {
+        p.get("name"): p.findtext("number") for p in ui["adaptStepsSpinBox"].findall("property")
+    }
+    hint = parameter_hints()["adaptSteps"]
+    (limits,) = typing.get_args(hint)[1:]
+    assert (int(spin["minimum"]), int(spin["maximum"])) == (limits.minimum, limits.maximum)
+    assert int(spin["value"]) == SAINRSlicer.DEFAULT_ADAPT_STEPS
 
 
 def test_panel_needs_the_application_but_the_logic_does_not():

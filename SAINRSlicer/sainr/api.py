@@ -92,6 +92,17 @@ def plan_reduction(
     return ax, out
 
 
+def slice_first(
+    image: sitk.Image, axis: int, nan_policy: str = "refuse"
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """The voxels as float32 (S, H, W) with index axis ``axis`` (the slice axis) first, and
+    their spacing (c_S, c_H, c_W) in mm; NaN/Inf and constant volumes are checked first."""
+    array = check_values(sitk.GetArrayViewFromImage(image), nan_policy)
+    volume = np.moveaxis(np.asarray(array, dtype=np.float32), 2 - axis, 0)
+    order = [axis] + [a for a in (2, 1, 0) if a != axis]  # array axis b is index axis 2 - b
+    return volume, tuple(float(image.GetSpacing()[a]) for a in order)
+
+
 def reduce_spacing(
     image: sitk.Image,
     spacing_mm: float | None = None,
@@ -121,8 +132,7 @@ def reduce_spacing(
     )
     geom = geometry_of(image)
     grid = slice_grid(geom.size[ax], geom.spacing[ax], out_geom.spacing[ax])
-    array = check_values(sitk.GetArrayViewFromImage(image), nan_policy)
-    volume = np.moveaxis(np.asarray(array, dtype=np.float32), 2 - ax, 0)
+    volume, _ = slice_first(image, ax, nan_policy)
     scale = robust_scale(volume)
     net = model if model is not None else load_model(weights)
     dev = choose_device(device)

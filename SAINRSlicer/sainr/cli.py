@@ -1,4 +1,4 @@
-"""``sainr`` command line: reduce, train, evaluate.
+"""``sainr`` command line: reduce, adapt, train, evaluate, bench, export, train-vae, synthesize.
 
 User errors (bad input, options, paths, weights) exit with code 2 and one line on stderr, no
 traceback and no output file. Internal errors exit with code 1 and point to a report file with
@@ -66,6 +66,8 @@ def _spacing_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_reduce(sub) -> None:
+    from .adapt import add_reduce_arguments
+
     p = sub.add_parser("reduce", help="reduce the slice spacing of a volume (or a folder of them)")
     p.add_argument("input", type=Path, help="volume file (.nii.gz/.nrrd/.mha), DICOM folder, or folder of volumes")
     p.add_argument("output", type=Path, help="output file, or folder in batch mode")
@@ -81,6 +83,7 @@ def _add_reduce(sub) -> None:
     p.add_argument("--force", action="store_true", help="allow reductions beyond 20x")
     p.add_argument("--preview", type=Path, help="also write a PNG comparison picture (single input)")
     p.add_argument("--progress", choices=("bar", "lines", "none"), default="bar")
+    add_reduce_arguments(p)
     p.set_defaults(func=_run_reduce)
 
 
@@ -150,6 +153,7 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 
 def _run_reduce(args) -> int:
+    from .adapt import adapt_for_reduce
     from .api import reduce_spacing
     from .inference import choose_device
     from .weights import load_model
@@ -163,10 +167,11 @@ def _run_reduce(args) -> int:
     model = load_model(args.weights)
     for n, (src, dst, mask_dst) in enumerate(pairs):
         image = first if n == 0 else _checked_input(src, args, target)
+        net = adapt_for_reduce(src, image, model, args, target)
         update, close = _progress_printer(args.progress, src.name)
         try:
             result = reduce_spacing(
-                image, args.spacing, **target, device=args.device, model=model,
+                image, args.spacing, **target, device=args.device, model=net,
                 budget_mb=args.memory_mb, precision=args.precision, nan_policy="zero" if args.nan_to_zero else "refuse",
                 progress=update, notice=lambda msg: print(f"note: {msg}", file=sys.stderr),
             )  # fmt: skip
@@ -245,6 +250,25 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=bench.run)
 
 
+def _add_adapt(sub) -> None:
+    from . import adapt
+
+    p = sub.add_parser("adapt", help="fine-tune the model on one volume's own in-plane detail")
+    adapt.add_arguments(p)
+    p.set_defaults(func=adapt.run)
+
+
+def _add_self_supervised(sub) -> None:
+    from . import synthesis
+
+    p = sub.add_parser("train-vae", help="stage I: train the in-plane slice VAE on thick-slice volumes")
+    synthesis.add_arguments_train(p)
+    p.set_defaults(func=synthesis.run_train)
+    p = sub.add_parser("synthesize", help="stage I: thin-slice volumes by latent interpolation")
+    synthesis.add_arguments_synthesize(p)
+    p.set_defaults(func=synthesis.run_synthesize)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sainr", description="Reduce MRI slice spacing with SA-INR.")
     parser.add_argument("--version", action="version", version=f"sainr {__version__}")
@@ -254,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_export(sub)
     _add_bench(sub)
+    _add_adapt(sub)
+    _add_self_supervised(sub)
     return parser
 
 

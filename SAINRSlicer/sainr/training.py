@@ -36,7 +36,7 @@ from .data import PatchDataset, PatchSpec, Volume, collate, load_volume
 from .geometry import slice_grid
 from .inference import Plan, memory_format, super_resolve
 from .metrics import psnr
-from .model import SAINR, ModelConfig
+from .model import SAINR, ModelConfig, QueryOutput
 from .weights import save_checkpoint
 
 
@@ -82,6 +82,25 @@ class TrainConfig:
         ModelConfig.from_dict(cfg.model)
         PatchSpec(**cfg.patch)
         return cfg
+
+
+def sainr_loss(
+    res: QueryOutput,
+    target: torch.Tensor,
+    gate: torch.Tensor,
+    gated: bool,
+    gamma: float,
+    theta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, L1 part) of a batch of query outputs against HR targets: L1 + gamma * BCE(logit,
+    gradient target) + (theta - mean mask)^2, the gate terms only for a ``gated`` model.
+    Shared by training and per-volume adaptation so that both optimise the same objective."""
+    l1 = (res.value.float() - target).abs().mean()
+    loss = l1
+    if gated:
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(res.mask_logit.float(), gate)
+        loss = loss + gamma * bce + (theta - res.mask.float().mean()) ** 2
+    return loss, l1
 
 
 def _volumes(entries: list[dict[str, Any]], root: Path) -> list[Volume]:
@@ -238,12 +257,8 @@ def train(
         target, gate = tgt["target"].to(device), tgt["gate"].to(device)
         with _autocast(device, cfg.amp):
             res = net(lr_batch, q)
-        l1 = (res.value.float() - target).abs().mean()
-        loss = l1
-        if model.gate is not None:
-            gamma = cfg.gamma * 0.5 ** (step // halving)
-            bce = torch.nn.functional.binary_cross_entropy_with_logits(res.mask_logit.float(), gate)
-            loss = loss + gamma * bce + (cfg.theta - res.mask.float().mean()) ** 2
+        gamma = cfg.gamma * 0.5 ** (step // halving)
+        loss, l1 = sainr_loss(res, target, gate, model.gate is not None, gamma, cfg.theta)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
