@@ -94,3 +94,20 @@ def test_module_entry_point_exit_code_without_traceback(tmp_path, thick_file):
     )  # fmt: skip
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("sainr: error:")
+
+
+@pytest.mark.parametrize("slice_axis", [0, 1, 2])
+def test_preview_width_is_the_physical_width_of_the_cut_it_shows(slice_axis):
+    """Non-square in-plane grid with different spacings: the picture's mm scale must follow
+    the in-plane axis the reformatted cut actually displays."""
+    from sainr.preview import _cut, cut_extent
+
+    size, spacing = [30, 20, 10], [0.5, 0.8, 1.1]
+    size[slice_axis], spacing[slice_axis] = 7, 3.0
+    image = sitk.Image(size, sitk.sitkFloat32)
+    image.SetSpacing(spacing)
+    columns = _cut(sitk.GetArrayFromImage(image), slice_axis).shape[1]
+    shown = [a for a in range(3) if a != slice_axis and size[a] == columns]
+    assert len(shown) == 1
+    assert cut_extent(image, slice_axis)[1] == pytest.approx(columns * spacing[shown[0]])
+    assert cut_extent(image, slice_axis)[2] == pytest.approx(7 * 3.0)

@@ -23,6 +23,14 @@ def _cut(array: np.ndarray, slice_axis: int) -> np.ndarray:
     return vol[:, vol.shape[1] // 2, :]
 
 
+def cut_extent(hr: sitk.Image, slice_axis: int) -> tuple[float, float, float, float]:
+    """imshow extent (mm) of :func:`_cut` of ``hr``: width along the in-plane index axis the
+    cut keeps (the smaller one), height along the slice axis."""
+    in_plane = min(a for a in range(3) if a != slice_axis)
+    width = hr.GetSize()[in_plane] * hr.GetSpacing()[in_plane]
+    return (0, width, hr.GetSize()[slice_axis] * hr.GetSpacing()[slice_axis], 0)
+
+
 def save_comparison(
     lr: sitk.Image, hr: sitk.Image, mask: sitk.Image, slice_axis: int, path: str | os.PathLike
 ) -> None:
@@ -41,8 +49,7 @@ def save_comparison(
         "linear": linear_interpolate(lr_vol, grid)[:, lr_vol.shape[1] // 2, :],
         f"SA-INR ({grid.spacing_hr:.4g} mm)": _cut(sitk.GetArrayFromImage(hr), slice_axis),
     }
-    in_plane = [a for a in range(3) if a != slice_axis][1]
-    extent = (0, hr.GetSize()[in_plane] * hr.GetSpacing()[in_plane], grid.n_hr * grid.spacing_hr, 0)
+    extent = cut_extent(hr, slice_axis)
     vmin, vmax = np.percentile(lr_arr, [0.5, 99.5])
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.6))
     for ax, (title, img) in zip(axes, panels.items()):
