@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +12,19 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+import sainr.adapt
 from sainr.baselines import linear_interpolate
 from sainr.cli import main
 from sainr.data import decimate
-from sainr.evaluate import simulate
+from sainr.errors import SainrError
+from sainr.evaluate import (
+    eclare_thickness,
+    lr_spacing,
+    same_fov_onto_grid,
+    same_fov_positions,
+    simulate,
+    write_lr_nifti,
+)
 from sainr.geometry import slice_grid
 from sainr.inference import super_resolve
 from sainr.intensity import robust_scale
@@ -63,13 +74,13 @@ def _rows(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _normalised_crop(path: Path, axis: int) -> np.ndarray:
+def _normalised_crop(path: Path, axis: int, crop: int = CROP) -> np.ndarray:
     """What the evaluation should score against, computed independently here."""
     a = np.moveaxis(
         sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32), 2 - axis, 0
     )
-    y0, x0 = (a.shape[1] - CROP) // 2, (a.shape[2] - CROP) // 2
-    a = a[:, y0 : y0 + CROP, x0 : x0 + CROP]
+    y0, x0 = (a.shape[1] - crop) // 2, (a.shape[2] - crop) // 2
+    a = a[:, y0 : y0 + crop, x0 : x0 + crop]
     return robust_scale(a).normalize(a)
 
 
@@ -168,8 +179,148 @@ def test_flops_flag_prints_tables_without_volumes(checkpoint: Path, capsys) -> N
         (["evaluate", str(QDESS), str(FAIR), "--axis", "0", "1", "2", "--out", "x"], "--axis"),
         (["evaluate", str(QDESS), "--factors", "0.5", "--out", "x"], "factors"),
         (["evaluate", str(QDESS), "--model", "=w.pt", "--out", "x"], "NAME=WEIGHTS"),
+        (
+            ["evaluate", str(QDESS), "--adapt-steps", "5", "--adapt-models", "nope", "--out", "x"],
+            "no SA-INR model ['nope']",
+        ),
+        (
+            ["evaluate", str(QDESS), "--eclare", "--eclare-patches", "0", "--out", "x"],
+            "--eclare-patches",
+        ),
     ],
 )
 def test_user_errors_exit_2_with_a_message(argv: list[str], message: str, capsys) -> None:
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+# --- external tools (ECLARE) and per-case adaptation -------------------------------------------
+
+HAS_ECLARE = importlib.util.find_spec("eclare") is not None
+
+
+def test_eclare_refuses_clearly_when_the_package_is_missing(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setitem(sys.modules, "eclare", None)  # what importing reports when it is absent
+    out = tmp_path / "out"
+    assert main(["evaluate", str(QDESS), "--eclare", "--crop", "16", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "ECLARE package, which is not installed" in err and "compare_eclare.sh" in err
+    assert not out.exists()  # refused before any case ran
+
+
+def test_lr_for_external_tools_carries_the_lr_spacing(tmp_path: Path) -> None:
+    hr = _normalised_crop(QDESS, 2)  # 1.5 mm slices, 0.3125 mm in-plane
+    spacing = (1.4999974966049194, 0.3125, 0.3125)
+    lr, grid, _ = simulate(hr, 3.0)
+    path = write_lr_nifti(lr, lr_spacing(grid, spacing), tmp_path / "lr.nii.gz")
+    image = sitk.ReadImage(str(path))
+    assert image.GetSpacing() == pytest.approx((0.3125, 0.3125, 3 * 1.4999974966049194), rel=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), lr)
+    nib = pytest.importorskip("nibabel")  # what ECLARE reads: the last (k) axis is the coarsest
+    assert nib.load(path).header.get_zooms() == pytest.approx(
+        (0.3125, 0.3125, 3 * spacing[0]), rel=1e-6
+    )
+    assert eclare_thickness(spacing) == pytest.approx(4.8, rel=1e-5)
+    with pytest.raises(SainrError, match="coarsest"):
+        write_lr_nifti(lr, (0.3, 0.3125, 0.3125), tmp_path / "flat.nii.gz")
+
+
+def test_same_fov_positions_tile_the_input_field_of_view() -> None:
+    # 4 input cells [i - 1/2, i + 1/2] cut into 12 cells of width 1/3: input sample i is
+    # output sample 3 i + 1, the first output lies a third of an input cell before input 0
+    np.testing.assert_allclose(same_fov_positions(4, 12, 3.0), -0.5 + (np.arange(12) + 0.5) / 3)
+    np.testing.assert_allclose(same_fov_positions(4, 12, 3.0)[1::3], [0, 1, 2, 3], atol=1e-12)
+    # non-integer ratio with a rounded output count: evenly spaced, centred on the input
+    pos = same_fov_positions(22, 64, 2.906)
+    np.testing.assert_allclose(np.diff(pos), 1 / 2.906)
+    assert pos.mean() == pytest.approx(10.5)
+
+
+@pytest.mark.parametrize(
+    ("factor", "ratio"),
+    [(3.0, 3.0), (4.0, 4.0), (3.0, 3 / 0.96875), (2.5, 2.5 / 0.96875), (3.0, 14.4)],
+)
+def test_same_fov_output_is_mapped_onto_the_thin_slice_grid(factor: float, ratio: float) -> None:
+    """A known smooth volume, sampled where a same-FOV upsampler puts its slices, comes back
+    on the thin grid: thin slice j (acquired position j / r) gets the volume's value there."""
+    n_lr = 12
+    grid = slice_grid(n_lr, factor, 1.0)
+    yy, xx = np.mgrid[0:5, 0:6]
+
+    def volume(p: np.ndarray) -> np.ndarray:  # p in acquired-slice units
+        return (np.cos(0.35 * p)[:, None, None] * (1 + 0.1 * yy) + 0.05 * xx).astype(np.float32)
+
+    n_out = round(n_lr * ratio)
+    upsampled = volume(same_fov_positions(n_lr, n_out, ratio))
+    mapped = same_fov_onto_grid(upsampled, ratio, grid)
+    assert mapped.shape == (grid.n_hr, 5, 6)
+    expected = volume(np.arange(grid.n_hr) / factor)
+    # cubic B-spline: exact up to float error inside, its mirror boundary costs a little at the
+    # outermost thin slices
+    np.testing.assert_allclose(mapped[3:-3], expected[3:-3], atol=2e-4)
+    np.testing.assert_allclose(mapped, expected, atol=1e-2)
+    if ratio == factor == 3.0:  # output samples 1, 4, 7, ... are the acquired slices: exact
+        np.testing.assert_allclose(mapped, upsampled[1 : 1 + grid.n_hr], atol=1e-5)
+
+
+def test_adapted_models_get_the_case_lr_its_spacing_and_a_copy(
+    checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The hook's contract with sainr.adapt: the normalised LR that SA-INR sees, its spacing,
+    the HR slice spacing as target, N steps, the simulation's slice thickness; the adapted
+    model is the one that runs, the plain model's scores are unchanged. The real adapt runs
+    (7 steps of the tiny model); the spy only records what it was given."""
+    calls = []
+    real_adapt = sainr.adapt.adapt
+
+    def spy(model, volume, spacing, target_spacing, config, progress=None, cancel=None,
+            log=None):  # fmt: skip
+        calls.append((volume.copy(), spacing, target_spacing, config))
+        return real_adapt(model, volume, spacing, target_spacing, config, progress, cancel, log)
+
+    monkeypatch.setattr(sainr.adapt, "adapt", spy)
+    out = tmp_path / "out"
+    assert main(["evaluate", str(QDESS), "--factors", "3", "4", "--model", f"tiny={checkpoint}",
+                 "--crop", "32", "--max-slices", "1", "--device", "cpu", "--adapt-steps", "7",
+                 "--out", str(out)]) == 0  # fmt: skip
+    hr = _normalised_crop(QDESS, 2, crop=32)
+    assert len(calls) == 2
+    for (volume, spacing, target, config), factor in zip(calls, (3, 4), strict=True):
+        np.testing.assert_allclose(volume, hr[::factor], atol=1e-6)
+        assert spacing == pytest.approx((factor * 1.4999975, 0.3125, 0.3125), rel=1e-6)
+        assert target == pytest.approx(1.4999975, rel=1e-6) and config.steps == 7
+        assert config.thickness == pytest.approx(1 / factor)  # HR slices: no profile blur
+    rows = {(r["factor"], r["method"]): float(r["psnr"]) for r in _rows(out) if r["psnr"]}
+    model = load_model(checkpoint)
+    for factor in (3.0, 4.0):
+        lr, grid, truth = simulate(hr, factor)
+        plain, _ = super_resolve(model, lr, grid, torch.device("cpu"))
+        assert rows[(f"{factor:g}", "tiny")] == pytest.approx(psnr(plain, truth), abs=1e-3)
+        assert rows[(f"{factor:g}", "tiny adapted (7 steps)")] != rows[(f"{factor:g}", "tiny")]
+    md = (out / "results.md").read_text()
+    assert "steps=7, minutes=None" in md and "thickness=1/r" in md
+
+
+@pytest.mark.skipif(not HAS_ECLARE, reason="ECLARE is not installed here (benchmark env only: "
+                    "scripts/compare_eclare.sh sets up .venv-bench)")  # fmt: skip
+def test_eclare_end_to_end_tiny_budget(checkpoint: Path, tmp_path: Path) -> None:
+    import eclare  # noqa: F401
+    import torch as _torch
+    from radifox.utils.resize.pytorch import resize
+
+    # ECLARE's upsampler samples where same_fov_positions says (its own coordinates)
+    _, coords = resize(_torch.zeros(1, 1, 22, 4), (1 / 2.906, 1), order=3, return_coords=True)
+    index = (coords[0, :, 0, 1].double().numpy() + 1) / 2 * 21
+    np.testing.assert_allclose(index, same_fov_positions(22, 64, 2.906), atol=1e-5)
+    out = tmp_path / "out"
+    assert main(["evaluate", str(FAIR), "--axis", "1", "--factors", "3", "--crop", "16",
+                 "--model", f"tiny={checkpoint}", "--max-slices", "1", "--device", "cpu",
+                 "--eclare", "--eclare-patches", "16", "--eclare-batch-size", "8",
+                 "--out", str(out)]) == 0  # fmt: skip
+    row = next(r for r in _rows(out) if r["method"] == "ECLARE")
+    assert 5.0 < float(row["psnr"]) < 80.0 and float(row["seconds"]) > 0
+    md = (out / "results.md").read_text()
+    assert "- ECLARE 1." in md and "16 patches in batches of 8 (2 steps" in md
+    assert "| volume | factor | linear | B-spline | tiny | tiny (ungated) | ECLARE |" in md

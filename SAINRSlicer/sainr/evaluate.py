@@ -13,7 +13,13 @@ Protocol, per volume:
    a real HR slice, for integer and non-integer r alike.
 3. Methods on that grid: linear, SimpleITK cubic B-spline, each SA-INR model through
    :func:`sainr.inference.super_resolve` and, for gated models, the same model with the gate
-   removed (LASA on every query) to show what gating costs and saves.
+   removed (LASA on every query) to show what gating costs and saves. Optional:
+   ``--adapt-steps N``, each model fine-tuned on the case's own LR (:mod:`sainr.adapt`) before
+   it runs; ``--eclare``, ECLARE (Remedios et al., PyPI ``eclare``, a benchmark-only
+   dependency that the extension never imports), which trains a network per volume on its own
+   in-plane data: the LR goes to it as a NIfTI with the LR spacing, and its output (slices at
+   the in-plane resolution, "same field of view" sampling) is resampled onto the thin-slice
+   grid (:func:`same_fov_onto_grid`). Times include adaptation and ECLARE's training.
 4. Metrics (:mod:`sainr.metrics`): PSNR (MAX = truth max), 3D SSIM, S3 sharpness on planes that
    contain the slice axis, wall time, and the fraction of queries that went through LASA.
 
@@ -25,9 +31,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import math
+import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,11 +48,11 @@ import SimpleITK as sitk
 import torch
 
 from . import __version__
-from .baselines import bspline_interpolate, linear_interpolate
+from .baselines import bspline_interpolate, linear_interpolate, resample_to
 from .data import decimate, usable_axes
 from .errors import SainrError, WeightsError
 from .flops import flops_table, slab_macs
-from .geometry import EPS, SliceGrid, axis_label, slice_grid
+from .geometry import EPS, Geometry, SliceGrid, axis_label, slice_grid
 from .inference import DEFAULT_BUDGET_MB, choose_device, super_resolve
 from .intensity import robust_scale
 from .io import read_volume, volume_suffix
@@ -57,7 +67,14 @@ TRUTH = "ground truth"
 _MIN_EXTENT = 7
 _FIELDS = ("volume", "axis", "factor", "method", "psnr", "ssim", "s3", "seconds", "attended")
 
-RunFn = Callable[[np.ndarray, SliceGrid], tuple[np.ndarray, np.ndarray | None]]
+#: (normalised LR (S, H, W), thin-slice grid, HR spacing in mm along (S, H, W)) ->
+#: (thin-slice volume, gating mask or None)
+RunFn = Callable[
+    [np.ndarray, SliceGrid, tuple[float, float, float]], tuple[np.ndarray, np.ndarray | None]
+]
+#: ECLARE's command line (``run-eclare``) through this interpreter, so that the ``eclare``
+#: found by :func:`require_eclare` is the one that runs.
+_ECLARE_MAIN = "import sys; from eclare.main import main; main(sys.argv[1:])"
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--flops", action="store_true",
                    help="print GMACs per 256x256x2 slab (paper's Table III accounting) and stop")  # fmt: skip
+    p.add_argument("--adapt-steps", type=int, default=0, metavar="N",
+                   help="also run each model fine-tuned on each case's own LR for N steps "
+                        "(sainr.adapt; time includes the adaptation)")  # fmt: skip
+    p.add_argument("--adapt-models", nargs="+", metavar="NAME",
+                   help="models to adapt with --adapt-steps (default: all)")  # fmt: skip
+    p.add_argument("--eclare", action="store_true",
+                   help="also run ECLARE (pip package 'eclare', benchmark environments only), "
+                        "trained per case on the LR's in-plane data")  # fmt: skip
+    p.add_argument("--eclare-patches", type=int, default=2048, metavar="N",
+                   help="ECLARE training patches per case (its --n-patches; default 2048, "
+                        "ECLARE's own default is 1000000)")  # fmt: skip
+    p.add_argument("--eclare-batch-size", type=int, default=8, metavar="B",
+                   help="ECLARE batch size (its --batch-size; default 8, ECLARE's 128); "
+                        "training steps = ceil(patches / B)")  # fmt: skip
 
 
 def _axis_arg(text: str) -> int | None:
@@ -129,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
     device = choose_device(args.device)
     models = _load_models(args.model)
     methods = build_methods(models, device, args.memory_mb)
+    methods += adapted_methods(models, args.adapt_steps, args.adapt_models, device, args.memory_mb)
+    if args.eclare:
+        methods.append(eclare_method(EclareOptions.from_args(args, device)))
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     cases: list[Case] = []
@@ -194,25 +228,202 @@ def build_methods(
     """Interpolators, then each model, then each gated model with its gate removed."""
 
     def interp(fn) -> RunFn:
-        return lambda lr, grid: (fn(lr, grid), None)
-
-    def network(model: SAINR, ungated: bool) -> RunFn:
-        def run_model(lr: np.ndarray, grid: SliceGrid) -> tuple[np.ndarray, np.ndarray]:
-            if ungated:
-                with gating_disabled(model):
-                    return super_resolve(model, lr, grid, device, budget_mb)
-            return super_resolve(model, lr, grid, device, budget_mb)
-
-        return run_model
+        return lambda lr, grid, _spacing: (fn(lr, grid), None)
 
     methods = [Method("linear", interp(linear_interpolate)),
                Method("B-spline", interp(bspline_interpolate))]  # fmt: skip
     for name, _, model in models:
-        methods.append(Method(name, network(model, False), model, model.gate is not None))
+        methods.append(Method(name, _network(model, device, budget_mb), model,
+                              model.gate is not None))  # fmt: skip
     for name, _, model in models:
         if model.gate is not None:
-            methods.append(Method(f"{name} (ungated)", network(model, True), model))
+            methods.append(Method(f"{name} (ungated)",
+                                  _network(model, device, budget_mb, ungated=True), model))  # fmt: skip
     return methods
+
+
+def _network(
+    model: SAINR, device: torch.device, budget_mb: float, ungated: bool = False,
+    adapt_steps: int = 0,
+) -> RunFn:  # fmt: skip
+    """SA-INR on the case's LR; with ``adapt_steps``, a copy of the model is first fine-tuned
+    on that LR alone (:func:`adapt_to_case`)."""
+
+    def run_model(
+        lr: np.ndarray, grid: SliceGrid, spacing: tuple[float, float, float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        net = adapt_to_case(model, lr, grid, spacing, adapt_steps) if adapt_steps else model
+        if ungated:
+            with gating_disabled(net):
+                return super_resolve(net, lr, grid, device, budget_mb)
+        return super_resolve(net, lr, grid, device, budget_mb)
+
+    return run_model
+
+
+def adapted_methods(
+    models: list[tuple[str, str, SAINR]], steps: int, names: list[str] | None,
+    device: torch.device, budget_mb: float,
+) -> list[Method]:  # fmt: skip
+    """``<model> adapted (N steps)`` for each model (or each of ``names``); none for N = 0."""
+    if steps < 0:
+        raise SainrError(f"--adapt-steps must be >= 0, got {steps}")
+    if not steps:
+        return []
+    known = [name for name, _, _ in models]
+    unknown = sorted(set(names or ()) - set(known))
+    if not models or unknown:
+        raise SainrError(f"--adapt-steps: no SA-INR model {unknown or ''} to adapt; models: "
+                         f"{known} (name them with --model NAME=WEIGHTS)")  # fmt: skip
+    try:
+        from .adapt import AdaptConfig, adapt  # noqa: F401  (fail before any case runs)
+    except ImportError as exc:
+        raise SainrError(
+            f"--adapt-steps needs sainr.adapt, which cannot be imported: {exc}"
+        ) from exc
+    return [Method(f"{name} adapted ({steps} steps)",
+                   _network(model, device, budget_mb, adapt_steps=steps))
+            for name, _, model in models if names is None or name in names]  # fmt: skip
+
+
+def adapt_to_case(
+    model: SAINR, lr: np.ndarray, grid: SliceGrid, spacing: tuple[float, float, float], steps: int
+) -> SAINR:
+    """A fine-tuned copy of ``model`` (:func:`sainr.adapt.adapt` leaves ``model`` unchanged),
+    trained on this case's LR only: ``lr`` is the normalised array SA-INR receives (the HR's
+    robust scale, slice axis first), its spacing (r c_S, c_H, c_W), the target the HR slice
+    spacing c_S. The simulated slices are HR slices, c_S thick (1/r of their spacing: no
+    blur), and adaptation is told so, as ECLARE is told its slice thickness."""
+    from .adapt import AdaptConfig, adapt
+
+    config = AdaptConfig(steps=steps, thickness=1.0 / grid.factor)
+    return adapt(model, lr, lr_spacing(grid, spacing), spacing[0], config=config)
+
+
+def lr_spacing(grid: SliceGrid, spacing: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Spacing (mm, along S, H, W) of the simulated LR: the HR's with slices ``grid.factor``
+    times further apart."""
+    return (grid.factor * spacing[0], spacing[1], spacing[2])
+
+
+@dataclass(frozen=True)
+class EclareOptions:
+    """ECLARE's budget and device (its --n-patches, --batch-size and --gpu-id)."""
+
+    patches: int
+    batch_size: int
+    gpu_id: int = -1
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, device: torch.device) -> EclareOptions:
+        if args.eclare_patches < 1 or args.eclare_batch_size < 1:
+            raise SainrError("--eclare-patches and --eclare-batch-size must be >= 1")
+        gpu = (device.index or 0) if device.type == "cuda" else -1
+        return cls(args.eclare_patches, args.eclare_batch_size, gpu)
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.patches / self.batch_size)
+
+
+def require_eclare() -> str:
+    """ECLARE's version; a :class:`SainrError` when this environment does not have it."""
+    if importlib.util.find_spec("eclare") is None:
+        raise SainrError(
+            "--eclare needs the ECLARE package, which is not installed in this environment "
+            f"({sys.executable}). It is a benchmark-only dependency of the evaluation, never of "
+            "the extension: install it into a separate environment (scripts/compare_eclare.sh "
+            "sets up .venv-bench with 'pip install torch==2.13.0 eclare') and run "
+            "'sainr evaluate --eclare' from there"
+        )
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("eclare")
+    except PackageNotFoundError:
+        return "unknown version"
+
+
+def eclare_method(options: EclareOptions) -> Method:
+    """ECLARE as a method; refuses (before any case runs) when it is not installed."""
+    require_eclare()
+    return Method(
+        "ECLARE", lambda lr, grid, spacing: (run_eclare(lr, grid, spacing, options), None)
+    )
+
+
+def eclare_thickness(spacing: tuple[float, float, float]) -> float:
+    """The simulated LR's slice thickness in ECLARE's units (finest in-plane voxels): the LR
+    slices are HR slices, as thick as the HR slice spacing c_S (profile known, so ECLARE's
+    ESPRESO estimate is skipped)."""
+    return spacing[0] / min(spacing[1], spacing[2])
+
+
+def write_lr_nifti(lr: np.ndarray, spacing: tuple[float, float, float], path: Path) -> Path:
+    """``lr`` (S, H, W) as a NIfTI with voxel spacing ``spacing`` (mm along S, H, W): index axis
+    k = S, as ECLARE expects (it takes the coarsest axis as the slice axis)."""
+    if spacing[0] <= max(spacing[1], spacing[2]) * (1 + EPS):
+        raise SainrError(
+            f"ECLARE needs the slice axis to be the coarsest: LR spacing {spacing[0]:g} mm vs "
+            f"in-plane {spacing[1]:g}×{spacing[2]:g} mm (use a larger factor)"
+        )
+    image = sitk.GetImageFromArray(np.ascontiguousarray(lr, dtype=np.float32))
+    image.SetSpacing((spacing[2], spacing[1], spacing[0]))
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def run_eclare(
+    lr: np.ndarray, grid: SliceGrid, spacing: tuple[float, float, float], options: EclareOptions
+) -> np.ndarray:
+    """Train and run ECLARE on one simulated LR volume (a subprocess with this interpreter and
+    torch's thread count) and return its output on the thin-slice grid."""
+    spacing_lr = lr_spacing(grid, spacing)
+    with tempfile.TemporaryDirectory(prefix="sainr-eclare-") as tmp:
+        src = write_lr_nifti(lr, spacing_lr, Path(tmp) / "lr.nii.gz")
+        cmd = [sys.executable, "-c", _ECLARE_MAIN, "--in-fpath", str(src), "--out-dir", tmp,
+               "--n-patches", str(options.patches), "--batch-size", str(options.batch_size),
+               "--relative-slice-thickness", f"{eclare_thickness(spacing):.6g}",
+               "--gpu-id", str(options.gpu_id)]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        out_path = Path(tmp) / "lr_eclare.nii.gz"
+        if proc.returncode != 0 or not out_path.exists():
+            tail = (proc.stdout + proc.stderr)[-3000:]
+            raise SainrError(f"ECLARE failed (exit {proc.returncode}):\n{tail}")
+        out = sitk.ReadImage(str(out_path))
+        volume = sitk.GetArrayFromImage(out).astype(np.float32)
+    if volume.shape[1:] != lr.shape[1:]:
+        raise SainrError(f"ECLARE returned in-plane {volume.shape[1:]}, expected {lr.shape[1:]}")
+    return same_fov_onto_grid(volume, spacing_lr[0] / out.GetSpacing()[2], grid)
+
+
+def same_fov_positions(n_in: int, n_out: int, ratio: float) -> np.ndarray:
+    """Where ``n_out`` samples that resample ``n_in`` samples ``ratio`` times more densely
+    with the same field of view lie, in input-sample units.
+
+    Radifox's "same FOV" resize, which ECLARE uses for its upsampling (and its training
+    pairs): input sample i is a cell [i − ½, i + ½]; the n_out output cells of width 1/ratio
+    are centred on the input's field of view, sample k at the centre of cell k:
+    −½ + (n_in − n_out/ratio)/2 + (k + ½)/ratio. For n_out = n_in · ratio the fields of view
+    coincide; the first output sample lies (ratio − 1)/2 output samples before input sample 0.
+    """
+    return -0.5 + (n_in - n_out / ratio) / 2 + (np.arange(n_out) + 0.5) / ratio
+
+
+def same_fov_onto_grid(volume: np.ndarray, ratio: float, grid: SliceGrid) -> np.ndarray:
+    """``volume`` (N, H, W), the ``grid.n_lr`` acquired slices resampled ``ratio`` times more
+    densely with the same field of view (:func:`same_fov_positions`), resampled by cubic
+    B-spline (as the B-spline baseline) onto the thin slices of ``grid`` (thin slice j at
+    acquired-slice position j / r). The thin positions are evenly spaced, so this is one
+    SimpleITK resampling with output spacing ratio / r starting at output index −p_0 · ratio
+    (p_0: the first output sample's position); in-plane the grid is unchanged."""
+    n, h, w = volume.shape
+    p0 = float(same_fov_positions(grid.n_lr, n, ratio)[0])
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume, dtype=np.float32))
+    geom = Geometry((w, h, grid.n_hr), (1.0, 1.0, ratio / grid.factor), (0.0, 0.0, -p0 * ratio),
+                    (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))  # fmt: skip
+    return sitk.GetArrayFromImage(resample_to(image, geom, "bspline"))
 
 
 def volume_name(path: Path) -> str:
@@ -268,7 +479,7 @@ def evaluate_case(
     preds: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     for m in methods:
         start = time.perf_counter()
-        pred, mask = m.run(lr, grid)
+        pred, mask = m.run(lr, grid, case.spacing)
         seconds = time.perf_counter() - start
         preds[m.name] = (pred, mask)
         rows.append({
@@ -458,6 +669,32 @@ def configuration(
         "(x evenly spaced), intensities clipped to [0, 1]; 'ground truth' gives the reference",
         "- time: wall-clock seconds per method and volume (SA-INR: encoder + all queries)",
     ]
+    if args.adapt_steps:
+        from dataclasses import asdict
+
+        from .adapt import AdaptConfig
+
+        names = ", ".join(f"`{n}`" for n, _, _ in models if not args.adapt_models
+                          or n in args.adapt_models)  # fmt: skip
+        settings = {**asdict(AdaptConfig(steps=args.adapt_steps)), "thickness": "1/r"}
+        lines.append(f"- adapted: {names} fine-tuned per case on that case's normalised LR only "
+                     "(sainr.adapt, from the loaded weights each time; "
+                     f"{', '.join(f'{k}={v}' for k, v in settings.items())}: the simulated "
+                     "slices are HR slices, no slice-profile blur; spacing = LR spacing, target = "
+                     "HR slice spacing); time includes the adaptation")  # fmt: skip
+    if args.eclare:
+        eclare = EclareOptions.from_args(args, device)
+        where = f"GPU {eclare.gpu_id}" if eclare.gpu_id >= 0 else "CPU"
+        lines.append(
+            f"- ECLARE {require_eclare()} (PyPI `eclare`, its `run-eclare` in a subprocess, "
+            f"{where}): trained per case on the LR's own in-plane data, {eclare.patches:,} "
+            f"patches in batches of {eclare.batch_size} ({eclare.steps} steps; ECLARE's default "
+            "is 1,000,000 patches in batches of 128); input: the LR as NIfTI, spacing "
+            "(r c_S, in-plane); slice thickness given as c_S / finest in-plane spacing (the "
+            "simulated LR slices are HR slices; ESPRESO's estimate not run); output (slices at "
+            "the finest in-plane spacing, same-field-of-view sampling) resampled by cubic "
+            "B-spline onto the thin-slice grid; time includes training, inference and file I/O"
+        )
     return lines
 
 

@@ -1,0 +1,22 @@
+"""Write the held-out evaluation volumes into a folder: the knee qDESS rows 300-415 (array
+axis j; rows 0-279 are training data, see configs/default.toml) and links to the knee FAIR and
+MNI152 volumes. Used by scripts/evaluate_heldout.sh and scripts/compare_eclare.sh.
+
+Usage: python scripts/prepare_heldout.py DATA OUT
+"""
+
+import os
+import sys
+
+import SimpleITK as sitk
+
+
+def main(data: str, out: str) -> None:
+    knee = sitk.ReadImage(f"{data}/knee_qdess_echo1_sag_0p31x0p31x1p5.nii.gz")
+    sitk.WriteImage(knee[:, 300:416, :], f"{out}/knee_qdess_heldout_rows300-415.nii.gz", True)
+    for name in ("knee_fair_T_1mm", "brain_mni152_2009a_sym_t1_1mm"):
+        os.symlink(os.path.realpath(f"{data}/{name}.nii.gz"), f"{out}/{name}.nii.gz")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
