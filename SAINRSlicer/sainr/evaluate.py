@@ -53,7 +53,7 @@ from .data import decimate, usable_axes
 from .errors import SainrError, WeightsError
 from .flops import flops_table, slab_macs
 from .geometry import EPS, Geometry, SliceGrid, axis_label, slice_grid
-from .inference import DEFAULT_BUDGET_MB, choose_device, super_resolve
+from .inference import DEFAULT_BUDGET_MB, choose_device, resolve_precision, super_resolve
 from .intensity import robust_scale
 from .io import read_volume, volume_suffix
 from .metrics import psnr, s3_volume, ssim
@@ -655,7 +655,8 @@ def configuration(
     crop = f"{args.crop}×{args.crop} in-plane centre crop" if args.crop else "none (full volumes)"
     lines += [
         f"- factors: {', '.join(f'×{f:g}' for f in factors)}; crop: {crop}",
-        f"- device: {device}; torch threads: {torch.get_num_threads()}; torch {torch.__version__}; "
+        f"- device: {device}; precision: {resolve_precision(device, 'auto')} (auto); "
+        f"torch threads: {torch.get_num_threads()}; torch {torch.__version__}; "
         f"sainr {__version__}; Python {platform.python_version()}",
         "- LR simulation: HR slices at positions 0, r, 2r, … (linear between HR slices for "
         "non-integer r); output grid = HR grid, truth = HR slices 0 … n_H−1",
