@@ -353,6 +353,18 @@ def test_adaptation_options_are_checked_before_anything_runs(small_scene, tmp_pa
     assert node_count(handles.scene) == nodes
 
 
+def _cancel_within_a_second_leaving_the_scene_as_it_was(run, scene, nodes: int) -> None:
+    """Cancel a running reduction: the process is gone within a second, the state says the
+    input is unchanged, no output folder or node was left behind."""
+    started = time.monotonic()
+    run.cancel()
+    assert time.monotonic() - started < 1.0
+    assert not psutil.pid_exists(run.pid)
+    assert run.state == run.CANCELLED and "unchanged" in run.message
+    assert not run.outputPath.parent.exists()
+    assert node_count(scene) == nodes
+
+
 def test_cancel_during_adaptation_stops_the_process_and_adds_nothing(small_scene, tmp_path):
     handles, volume = small_scene
     nodes = node_count(handles.scene)
@@ -365,13 +377,7 @@ def test_cancel_during_adaptation_stops_the_process_and_adds_nothing(small_scene
         time.sleep(0.01)
     assert run.running and run.phase == SAINRSlicer.ADAPT_TAG
     assert 0 < run.fraction < SAINRSlicer.ADAPT_PROGRESS_SHARE
-    started = time.monotonic()
-    run.cancel()
-    assert time.monotonic() - started < 1.0
-    assert not psutil.pid_exists(run.pid)
-    assert run.state == run.CANCELLED and "unchanged" in run.message
-    assert not run.outputPath.parent.exists()
-    assert node_count(handles.scene) == nodes
+    _cancel_within_a_second_leaving_the_scene_as_it_was(run, handles.scene, nodes)
     assert not list(tmp_path.iterdir())  # no adapted weights, no temporary file
 
 
@@ -393,13 +399,7 @@ def test_cancel_mid_run_stops_the_process_within_a_second_and_adds_nothing():
     while run.poll() and run.fraction == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert run.running and 0 < run.fraction < 1
-    started = time.monotonic()
-    run.cancel()
-    assert time.monotonic() - started < 1.0
-    assert not psutil.pid_exists(run.pid)
-    assert run.state == run.CANCELLED and "unchanged" in run.message
-    assert not run.outputPath.parent.exists()
-    assert node_count(handles.scene) == nodes
+    _cancel_within_a_second_leaving_the_scene_as_it_was(run, handles.scene, nodes)
     assert not run.poll()
 
 

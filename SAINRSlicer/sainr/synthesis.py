@@ -47,6 +47,7 @@ from .io import new_temp_file, read_volume, volume_suffix, write_volume
 from .metrics import psnr
 from .model.vae import SliceVAE, VAEConfig, kl_divergence
 from .validation import check_image, check_values
+from .weights import save_atomically
 
 Tensorish = np.ndarray | torch.Tensor
 VAE_FORMAT = "sainr-vae-v1"
@@ -160,17 +161,6 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
-def _save(payload: dict[str, Any], path: Path) -> None:
-    """torch.save to a temp file beside ``path``, then rename (never a partial checkpoint)."""
-    tmp = new_temp_file(path, ".tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -238,7 +228,7 @@ def train_vae(
         + ", ".join(f"{s.name} ({len(s.slices)} slices, axis {'ijk'[s.axis]})" for s in stacks))  # fmt: skip
 
     def checkpoint() -> None:
-        _save({"format": VAE_FORMAT, "config": vae_cfg.to_dict(), "train": asdict(cfg),
+        save_atomically({"format": VAE_FORMAT, "config": vae_cfg.to_dict(), "train": asdict(cfg),
                "inputs": [s.name for s in stacks], "state_dict": vae.state_dict(),
                "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
                "rng": torch.get_rng_state()}, path)  # fmt: skip

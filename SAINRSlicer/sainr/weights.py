@@ -133,6 +133,11 @@ def save_checkpoint(
         "meta": meta or {},
         **extra,
     }
+    save_atomically(payload, path)
+
+
+def save_atomically(payload: dict[str, Any], path: Path) -> None:
+    """torch.save to a temp file beside ``path``, then rename (never a partial checkpoint)."""
     tmp = new_temp_file(path, ".tmp")
     try:
         torch.save(payload, tmp)
