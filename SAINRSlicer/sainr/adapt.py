@@ -39,7 +39,7 @@ from .inference import (
     PRECISIONS,
     CancelFn,
     ProgressFn,
-    _autocast,
+    autocast,
     choose_device,
     memory_format,
     resolve_precision,
@@ -176,7 +176,7 @@ def adapt(
             lr, q, tgt = collate([data[i] for i in batch])
             lr = lr.to(device).contiguous(memory_format=layout)
             q = type(q)(*(getattr(q, f).to(device) for f in ("b", "s", "y", "x", "t")))
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 res = net(lr, q)
             loss, _ = sainr_loss(res, tgt["target"].to(device), tgt["gate"].to(device),
                                  net.gate is not None, GAMMA, THETA)  # fmt: skip
@@ -222,31 +222,6 @@ def adapt_to_image(
 # --- command line ----------------------------------------------------------------------------
 
 
-def step_printer(
-    mode: str, label: str, tag: str = "PROGRESS"
-) -> tuple[ProgressFn, Callable[[], None]]:
-    """(callback, close) for adaptation steps: a tqdm bar of steps, ``<tag> done total`` lines
-    (``PROGRESS`` for ``sainr adapt``; ``ADAPT`` inside a reduce run, so that drivers tell the
-    phases apart), or nothing."""
-    if mode == "bar":
-        from tqdm import tqdm
-
-        bar = tqdm(total=1, desc=label, unit="step", leave=False)
-
-        def update(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        return update, bar.close
-    if mode == "lines" and tag != "PROGRESS":
-
-        def emit(done: int, total: int) -> None:
-            print(f"{tag} {done} {total}", flush=True)
-
-        return emit, lambda: None
-    return _progress_printer(mode, label)
-
-
 def check_weights_output(path: Path, base: str | None) -> Path:
     """Refuse a weights output that is not a .pt file in a writable folder, or that is the
     base checkpoint itself (it would be replaced by its adapted copy)."""
@@ -271,7 +246,7 @@ def _adapt_with_progress(
     name: str, image: sitk.Image, model: SAINR, args, target: dict, config: AdaptConfig, tag: str
 ) -> tuple[SAINR, int]:
     """Adapt on the chosen device with the CLI's progress display; (model, steps done)."""
-    update, close = step_printer(args.progress, f"adapting {name}", tag)
+    update, close = _progress_printer(args.progress, f"adapting {name}", "step", tag)
     done = [0]
 
     def report(n: int, total: int) -> None:

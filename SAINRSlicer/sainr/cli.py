@@ -35,19 +35,23 @@ EXIT_USER = 2
 EXIT_INTERNAL = 1
 
 
-def _progress_printer(mode: str, label: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    """(callback, close) reporting progress as tqdm or as PROGRESS lines."""
+def _progress_printer(
+    mode: str, label: str, unit: str = "vox", tag: str = "PROGRESS"
+) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """(callback, close) reporting progress as a tqdm bar counting ``unit`` or as
+    ``<tag> done total`` lines (``PROGRESS`` for the reconstruction; adaptation inside a
+    reduce run uses its own tag so that drivers tell the phases apart)."""
     if mode == "lines":
 
         def emit(done: int, total: int) -> None:
-            print(f"PROGRESS {done} {total}", flush=True)
+            print(f"{tag} {done} {total}", flush=True)
 
         return emit, lambda: None
     if mode == "none":
         return (lambda done, total: None), lambda: None
     from tqdm import tqdm
 
-    bar = tqdm(total=1, desc=label, unit="vox", unit_scale=True, leave=False)
+    bar = tqdm(total=1, desc=label, unit=unit, unit_scale=True, leave=False)
 
     def update(done: int, total: int) -> None:
         bar.total = total

@@ -109,9 +109,9 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     return "bf16" if device.type == "cpu" and has_bf16_matrix_units() else "fp32"
 
 
-def _autocast(device: torch.device, precision: str):
-    """Autocast for the encoder and the MLP at a resolved ``precision``; attention, softmax
-    and outputs stay fp32."""
+def autocast(device: torch.device, precision: str):
+    """Autocast for the encoder and the MLP at a resolved ``precision`` (fp32 = none);
+    attention, softmax and outputs stay fp32. Inference, training and adaptation share it."""
     if precision == "fp32":
         return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -177,7 +177,7 @@ def super_resolve(
         ty = slice(max(ys.start - p.halo, 0), min(ys.stop + p.halo, n_h))
         tx = slice(max(xs.start - p.halo, 0), min(xs.stop + p.halo, n_w))
         lr = torch.from_numpy(np.ascontiguousarray(volume[:, ty, tx])).to(device)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             fm = model.encode(lr[None, None].contiguous(memory_format=layout))
         fm.feat, fm.key, fm.value = (
             t.float() if t is not None else None for t in (fm.feat, fm.key, fm.value)
@@ -189,7 +189,7 @@ def super_resolve(
                 raise Cancelled("cancelled by the user; nothing was written")
             js = np.arange(j0, min(j0 + step, grid.n_hr))
             q = _tile_queries(grid, js, ys, xs, (ty.start, tx.start), device)
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 res = model.query(fm, q)
             shape = (len(js), ys.stop - ys.start, xs.stop - xs.start)
             out[js[0] : js[-1] + 1, ys, xs] = res.value.float().reshape(shape).cpu().numpy()

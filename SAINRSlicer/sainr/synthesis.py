@@ -41,7 +41,7 @@ import torch
 
 from .errors import SainrError, SpacingError, WeightsError
 from .geometry import axis_label, detect_slice_axis
-from .inference import choose_device
+from .inference import autocast, choose_device
 from .intensity import IntensityScale, robust_scale
 from .io import new_temp_file, read_volume, volume_suffix, write_volume
 from .metrics import psnr
@@ -157,10 +157,6 @@ def lr_at(step: int, cfg: VAETrainConfig) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _autocast(device: torch.device, amp: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
-
-
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -240,7 +236,7 @@ def train_vae(
     while step < cfg.steps:
         batch = sample_crops(stacks, cfg.crop, cfg.batch, np.random.default_rng((cfg.seed, step)))
         x = torch.from_numpy(batch).to(dev)
-        with _autocast(dev, cfg.amp):
+        with autocast(dev, "fp32" if cfg.amp == "none" else cfg.amp):
             res = vae(x)
         l1 = (res.recon.float() - x).abs().mean()
         kl = kl_divergence(res.mu.float(), res.logvar.float())

@@ -34,7 +34,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .baselines import linear_interpolate
 from .data import PatchDataset, PatchSpec, Volume, collate, load_volume
 from .geometry import slice_grid
-from .inference import Plan, memory_format, super_resolve
+from .inference import Plan, autocast, memory_format, super_resolve
 from .metrics import psnr
 from .model import SAINR, ModelConfig, QueryOutput
 from .weights import save_checkpoint
@@ -150,11 +150,6 @@ def _dist_setup() -> tuple[int, int, torch.device]:
     return rank, dist.get_world_size(), torch.device("cpu")
 
 
-def _autocast(device: torch.device, amp: str):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
 class History:
     """history.csv (one row per validation) and its PNG plot."""
 
@@ -255,7 +250,7 @@ def train(
         lr_batch = lr_batch.to(device).contiguous(memory_format=layout)
         q = type(q)(*(getattr(q, f).to(device) for f in ("b", "s", "y", "x", "t")))
         target, gate = tgt["target"].to(device), tgt["gate"].to(device)
-        with _autocast(device, cfg.amp):
+        with autocast(device, precision):
             res = net(lr_batch, q)
         gamma = cfg.gamma * 0.5 ** (step // halving)
         loss, l1 = sainr_loss(res, target, gate, model.gate is not None, gamma, cfg.theta)
