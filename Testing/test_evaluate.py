@@ -15,7 +15,7 @@ import torch
 import sainr.adapt
 from sainr.baselines import linear_interpolate
 from sainr.cli import main
-from sainr.data import decimate
+from sainr.degradation import Acquisition, acquire, lr_count
 from sainr.errors import SainrError
 from sainr.evaluate import (
     eclare_thickness,
@@ -62,7 +62,7 @@ def evaluated(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     out = tmp_path_factory.mktemp("eval")
     rc = main([
         "evaluate", str(QDESS), str(FAIR), "--axis", "auto", "1", "--factors", "2", "2.5",
-        "--model", f"tiny={checkpoint}", "--crop", str(CROP), "--max-slices", "2",
+        "--profiles", "none", "gaussian", "--model", f"tiny={checkpoint}", "--crop", str(CROP), "--max-slices", "2",
         "--device", "cpu", "--out", str(out),
     ])  # fmt: skip
     assert rc == 0
@@ -84,16 +84,16 @@ def _normalised_crop(path: Path, axis: int, crop: int = CROP) -> np.ndarray:
     return robust_scale(a).normalize(a)
 
 
-def test_csv_has_every_volume_factor_and_method(evaluated: Path) -> None:
+def test_csv_has_every_volume_profile_factor_and_method(evaluated: Path) -> None:
     rows = _rows(evaluated)
-    cases = {(r["volume"], r["axis"], r["factor"]) for r in rows}
-    assert cases == {
-        ("knee_qdess_crop_1p5mm", "2", "2"), ("knee_qdess_crop_1p5mm", "2", "2.5"),
-        ("knee_fair_crop_1mm", "1", "2"), ("knee_fair_crop_1mm", "1", "2.5"),
-    }  # fmt: skip
+    cases = {(r["volume"], r["axis"], r["profile"], r["factor"]) for r in rows}
+    expected = {("none", "2"), ("gaussian", "2"), ("gaussian", "2.5")}  # decimation: integer r
+    assert cases == {("knee_qdess_crop_1p5mm", "2", *c) for c in expected} | {
+        ("knee_fair_crop_1mm", "1", *c) for c in expected
+    }
     for case in cases:
         assert {
-            r["method"] for r in rows if (r["volume"], r["axis"], r["factor"]) == case
+            r["method"] for r in rows if (r["volume"], r["axis"], r["profile"], r["factor"]) == case
         } == METHODS
     for r in rows:
         assert 0.0 < float(r["s3"]) < 1.0
@@ -105,29 +105,36 @@ def test_csv_has_every_volume_factor_and_method(evaluated: Path) -> None:
     assert not any(r["attended"] for r in rows if r["method"] in ("linear", "B-spline"))
 
 
-@pytest.mark.parametrize(("path", "axis", "factor"), [(QDESS, 2, 2.5), (FAIR, 1, 2.0)])
+@pytest.mark.parametrize(
+    ("path", "axis", "profile", "factor"),
+    [(QDESS, 2, "gaussian", 2.5), (FAIR, 1, "none", 2.0), (FAIR, 1, "gaussian", 2.0)],
+)
 def test_scores_match_an_independent_computation(
-    evaluated: Path, checkpoint: Path, path: Path, axis: int, factor: float
+    evaluated: Path, checkpoint: Path, path: Path, axis: int, profile: str, factor: float
 ) -> None:
     hr = _normalised_crop(path, axis)
     n_lr = int((hr.shape[0] - 1) // factor) + 1
-    lr, grid = decimate(hr, factor, n_lr), slice_grid(n_lr, factor, 1.0)
+    acq = Acquisition(factor, 1.0, profile)
+    lr, grid = acquire(hr, acq, n_lr), slice_grid(n_lr, factor, 1.0)
     truth = hr[: grid.n_hr]
-    model, _ = super_resolve(load_model(checkpoint), lr, grid, torch.device("cpu"))
+    net = load_model(checkpoint)
+    model, _ = super_resolve(net, lr, grid, torch.device("cpu"), thickness=acq.relative_thickness)
     scores = {r["method"]: float(r["psnr"]) for r in _rows(evaluated)
               if r["volume"] == path.name[:-7] and float(r["factor"]) == factor
-              and r["method"] != "ground truth"}  # fmt: skip
+              and r["profile"] == profile and r["method"] != "ground truth"}  # fmt: skip
     assert scores["linear"] == pytest.approx(psnr(linear_interpolate(lr, grid), truth), abs=1e-4)
     assert scores["tiny"] == pytest.approx(psnr(model, truth), abs=1e-3)
 
 
-def test_simulated_truth_lies_on_the_thin_slice_grid() -> None:
-    hr = np.arange(41, dtype=np.float32)[:, None, None] * np.ones((1, 8, 8), np.float32)
-    lr, grid, truth = simulate(hr, 2.5)
-    assert lr[:, 0, 0].tolist() == pytest.approx([0, 2.5, 5, 7.5, 10, 12.5, 15, 17.5, 20, 22.5,
-                                                  25, 27.5, 30, 32.5, 35, 37.5, 40])  # fmt: skip
+@pytest.mark.parametrize("profile", ["gaussian", "box"])
+def test_simulated_truth_lies_on_the_thin_slice_grid(profile: str) -> None:
+    # a ramp: a symmetric profile averages it to its centre, so slices sit at 0, r, 2r, ...
+    hr = np.arange(61, dtype=np.float32)[:, None, None] * np.ones((1, 8, 8), np.float32)
+    lr, grid, truth = simulate(hr[10:51], Acquisition(2.5, 1.0, profile))
+    interior = lr[2:-2, 0, 0]  # the ends of the volume truncate the profile
+    np.testing.assert_allclose(interior, 10 + 2.5 * np.arange(2, 15), atol=1e-4)
     assert grid.n_hr == truth.shape[0] == 41
-    np.testing.assert_allclose(linear_interpolate(lr, grid), truth, atol=1e-5)
+    np.testing.assert_allclose(linear_interpolate(lr, grid)[5:-5], truth[5:-5], atol=1e-4)
 
 
 def test_markdown_report_states_tables_and_configuration(evaluated: Path) -> None:
@@ -136,11 +143,12 @@ def test_markdown_report_states_tables_and_configuration(evaluated: Path) -> Non
                     "## Wall time (s)", "## Gating: `tiny` gated vs ungated", "## GMACs"):  # fmt: skip
         assert heading in md
     assert (
-        "| volume | factor | linear | B-spline | tiny | tiny (ungated) | tiny − best interp. |"
-        in md
+        "| volume | profile | factor | linear | B-spline | tiny | tiny (ungated) | "
+        "tiny − best interp. | min |" in md
     )
-    assert "| knee_fair_crop_1mm | ×2.5 |" in md and "| **mean** | **×2** |" in md
-    assert "| **mean** | **all** |" in md
+    assert "| knee_fair_crop_1mm | gaussian | ×2.5 |" in md
+    assert "| **mean** | **gaussian** | **×2** |" in md and "| **mean** | **none** | **all** |" in md
+    assert "profiles none, gaussian" in md
     assert f"torch {torch.__version__}" in md and "device: cpu" in md
     assert f"{CROP}×{CROP} in-plane centre crop" in md and "channels=8" in md
     assert "| encoder + MLP, no LASA | 288.6 | 302.6 | 316.5 |" in md
@@ -148,8 +156,8 @@ def test_markdown_report_states_tables_and_configuration(evaluated: Path) -> Non
 
 def test_figures_are_written_per_volume_and_factor(evaluated: Path) -> None:
     for name in ("knee_qdess_crop_1p5mm", "knee_fair_crop_1mm"):
-        for factor in ("2", "2.5"):
-            png = evaluated / f"figure_{name}_x{factor}.png"
+        for case in ("none_x2", "gaussian_x2", "gaussian_x2.5"):
+            png = evaluated / f"figure_{name}_{case}.png"
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -178,6 +186,9 @@ def test_flops_flag_prints_tables_without_volumes(checkpoint: Path, capsys) -> N
         (["evaluate", "--out", "x"], "at least one HR volume"),
         (["evaluate", str(QDESS), str(FAIR), "--axis", "0", "1", "2", "--out", "x"], "--axis"),
         (["evaluate", str(QDESS), "--factors", "0.5", "--out", "x"], "factors"),
+        (["evaluate", str(QDESS), "--factors", "2.5", "--profiles", "none", "--out", "x"],
+         "integer factor"),
+        (["evaluate", str(QDESS), "--thickness", "0", "--out", "x"], "--thickness"),
         (["evaluate", str(QDESS), "--model", "=w.pt", "--out", "x"], "NAME=WEIGHTS"),
         (
             ["evaluate", str(QDESS), "--adapt-steps", "5", "--adapt-models", "nope", "--out", "x"],
@@ -213,7 +224,7 @@ def test_eclare_refuses_clearly_when_the_package_is_missing(
 def test_lr_for_external_tools_carries_the_lr_spacing(tmp_path: Path) -> None:
     hr = _normalised_crop(QDESS, 2)  # 1.5 mm slices, 0.3125 mm in-plane
     spacing = (1.4999974966049194, 0.3125, 0.3125)
-    lr, grid, _ = simulate(hr, 3.0)
+    lr, grid, _ = simulate(hr, Acquisition(3.0, 1.0, "gaussian"))
     path = write_lr_nifti(lr, lr_spacing(grid, spacing), tmp_path / "lr.nii.gz")
     image = sitk.ReadImage(str(path))
     assert image.GetSpacing() == pytest.approx((0.3125, 0.3125, 3 * 1.4999974966049194), rel=1e-6)
@@ -222,7 +233,8 @@ def test_lr_for_external_tools_carries_the_lr_spacing(tmp_path: Path) -> None:
     assert nib.load(path).header.get_zooms() == pytest.approx(
         (0.3125, 0.3125, 3 * spacing[0]), rel=1e-6
     )
-    assert eclare_thickness(spacing) == pytest.approx(4.8, rel=1e-5)
+    assert eclare_thickness(spacing, grid, 1.0) == pytest.approx(14.4, rel=1e-5)  # 4.5 mm / 0.3125
+    assert eclare_thickness(spacing, grid, 1 / 3) == pytest.approx(4.8, rel=1e-5)
     with pytest.raises(SainrError, match="coarsest"):
         write_lr_nifti(lr, (0.3, 0.3125, 0.3125), tmp_path / "flat.nii.gz")
 
@@ -283,24 +295,25 @@ def test_adapted_models_get_the_case_lr_its_spacing_and_a_copy(
     monkeypatch.setattr(sainr.adapt, "adapt", spy)
     out = tmp_path / "out"
     assert main(["evaluate", str(QDESS), "--factors", "3", "4", "--model", f"tiny={checkpoint}",
-                 "--crop", "32", "--max-slices", "1", "--device", "cpu", "--adapt-steps", "7",
+                 "--profiles", "gaussian", "--thickness", "0.8", "--crop", "32", "--max-slices", "1", "--device", "cpu", "--adapt-steps", "7",
                  "--out", str(out)]) == 0  # fmt: skip
     hr = _normalised_crop(QDESS, 2, crop=32)
     assert len(calls) == 2
     for (volume, spacing, target, config), factor in zip(calls, (3, 4), strict=True):
-        np.testing.assert_allclose(volume, hr[::factor], atol=1e-6)
+        acq = Acquisition(factor, 0.8, "gaussian")
+        np.testing.assert_allclose(volume, acquire(hr, acq, lr_count(len(hr), factor)), atol=1e-6)
         assert spacing == pytest.approx((factor * 1.4999975, 0.3125, 0.3125), rel=1e-6)
         assert target == pytest.approx(1.4999975, rel=1e-6) and config.steps == 7
-        assert config.thickness == pytest.approx(1 / factor)  # HR slices: no profile blur
+        assert config.thickness == pytest.approx(0.8)  # the simulated slice thickness
     rows = {(r["factor"], r["method"]): float(r["psnr"]) for r in _rows(out) if r["psnr"]}
     model = load_model(checkpoint)
     for factor in (3.0, 4.0):
-        lr, grid, truth = simulate(hr, factor)
-        plain, _ = super_resolve(model, lr, grid, torch.device("cpu"))
+        lr, grid, truth = simulate(hr, Acquisition(factor, 0.8, "gaussian"))
+        plain, _ = super_resolve(model, lr, grid, torch.device("cpu"), thickness=0.8)
         assert rows[(f"{factor:g}", "tiny")] == pytest.approx(psnr(plain, truth), abs=1e-3)
         assert rows[(f"{factor:g}", "tiny adapted (7 steps)")] != rows[(f"{factor:g}", "tiny")]
     md = (out / "results.md").read_text()
-    assert "steps=7, minutes=None" in md and "thickness=1/r" in md
+    assert "steps=7, minutes=None" in md and "thickness=the case's" in md
 
 
 @pytest.mark.skipif(not HAS_ECLARE, reason="ECLARE is not installed here (benchmark env only: "
@@ -316,11 +329,11 @@ def test_eclare_end_to_end_tiny_budget(checkpoint: Path, tmp_path: Path) -> None
     np.testing.assert_allclose(index, same_fov_positions(22, 64, 2.906), atol=1e-5)
     out = tmp_path / "out"
     assert main(["evaluate", str(FAIR), "--axis", "1", "--factors", "3", "--crop", "16",
-                 "--model", f"tiny={checkpoint}", "--max-slices", "1", "--device", "cpu",
+                 "--profiles", "gaussian", "--model", f"tiny={checkpoint}", "--max-slices", "1", "--device", "cpu",
                  "--eclare", "--eclare-patches", "16", "--eclare-batch-size", "8",
                  "--out", str(out)]) == 0  # fmt: skip
     row = next(r for r in _rows(out) if r["method"] == "ECLARE")
     assert 5.0 < float(row["psnr"]) < 80.0 and float(row["seconds"]) > 0
     md = (out / "results.md").read_text()
     assert "- ECLARE 1." in md and "16 patches in batches of 8 (2 steps" in md
-    assert "| volume | factor | linear | B-spline | tiny | tiny (ungated) | ECLARE |" in md
+    assert "| volume | profile | factor | linear | B-spline | tiny | tiny (ungated) | ECLARE |" in md

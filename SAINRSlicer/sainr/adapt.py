@@ -32,9 +32,11 @@ import SimpleITK as sitk
 import torch
 
 from .api import plan_reduction, reduce_spacing, slice_first
-from .cli import _checked_input, _progress_printer, _spacing_args
-from .data import PatchDataset, PatchSpec, Volume, blur_slices, collate, decimate, gradient_target
+from .cli import _checked_input, _progress_printer, _spacing_args, slice_thickness_mm
+from .data import PatchDataset, PatchSpec, Volume, collate, gradient_target
+from .degradation import Acquisition, acquire, lr_count
 from .errors import Cancelled, InputImageError, OutputPathError, SainrError
+from .geometry import relative_thickness
 from .inference import (
     PRECISIONS,
     CancelFn,
@@ -86,8 +88,7 @@ def resample_axis0(volume: np.ndarray, spacing: float, target: float) -> np.ndar
     ratio = target / spacing
     if ratio <= 1:
         return volume
-    n = int(math.floor((volume.shape[0] - 1) / ratio + 1e-6)) + 1
-    return decimate(blur_slices(volume, ratio, "gaussian"), ratio, n)
+    return acquire(volume, Acquisition(ratio, 1.0, "gaussian"), lr_count(volume.shape[0], ratio))
 
 
 def pair_volumes(
@@ -123,13 +124,15 @@ def adaptation_data(
 ) -> PatchDataset:
     """The deterministic stream of training patches for ``config.steps`` batches: LR made by
     the slice profile (Gaussian, FWHM ``config.thickness`` x c_S) and decimation by c_S / c_T
-    (a thickness of c_T or less means no blur: thin slices with gaps). Patches
+    (:mod:`sainr.degradation`; a thickness of c_T or less is almost no blur: thin slices with
+    gaps). Patches
     are square, no larger than the shortest in-plane side of any pair volume (few thick
     slices), so that every batch stacks."""
     volumes = pair_volumes(volume, spacing, target_spacing)
     size = min(config.size, *(min(v.array.shape[1:]) for v in volumes))
-    spec = PatchSpec(size=size, queries=config.queries, factors=(spacing[0] / target_spacing,),
-                     profile="gaussian", thickness=config.thickness)  # fmt: skip
+    thickness = (config.thickness, config.thickness)
+    spec = PatchSpec(lr_slices=12, size=size, queries=config.queries, profiles=("gaussian",),
+                     factors=(spacing[0] / target_spacing,), thickness=thickness)  # fmt: skip
     return PatchDataset(volumes, spec, config.steps * config.batch, config.batch, config.seed)
 
 
@@ -300,18 +303,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _thickness_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slice-thickness", type=float, metavar="MM",
-                   help="acquired slice thickness for the adaptation pairs (default: the slice "
-                   "spacing; give the smaller thickness when there are gaps between slices)")  # fmt: skip
+                   help="acquired slice thickness in mm (default: DICOM SliceThickness, else "
+                   "the slice spacing; give the smaller thickness when slices have gaps)")  # fmt: skip
 
 
 def _thickness_fraction(args, image: sitk.Image, target: dict) -> float:
-    """``--slice-thickness`` as a fraction of the input's slice spacing (1 when not given)."""
-    if args.slice_thickness is None:
-        return 1.0
-    if not (math.isfinite(args.slice_thickness) and args.slice_thickness > 0):
-        raise SainrError(f"--slice-thickness must be a positive number, got {args.slice_thickness}")
+    """The acquired slice thickness (``--slice-thickness``, DICOM SliceThickness or the
+    spacing) as a fraction of the input's slice spacing."""
     ax, _ = plan_reduction(image, args.spacing, **target)
-    return args.slice_thickness / image.GetSpacing()[ax]
+    return relative_thickness(slice_thickness_mm(args), image.GetSpacing()[ax])
 
 
 def _check_budget(steps: int, minutes: float | None) -> None:
@@ -343,6 +343,7 @@ def run(args) -> int:
         try:
             result = reduce_spacing(image, args.spacing, **target, device=args.device,
                                     model=adapted, precision=args.precision,
+                                    slice_thickness_mm=slice_thickness_mm(args),
                                     nan_policy="zero" if args.nan_to_zero else "refuse",
                                     progress=update)  # fmt: skip
         finally:

@@ -21,6 +21,7 @@ from .geometry import (
     axis_label,
     detect_slice_axis,
     output_geometry,
+    relative_thickness,
     resolve_target_spacing,
     slice_grid,
 )
@@ -117,6 +118,7 @@ def reduce_spacing(
     precision: str = "auto",
     nan_policy: str = "refuse",
     force: bool = False,
+    slice_thickness_mm: float | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     notice: NoticeFn | None = None,
@@ -126,11 +128,14 @@ def reduce_spacing(
 
     ``weights`` names a shipped model ("default") or a checkpoint file; ``model`` passes an
     already loaded one. ``axis`` (0, 1, 2 = i, j, k) overrides slice-axis detection.
+    ``slice_thickness_mm`` is the acquired slice thickness (default: the slice spacing, i.e.
+    contiguous thick slices; smaller for slices with gaps); the model deblurs accordingly.
     """
     ax, out_geom = plan_reduction(
         image, spacing_mm, factor=factor, isotropic=isotropic, axis=axis, force=force
     )
     geom = geometry_of(image)
+    thickness = relative_thickness(slice_thickness_mm, geom.spacing[ax])
     grid = slice_grid(geom.size[ax], geom.spacing[ax], out_geom.spacing[ax])
     volume, _ = slice_first(image, ax, nan_policy)
     scale = robust_scale(volume)
@@ -138,7 +143,7 @@ def reduce_spacing(
     dev = choose_device(device)
     hr, mask = super_resolve_with_fallback(
         net, scale.normalize(volume), grid, dev, budget_mb,
-        notice=notice, progress=progress, cancel=cancel, precision=precision,
+        notice=notice, progress=progress, cancel=cancel, precision=precision, thickness=thickness,
     )  # fmt: skip
     hr = scale.denormalize(np.maximum(hr, 0.0))
     dtype = sitk.GetArrayViewFromImage(image).dtype
@@ -155,6 +160,7 @@ def reduce_spacing(
             "factor": grid.factor,
             "slices_in": grid.n_lr,
             "slices_out": grid.n_hr,
+            "slice_thickness": thickness * geom.spacing[ax],
             "gated_fraction": float(mask.mean()),
             "device": str(dev),
         },

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from . import __version__
 from .errors import OutputPathError, SainrError
+from .geometry import relative_thickness
 from .io import (
     check_output_path,
     check_writable,
@@ -136,9 +137,16 @@ def _checked_input(src: Path, args, target: dict) -> sitk.Image:
 
     with _native_stderr_silenced():
         image = read_volume(src)
-    plan_reduction(image, args.spacing, **target)
+    axis, _ = plan_reduction(image, args.spacing, **target)
+    relative_thickness(slice_thickness_mm(args), image.GetSpacing()[axis])
     check_values(sitk.GetArrayViewFromImage(image), "zero" if args.nan_to_zero else "refuse")
     return image
+
+
+def slice_thickness_mm(args) -> float | None:
+    """The acquired slice thickness the user gave (``--slice-thickness``); None = the slice
+    spacing (contiguous slices)."""
+    return args.slice_thickness
 
 
 @contextmanager
@@ -177,6 +185,7 @@ def _run_reduce(args) -> int:
             result = reduce_spacing(
                 image, args.spacing, **target, device=args.device, model=net,
                 budget_mb=args.memory_mb, precision=args.precision, nan_policy="zero" if args.nan_to_zero else "refuse",
+                slice_thickness_mm=slice_thickness_mm(args),
                 progress=update, notice=lambda msg: print(f"note: {msg}", file=sys.stderr),
             )  # fmt: skip
         finally:
@@ -193,7 +202,8 @@ def _run_reduce(args) -> int:
         info = result.info
         print(
             f"{src.name}: axis {info['axis_label']}, {info['slices_in']} slices at "
-            f"{info['spacing_in']:.4g} mm -> {info['slices_out']} at {info['spacing_out']:.4g} mm, "
+            f"{info['spacing_in']:.4g} mm ({info['slice_thickness']:.4g} mm thick) -> "
+            f"{info['slices_out']} at {info['spacing_out']:.4g} mm, "
             f"gated {100 * info['gated_fraction']:.0f} % ({info['device']}) -> {dst}",
             file=sys.stderr,
         )

@@ -6,11 +6,13 @@ Protocol, per volume:
    axis k. Optional in-plane centre crop (``--crop``). The cropped HR volume is normalised once
    with the robust scale of :mod:`sainr.intensity` (as in training); every method and metric
    works in these units, so all methods are scored on one intensity scale.
-2. Per factor r: the LR volume holds the HR at slice positions 0, r, 2r, ...
-   (:func:`sainr.data.decimate`: exact slices for integer r, linear between HR slices for
-   non-integer r). The thin-slice grid has the HR spacing (c_L = r c_H), so thin slice j lies
-   on HR slice j and the truth is HR slices 0 .. n_H - 1: every output slice is scored against
-   a real HR slice, for integer and non-integer r alike.
+2. Per slice profile and factor r: the LR slices are centred at HR positions 0, r, 2r, ...
+   and acquired with the profile (:mod:`sainr.degradation`): ``none`` keeps the HR slice
+   (pure decimation, integer r only), ``gaussian`` and ``box`` average the HR across a slice
+   thickness (``--thickness`` x the LR spacing; 1 = contiguous thick slices, as a clinical
+   scan). The thin-slice grid has the HR spacing (c_L = r c_H), so thin slice j lies on HR
+   slice j and the truth is HR slices 0 .. n_H - 1: every output slice is scored against a
+   real (sharp) HR slice. SA-INR, adaptation and ECLARE are told the slice thickness.
 3. Methods on that grid: linear, SimpleITK cubic B-spline, each SA-INR model through
    :func:`sainr.inference.super_resolve` and, for gated models, the same model with the gate
    removed (LASA on every query) to show what gating costs and saves. Optional:
@@ -49,10 +51,11 @@ import torch
 
 from . import __version__
 from .baselines import bspline_interpolate, linear_interpolate, resample_to
-from .data import decimate, usable_axes
+from .data import usable_axes
+from .degradation import Acquisition, acquire, lr_count
 from .errors import SainrError, WeightsError
 from .flops import flops_table, slab_macs
-from .geometry import EPS, Geometry, SliceGrid, axis_label, slice_grid
+from .geometry import EPS, MAX_RELATIVE_THICKNESS, Geometry, SliceGrid, axis_label, slice_grid
 from .inference import DEFAULT_BUDGET_MB, choose_device, resolve_precision, super_resolve
 from .intensity import robust_scale
 from .io import read_volume, volume_suffix
@@ -65,12 +68,14 @@ DEFAULT_FACTORS = (2.0, 2.5, 3.0, 4.0)
 TRUTH = "ground truth"
 #: 3D SSIM's window; every evaluated axis needs at least this many voxels.
 _MIN_EXTENT = 7
-_FIELDS = ("volume", "axis", "factor", "method", "psnr", "ssim", "s3", "seconds", "attended")
+DEFAULT_PROFILES = ("none", "gaussian", "box")
+_FIELDS = ("volume", "axis", "profile", "factor", "method", "psnr", "ssim", "s3", "seconds", "attended")
 
-#: (normalised LR (S, H, W), thin-slice grid, HR spacing in mm along (S, H, W)) ->
-#: (thin-slice volume, gating mask or None)
+#: (normalised LR (S, H, W), thin-slice grid, HR spacing in mm along (S, H, W), slice
+#: thickness / LR spacing) -> (thin-slice volume, gating mask or None)
 RunFn = Callable[
-    [np.ndarray, SliceGrid, tuple[float, float, float]], tuple[np.ndarray, np.ndarray | None]
+    [np.ndarray, SliceGrid, tuple[float, float, float], float],
+    tuple[np.ndarray, np.ndarray | None],
 ]
 #: ECLARE's command line (``run-eclare``) through this interpreter, so that the ``eclare``
 #: found by :func:`require_eclare` is the one that runs.
@@ -104,6 +109,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="output folder (results.csv, results.md, figures)")
     p.add_argument("--factors", type=float, nargs="+", default=list(DEFAULT_FACTORS),
                    help="slice-spacing factors to simulate (default 2 2.5 3 4)")  # fmt: skip
+    p.add_argument("--profiles", nargs="+", choices=DEFAULT_PROFILES, default=list(DEFAULT_PROFILES),
+                   help="slice profiles to simulate (default: none gaussian box; none = pure "
+                        "decimation, integer factors only)")  # fmt: skip
+    p.add_argument("--thickness", type=float, default=1.0, metavar="T",
+                   help="slice thickness / LR spacing of the gaussian and box profiles "
+                        "(default 1: contiguous thick slices)")  # fmt: skip
     p.add_argument("--axis", type=_axis_arg, nargs="+", metavar="AXIS",
                    help="slice axis 0|1|2|auto, one for all volumes or one per volume "
                         "(auto: the coarsest axis, k for near-isotropic volumes)")  # fmt: skip
@@ -149,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     factors = _check_factors(args.factors)
+    acquisitions = _acquisitions(args.profiles, factors, args.thickness)
     if args.flops:
         print(flops_report(_load_models(args.model), factors, {}))
         return 0
@@ -169,9 +181,9 @@ def run(args: argparse.Namespace) -> int:
     for path, axis in zip(args.volumes, axes, strict=True):
         case = load_case(path, axis, args.crop)
         cases.append(case)
-        for factor in factors:
-            rows += evaluate_case(case, factor, methods, args.max_slices, args.out)
-            print(f"{case.name} x{factor:g}: " + ", ".join(
+        for acq in acquisitions:
+            rows += evaluate_case(case, acq, methods, args.max_slices, args.out)
+            print(f"{case.name} {acq.profile} x{acq.factor:g}: " + ", ".join(
                 f"{r['method']} {r['psnr']:.2f} dB" for r in rows[-len(methods):]
             ), file=sys.stderr)  # fmt: skip
     write_csv(rows, args.out / "results.csv")
@@ -179,6 +191,20 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "results.md").write_text(report(rows, methods, config, models, factors))
     print(f"wrote {args.out / 'results.md'}", file=sys.stderr)
     return 0
+
+
+def _acquisitions(
+    profiles: list[str], factors: tuple[float, ...], thickness: float
+) -> list[Acquisition]:
+    """Every (profile, factor) case; pure decimation only at integer factors (its slices
+    must lie on HR slices), the others with the given relative ``thickness``."""
+    if not (math.isfinite(thickness) and 0 < thickness <= MAX_RELATIVE_THICKNESS):
+        raise SainrError(f"--thickness must be in (0, {MAX_RELATIVE_THICKNESS:g}], got {thickness}")
+    cases = [Acquisition(f, thickness, p) for p in dict.fromkeys(profiles) for f in factors
+             if p != "none" or f.is_integer()]  # fmt: skip
+    if not cases:
+        raise SainrError("pure decimation (profile none) needs an integer factor")
+    return cases
 
 
 def _check_factors(factors: list[float]) -> tuple[float, ...]:
@@ -228,7 +254,7 @@ def build_methods(
     """Interpolators, then each model, then each gated model with its gate removed."""
 
     def interp(fn) -> RunFn:
-        return lambda lr, grid, _spacing: (fn(lr, grid), None)
+        return lambda lr, grid, _spacing, _thickness: (fn(lr, grid), None)
 
     methods = [Method("linear", interp(linear_interpolate)),
                Method("B-spline", interp(bspline_interpolate))]  # fmt: skip
@@ -250,13 +276,15 @@ def _network(
     on that LR alone (:func:`adapt_to_case`)."""
 
     def run_model(
-        lr: np.ndarray, grid: SliceGrid, spacing: tuple[float, float, float]
+        lr: np.ndarray, grid: SliceGrid, spacing: tuple[float, float, float], thickness: float
     ) -> tuple[np.ndarray, np.ndarray]:
-        net = adapt_to_case(model, lr, grid, spacing, adapt_steps) if adapt_steps else model
+        net = model
+        if adapt_steps:
+            net = adapt_to_case(model, lr, grid, spacing, thickness, adapt_steps)
         if ungated:
             with gating_disabled(net):
-                return super_resolve(net, lr, grid, device, budget_mb)
-        return super_resolve(net, lr, grid, device, budget_mb)
+                return super_resolve(net, lr, grid, device, budget_mb, thickness=thickness)
+        return super_resolve(net, lr, grid, device, budget_mb, thickness=thickness)
 
     return run_model
 
@@ -287,16 +315,17 @@ def adapted_methods(
 
 
 def adapt_to_case(
-    model: SAINR, lr: np.ndarray, grid: SliceGrid, spacing: tuple[float, float, float], steps: int
-) -> SAINR:
+    model: SAINR, lr: np.ndarray, grid: SliceGrid, spacing: tuple[float, float, float],
+    thickness: float, steps: int,
+) -> SAINR:  # fmt: skip
     """A fine-tuned copy of ``model`` (:func:`sainr.adapt.adapt` leaves ``model`` unchanged),
     trained on this case's LR only: ``lr`` is the normalised array SA-INR receives (the HR's
     robust scale, slice axis first), its spacing (r c_S, c_H, c_W), the target the HR slice
-    spacing c_S. The simulated slices are HR slices, c_S thick (1/r of their spacing: no
-    blur), and adaptation is told so, as ECLARE is told its slice thickness."""
+    spacing c_S, told the simulated slice ``thickness`` (relative to the LR spacing) as
+    ECLARE is."""
     from .adapt import AdaptConfig, adapt
 
-    config = AdaptConfig(steps=steps, thickness=1.0 / grid.factor)
+    config = AdaptConfig(steps=steps, thickness=thickness)
     return adapt(model, lr, lr_spacing(grid, spacing), spacing[0], config=config)
 
 
@@ -348,15 +377,16 @@ def eclare_method(options: EclareOptions) -> Method:
     """ECLARE as a method; refuses (before any case runs) when it is not installed."""
     require_eclare()
     return Method(
-        "ECLARE", lambda lr, grid, spacing: (run_eclare(lr, grid, spacing, options), None)
+        "ECLARE",
+        lambda lr, grid, spacing, thickness: (run_eclare(lr, grid, spacing, thickness, options), None),
     )
 
 
-def eclare_thickness(spacing: tuple[float, float, float]) -> float:
-    """The simulated LR's slice thickness in ECLARE's units (finest in-plane voxels): the LR
-    slices are HR slices, as thick as the HR slice spacing c_S (profile known, so ECLARE's
-    ESPRESO estimate is skipped)."""
-    return spacing[0] / min(spacing[1], spacing[2])
+def eclare_thickness(spacing: tuple[float, float, float], grid: SliceGrid, thickness: float) -> float:
+    """The simulated LR's slice thickness in ECLARE's units (finest in-plane voxels):
+    ``thickness`` x the LR spacing r c_S (profile known, so ECLARE's ESPRESO estimate is
+    skipped)."""
+    return thickness * lr_spacing(grid, spacing)[0] / min(spacing[1], spacing[2])
 
 
 def write_lr_nifti(lr: np.ndarray, spacing: tuple[float, float, float], path: Path) -> Path:
@@ -374,8 +404,9 @@ def write_lr_nifti(lr: np.ndarray, spacing: tuple[float, float, float], path: Pa
 
 
 def run_eclare(
-    lr: np.ndarray, grid: SliceGrid, spacing: tuple[float, float, float], options: EclareOptions
-) -> np.ndarray:
+    lr: np.ndarray, grid: SliceGrid, spacing: tuple[float, float, float], thickness: float,
+    options: EclareOptions,
+) -> np.ndarray:  # fmt: skip
     """Train and run ECLARE on one simulated LR volume (a subprocess with this interpreter and
     torch's thread count) and return its output on the thin-slice grid."""
     spacing_lr = lr_spacing(grid, spacing)
@@ -383,7 +414,7 @@ def run_eclare(
         src = write_lr_nifti(lr, spacing_lr, Path(tmp) / "lr.nii.gz")
         cmd = [sys.executable, "-c", _ECLARE_MAIN, "--in-fpath", str(src), "--out-dir", tmp,
                "--n-patches", str(options.patches), "--batch-size", str(options.batch_size),
-               "--relative-slice-thickness", f"{eclare_thickness(spacing):.6g}",
+               "--relative-slice-thickness", f"{eclare_thickness(spacing, grid, thickness):.6g}",
                "--gpu-id", str(options.gpu_id)]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -457,29 +488,30 @@ def load_case(path: Path, axis: int | None, crop: int | None) -> Case:
     )
 
 
-def simulate(hr: np.ndarray, factor: float) -> tuple[np.ndarray, SliceGrid, np.ndarray]:
-    """(LR, thin-slice grid at the HR spacing, truth) for reduction ``factor`` along axis 0."""
-    n_lr = int(math.floor((hr.shape[0] - 1) / factor + EPS)) + 1
-    grid = slice_grid(n_lr, factor, 1.0)
-    return decimate(hr, factor, n_lr), grid, hr[: grid.n_hr]
+def simulate(hr: np.ndarray, acq: Acquisition) -> tuple[np.ndarray, SliceGrid, np.ndarray]:
+    """(LR, thin-slice grid at the HR spacing, truth) for acquisition ``acq`` along axis 0."""
+    n_lr = lr_count(hr.shape[0], acq.factor)
+    grid = slice_grid(n_lr, acq.factor, 1.0)
+    return acquire(hr, acq, n_lr), grid, hr[: grid.n_hr]
 
 
 def evaluate_case(
-    case: Case, factor: float, methods: list[Method], max_slices: int | None, out_dir: Path
+    case: Case, acq: Acquisition, methods: list[Method], max_slices: int | None, out_dir: Path
 ) -> list[dict]:
-    """Score every method on one volume at one factor; saves the figure; returns CSV rows."""
-    lr, grid, truth = simulate(case.hr, factor)
+    """Score every method on one volume and acquisition; saves the figure; returns CSV rows."""
+    factor = acq.factor
+    lr, grid, truth = simulate(case.hr, acq)
     if min(truth.shape) < _MIN_EXTENT:
         raise SainrError(
             f"{case.name} at x{factor:g} gives a {truth.shape} truth; 3D SSIM needs at least "
             f"{_MIN_EXTENT} voxels per axis (use a larger volume, crop or smaller factor)"
         )
-    base = {"volume": case.name, "axis": case.axis, "factor": factor}
+    base = {"volume": case.name, "axis": case.axis, "profile": acq.profile, "factor": factor}
     rows = [{**base, "method": TRUTH, "s3": _s3(truth, max_slices)}]
     preds: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     for m in methods:
         start = time.perf_counter()
-        pred, mask = m.run(lr, grid, case.spacing)
+        pred, mask = m.run(lr, grid, case.spacing, acq.relative_thickness)
         seconds = time.perf_counter() - start
         preds[m.name] = (pred, mask)
         rows.append({
@@ -487,8 +519,8 @@ def evaluate_case(
             "s3": _s3(pred, max_slices), "seconds": seconds,
             "attended": float(mask.mean()) if mask is not None else None,
         })  # fmt: skip
-    save_figure(case, factor, lr, grid, truth, methods, preds,
-                out_dir / f"figure_{case.name}_x{factor:g}.png")  # fmt: skip
+    save_figure(case, acq, lr, grid, truth, methods, preds,
+                out_dir / f"figure_{case.name}_{acq.profile}_x{factor:g}.png")  # fmt: skip
     return rows
 
 
@@ -499,7 +531,7 @@ def _s3(vol: np.ndarray, max_slices: int | None) -> float:
 
 
 def save_figure(
-    case: Case, factor: float, lr: np.ndarray, grid: SliceGrid, truth: np.ndarray,
+    case: Case, acq: Acquisition, lr: np.ndarray, grid: SliceGrid, truth: np.ndarray,
     methods: list[Method], preds: dict[str, tuple[np.ndarray, np.ndarray | None]], path: Path,
 ) -> None:  # fmt: skip
     """One plane through the slice axis (the centre column): nearest-upsampled LR input, each
@@ -511,7 +543,7 @@ def save_figure(
 
     x = truth.shape[2] // 2
     nearest = np.minimum(np.floor(grid.lower + grid.frac + 0.5).astype(np.int64), grid.n_lr - 1)
-    panels = [(f"LR input ×{factor:g} (nearest)", lr[nearest, :, x], "gray", 0.0, 1.0)]
+    panels = [(f"LR input ×{acq.factor:g} {acq.profile} (nearest)", lr[nearest, :, x], "gray", 0.0, 1.0)]
     panels += [(m.name, preds[m.name][0][:, :, x], "gray", 0.0, 1.0) for m in methods]
     panels.append((TRUTH, truth[:, :, x], "gray", 0.0, 1.0))
     first = next((m for m in methods if m.model is not None), None)
@@ -533,7 +565,7 @@ def save_figure(
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0][0].set_ylabel("thin-slice index ↑", fontsize=8)
-    fig.suptitle(f"{case.name}, {case.label}, ×{factor:g}, column {x}", fontsize=9)
+    fig.suptitle(f"{case.name}, {case.label}, {acq.profile} ×{acq.factor:g}, column {x}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -556,43 +588,46 @@ def _csv_value(value) -> str:
     return str(value)
 
 
-def _lookup(rows: list[dict]) -> tuple[list[tuple[str, float]], dict]:
-    """Row keys (volume, factor) in order of appearance and (volume, factor, method) -> row."""
-    keys = list(dict.fromkeys((r["volume"], r["factor"]) for r in rows))
-    return keys, {(r["volume"], r["factor"], r["method"]): r for r in rows}
+CaseKey = tuple[str, str, float]  # (volume, profile, factor)
+
+
+def _lookup(rows: list[dict]) -> tuple[list[CaseKey], dict]:
+    """Case keys (volume, profile, factor) in order of appearance and (case, method) -> row."""
+    keys = list(dict.fromkeys((r["volume"], r["profile"], r["factor"]) for r in rows))
+    return keys, {((r["volume"], r["profile"], r["factor"]), r["method"]): r for r in rows}
 
 
 def metric_table(rows: list[dict], metric: str, columns: list[str], fmt: str,
                  gain_of: str | None = None) -> str:  # fmt: skip
-    """Markdown: one row per (volume, factor), one column per method, then the mean per factor
-    and overall. ``gain_of`` adds that method's margin over the better interpolator."""
+    """Markdown: one row per case (volume, profile, factor), one column per method, then the
+    means per profile and factor and per profile. ``gain_of`` adds that method's margin over
+    the better interpolator (its minimum over the cases in the per-profile means)."""
     keys, index = _lookup(rows)
-    header = ["volume", "factor", *columns] + ([f"{gain_of} − best interp."] if gain_of else [])
+    header = ["volume", "profile", "factor", *columns]
+    header += [f"{gain_of} − best interp.", "min"] if gain_of else []
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
 
-    def values(sel: list[tuple[str, float]]) -> list[float]:
-        cols = [np.mean([index[(v, f, c)][metric] for v, f in sel]) for c in columns]
+    def values(sel: list[CaseKey]) -> list[float]:
+        cols = [np.mean([index[(k, c)][metric] for k in sel]) for c in columns]
         if gain_of:
-            cols.append(np.mean([
-                index[(v, f, gain_of)][metric]
-                - max(index[(v, f, "linear")][metric], index[(v, f, "B-spline")][metric])
-                for v, f in sel
-            ]))  # fmt: skip
+            gains = [index[(k, gain_of)][metric]
+                     - max(index[(k, "linear")][metric], index[(k, "B-spline")][metric])
+                     for k in sel]  # fmt: skip
+            cols += [np.mean(gains), np.min(gains)]
         return cols
 
-    def line(label: str, factor: str, cols: list[float], bold: bool = False) -> str:
-        cells = [format(c, fmt) for c in cols]
-        if bold:
-            label, factor, cells = f"**{label}**", f"**{factor}**", [f"**{c}**" for c in cells]
-        return "| " + " | ".join([label, factor, *cells]) + " |"
+    def line(cells: list[str], cols: list[float], bold: bool = False) -> str:
+        cells = cells + [format(c, fmt) for c in cols]
+        return "| " + " | ".join(f"**{c}**" if bold else c for c in cells) + " |"
 
-    for v, f in keys:
-        lines.append(line(v, f"×{f:g}", values([(v, f)])))
-    if len({v for v, _ in keys}) > 1:
-        for f in dict.fromkeys(f for _, f in keys):
-            lines.append(line("mean", f"×{f:g}", values([k for k in keys if k[1] == f]), True))
-    if len(keys) > 1:
-        lines.append(line("mean", "all", values(keys), True))
+    for v, p, f in keys:
+        lines.append(line([v, p, f"×{f:g}"], values([(v, p, f)])))
+    if len({v for v, _, _ in keys}) > 1:
+        for p, f in dict.fromkeys((p, f) for _, p, f in keys):
+            sel = [k for k in keys if k[1:] == (p, f)]
+            lines.append(line(["mean", p, f"×{f:g}"], values(sel), True))
+        for p in dict.fromkeys(p for _, p, _ in keys):
+            lines.append(line(["mean", p, "all"], values([k for k in keys if k[1] == p]), True))
     return "\n".join(lines)
 
 
@@ -601,17 +636,18 @@ def gating_table(rows: list[dict], method: Method) -> str:
     keys, index = _lookup(rows)
     cfg = method.model.config
     lines = [
-        "| volume | factor | attended | PSNR gated | PSNR ungated | Δ dB | LASA GMAC/slab (ours) "
-        "gated | ungated | time gated (s) | ungated (s) |",
-        "|---" * 10 + "|",
+        "| volume | profile | factor | attended | PSNR gated | PSNR ungated | Δ dB | LASA "
+        "GMAC/slab (ours) gated | ungated | time gated (s) | ungated (s) |",
+        "|---" * 11 + "|",
     ]
-    for v, f in keys:
-        g, u = index[(v, f, method.name)], index[(v, f, f"{method.name} (ungated)")]
+    for key in keys:
+        v, p, f = key
+        g, u = index[(key, method.name)], index[(key, f"{method.name} (ungated)")]
         lasa_g = slab_macs(cfg, f, g["attended"])["lasa"] / 1e9
         lasa_u = slab_macs(cfg, f, 1.0)["lasa"] / 1e9
         lines.append(
-            f"| {v} | ×{f:g} | {100 * g['attended']:.1f} % | {g['psnr']:.3f} | {u['psnr']:.3f} | "
-            f"{g['psnr'] - u['psnr']:+.3f} | {lasa_g:.2f} | {lasa_u:.2f} | "
+            f"| {v} | {p} | ×{f:g} | {100 * g['attended']:.1f} % | {g['psnr']:.3f} | "
+            f"{u['psnr']:.3f} | {g['psnr'] - u['psnr']:+.3f} | {lasa_g:.2f} | {lasa_u:.2f} | "
             f"{g['seconds']:.2f} | {u['seconds']:.2f} |"
         )
     return "\n".join(lines)
@@ -658,8 +694,11 @@ def configuration(
         f"- device: {device}; precision: {resolve_precision(device, 'auto')} (auto); "
         f"torch threads: {torch.get_num_threads()}; torch {torch.__version__}; "
         f"sainr {__version__}; Python {platform.python_version()}",
-        "- LR simulation: HR slices at positions 0, r, 2r, … (linear between HR slices for "
-        "non-integer r); output grid = HR grid, truth = HR slices 0 … n_H−1",
+        f"- LR simulation (sainr.degradation): slices centred at HR positions 0, r, 2r, …; "
+        f"profiles {', '.join(dict.fromkeys(args.profiles))} (none = the HR slice itself, "
+        f"integer r only; gaussian = FWHM, box = width of {args.thickness:g} × the LR "
+        "spacing, weights integrated over each HR voxel); every method that takes it is told "
+        "that thickness; output grid = HR grid, truth = HR slices 0 … n_H−1",
         "- intensities: every metric in the units of the HR volume's robust scale "
         "(0.5th → 0, 99.5th percentile → 1), shared by all methods; PSNR equals the PSNR in "
         "the file's units when the 0.5th percentile is 0 (volumes with background)",
@@ -677,12 +716,11 @@ def configuration(
 
         names = ", ".join(f"`{n}`" for n, _, _ in models if not args.adapt_models
                           or n in args.adapt_models)  # fmt: skip
-        settings = {**asdict(AdaptConfig(steps=args.adapt_steps)), "thickness": "1/r"}
+        settings = {**asdict(AdaptConfig(steps=args.adapt_steps)), "thickness": "the case's"}
         lines.append(f"- adapted: {names} fine-tuned per case on that case's normalised LR only "
                      "(sainr.adapt, from the loaded weights each time; "
-                     f"{', '.join(f'{k}={v}' for k, v in settings.items())}: the simulated "
-                     "slices are HR slices, no slice-profile blur; spacing = LR spacing, target = "
-                     "HR slice spacing); time includes the adaptation")  # fmt: skip
+                     f"{', '.join(f'{k}={v}' for k, v in settings.items())}; spacing = LR "
+                     "spacing, target = HR slice spacing); time includes the adaptation")  # fmt: skip
     if args.eclare:
         eclare = EclareOptions.from_args(args, device)
         where = f"GPU {eclare.gpu_id}" if eclare.gpu_id >= 0 else "CPU"
@@ -691,8 +729,8 @@ def configuration(
             f"{where}): trained per case on the LR's own in-plane data, {eclare.patches:,} "
             f"patches in batches of {eclare.batch_size} ({eclare.steps} steps; ECLARE's default "
             "is 1,000,000 patches in batches of 128); input: the LR as NIfTI, spacing "
-            "(r c_S, in-plane); slice thickness given as c_S / finest in-plane spacing (the "
-            "simulated LR slices are HR slices; ESPRESO's estimate not run); output (slices at "
+            "(r c_S, in-plane); slice thickness given as the simulated thickness / finest "
+            "in-plane spacing (ESPRESO's estimate not run); output (slices at "
             "the finest in-plane spacing, same-field-of-view sampling) resampled by cubic "
             "B-spline onto the thin-slice grid; time includes training, inference and file I/O"
         )

@@ -189,6 +189,29 @@ def resolve_target_spacing(
     return float(spacing)
 
 
+#: Thicker slices than this multiple of their spacing are no MRI acquisition (overlap of 3x).
+MAX_RELATIVE_THICKNESS = 3.0
+
+
+def relative_thickness(thickness_mm: float | None, spacing_mm: float) -> float:
+    """Acquired slice thickness / slice spacing, 1 (contiguous slices) when not given.
+
+    Below 1 the slices have gaps, above 1 they overlap; beyond ``MAX_RELATIVE_THICKNESS`` (or
+    not a positive number) it is refused, as a typo or a header in other units."""
+    if thickness_mm is None:
+        return 1.0
+    if not (math.isfinite(thickness_mm) and thickness_mm > 0):
+        raise SpacingError(f"the slice thickness must be a positive number of mm, got {thickness_mm}")
+    ratio = thickness_mm / spacing_mm
+    if ratio > MAX_RELATIVE_THICKNESS + EPS:
+        raise SpacingError(
+            f"a slice thickness of {thickness_mm:g} mm is {ratio:.1f}x the slice spacing "
+            f"{spacing_mm:.4g} mm (limit {MAX_RELATIVE_THICKNESS:g}x); give the thickness in mm "
+            "as the scanner reports it (DICOM SliceThickness)"
+        )
+    return float(ratio)
+
+
 def output_geometry(geom: Geometry, axis: int, grid: SliceGrid) -> Geometry:
     """Same origin and direction, new spacing and size on the slice axis only."""
     size = list(geom.size)

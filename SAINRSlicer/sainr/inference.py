@@ -19,7 +19,7 @@ import torch
 
 from .errors import Cancelled, DeviceError, ResourceError
 from .geometry import SliceGrid
-from .model import SAINR, Queries
+from .model import SAINR, Queries, acquisition_tensor
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -157,8 +157,13 @@ def super_resolve(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     tile_plan: Plan | None = None,
+    thickness: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Thin-slice volume (n_hr, H, W) and gating mask (uint8) from normalised ``volume`` (S, H, W).
+
+    ``thickness`` is the acquired slice thickness relative to the slice spacing (1 = contiguous
+    thick slices, the usual clinical case; < 1 = gaps); a conditioned model adapts its output
+    to it, others ignore it.
 
     ``progress(done, total)`` counts decoded voxels; ``cancel()`` returning True stops the
     run between chunks with :class:`Cancelled`. The model is moved to ``device`` and its
@@ -173,12 +178,13 @@ def super_resolve(
     out = np.empty((grid.n_hr, n_h, n_w), dtype=np.float32)
     mask = np.empty((grid.n_hr, n_h, n_w), dtype=np.uint8)
     total, done = grid.n_hr * n_h * n_w, 0
+    acquisition = acquisition_tensor(grid.factor, thickness).to(device)
     for ys, xs in p.tiles(n_h, n_w):
         ty = slice(max(ys.start - p.halo, 0), min(ys.stop + p.halo, n_h))
         tx = slice(max(xs.start - p.halo, 0), min(xs.stop + p.halo, n_w))
         lr = torch.from_numpy(np.ascontiguousarray(volume[:, ty, tx])).to(device)
         with autocast(device, precision):
-            fm = model.encode(lr[None, None].contiguous(memory_format=layout))
+            fm = model.encode(lr[None, None].contiguous(memory_format=layout), acquisition)
         fm.feat, fm.key, fm.value = (
             t.float() if t is not None else None for t in (fm.feat, fm.key, fm.value)
         )

@@ -1,14 +1,15 @@
-"""Supervised SA-INR training: decimated patches, L1 + gating-mask loss, resumable, DDP-ready.
+"""Supervised SA-INR training: patches acquired with slice profiles, L1 + gating loss, DDP-ready.
 
 Loss per batch: L1(pred, HR) + gamma * BCE(sigmoid(logit), G) + (theta - mean(M))^2, with G the
 top-20 % gradient target and M the straight-through mask; gamma halves 40 times over the run
-(the paper's "every 50 of 2000 epochs"). Adam with step decay at fixed fractions of the run.
+(the paper's "every 50 of 2000 epochs"). Adam with step decay at fixed fractions of the run or
+a cosine schedule, both defined on the planned total ``steps``, so a run split over sessions
+(``--max-minutes``, then the same command again) follows one schedule.
 
 Runs on one CPU, one GPU, or many via ``torchrun`` (DistributedDataParallel + DistributedSampler;
 gloo on CPU, NCCL on CUDA). Rank 0 writes ``last.pt`` every few minutes and at the end, the
 best-by-validation ``best.pt``, ``history.csv`` and ``history.png``. Restarting the same command
-resumes from ``last.pt`` with the same model, optimizer, scheduler, step and data stream; a
-restart with a larger ``steps`` extends the run (the step-decay milestones move with it).
+resumes from ``last.pt`` with the same model, optimizer, scheduler, step and data stream.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import math
 import os
 import time
 import tomllib
-from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,12 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .baselines import linear_interpolate
 from .data import PatchDataset, PatchSpec, Volume, collate, load_volume
+from .degradation import Acquisition, acquire, lr_count
 from .geometry import slice_grid
 from .inference import Plan, autocast, memory_format, super_resolve
 from .metrics import psnr
 from .model import SAINR, ModelConfig, QueryOutput
-from .weights import save_checkpoint
+from .weights import load_model, save_checkpoint
 
 
 @dataclass
@@ -51,16 +52,22 @@ class TrainConfig:
     steps: int = 20000
     batch: int = 2
     lr: float = 3e-4
+    schedule: str = "step"  # step (decay at milestones) | cosine (warm-up, then to lr_floor)
     milestones: tuple[float, ...] = (0.5, 0.75, 0.9)
     lr_decay: float = 0.5
+    warmup: int = 200
+    lr_floor: float = 0.02  # cosine ends at lr x lr_floor
+    in_plane_axes: bool = False  # also use the in-plane axes of anisotropic volumes
     theta: float = 0.2
     gamma: float = 1.0
     gamma_halvings: int = 40
     val_every: int = 500
     val_factors: tuple[float, ...] = (2, 3, 4)
+    val_profiles: tuple[str, ...] = ("none",)  # validation acquisitions (thickness = spacing)
     val_size: int = 96
     log_every: int = 50
     checkpoint_minutes: float = 3.0
+    init: str = ""  # shipped model name or checkpoint to start a new run from (warm start)
     seed: int = 0
     amp: str = "none"  # none | bf16 | fp16 (CUDA)
 
@@ -80,8 +87,20 @@ class TrainConfig:
             raise ValueError(f"unknown training config keys: {sorted(set(raw) - known)}")
         cfg = cls(**raw)
         ModelConfig.from_dict(cfg.model)
-        PatchSpec(**cfg.patch)
+        PatchSpec(**cfg.patch).sampler  # noqa: B018 (checks profiles, weights, factors)
+        if cfg.schedule not in ("step", "cosine"):
+            raise ValueError(f"schedule must be step or cosine, got {cfg.schedule!r}")
         return cfg
+
+    def lr_factor(self, step: int) -> float:
+        """Learning-rate multiplier at ``step`` of the whole planned run (``steps``), so a run
+        split over sessions follows one schedule."""
+        if self.schedule == "step":
+            return self.lr_decay ** sum(step >= int(f * self.steps) for f in self.milestones)
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        done = min((step - self.warmup) / max(self.steps - self.warmup, 1), 1.0)
+        return self.lr_floor + (1 - self.lr_floor) * 0.5 * (1 + math.cos(math.pi * done))
 
 
 def sainr_loss(
@@ -103,38 +122,78 @@ def sainr_loss(
     return loss, l1
 
 
-def _volumes(entries: list[dict[str, Any]], root: Path) -> list[Volume]:
+def warm_start(model: SAINR, source: SAINR) -> None:
+    """Copy ``source``'s weights into ``model`` of the same architecture, where ``model`` may
+    have more decoder inputs (conditioning): their weights start at zero, so the warm-started
+    model first predicts exactly what ``source`` does and training adds what the new inputs
+    explain."""
+    target = model.state_dict()
+    for key, value in source.state_dict().items():
+        have = target.get(key)
+        if have is None:
+            raise ValueError(f"cannot warm-start: {key} has no counterpart in the new model")
+        grown_inputs = value.ndim == 2 and have.shape[0] == value.shape[0] and have.shape[1] > value.shape[1]
+        if have.shape != value.shape and not grown_inputs:
+            raise ValueError(f"cannot warm-start: {key} is {tuple(value.shape)}, "
+                             f"the new model needs {tuple(have.shape)}")  # fmt: skip
+        have.zero_()
+        have[tuple(slice(0, n) for n in value.shape)] = value
+    missing = set(target) - set(source.state_dict())
+    if missing:
+        raise ValueError(f"cannot warm-start: the source has no {sorted(missing)}")
+    model.load_state_dict(target)
+
+
+def _volumes(entries: list[dict[str, Any]], root: Path, in_plane: bool = False) -> list[Volume]:
     out = []
     for e in entries:
         crop = tuple(slice(*c) if c else slice(None) for c in e["crop"]) if e.get("crop") else None
-        out.append(load_volume(root / e["path"], crop))
+        out.append(load_volume(root / e["path"], crop, in_plane))
     return out
 
 
 def validate(
-    model: SAINR, volumes: list[Volume], factors, size: int, precision: str = "fp32"
+    model: SAINR,
+    volumes: list[Volume],
+    factors,
+    size: int,
+    precision: str = "fp32",
+    profiles: tuple[str, ...] = ("none",),
 ) -> dict[str, float]:
-    """PSNR of SA-INR and linear interpolation on centre crops decimated along the native
-    slice axis; mean over volumes per factor, and the mean gain."""
+    """PSNR of SA-INR and linear interpolation on centre crops along the native slice axis,
+    acquired with each profile (thickness = spacing; decimation for "none") and the model
+    told that thickness; mean over volumes per profile and factor, the mean gain per profile
+    (``gain_<profile>``) and over all (``gain``)."""
     model.eval()
     scores: dict[str, list[float]] = {}
     device = next(model.parameters()).device
     for vol in volumes:
-        hr = np.moveaxis(vol.array, 2 - vol.axes[-1], 0)
+        hr = np.moveaxis(vol.array, 2 - vol.axes[0], 0)
         cy, cx = (max((n - size) // 2, 0) for n in hr.shape[1:])
         hr = hr[:, cy : cy + size, cx : cx + size]
-        for k in factors:
-            lr = hr[:: int(k)]
-            grid = slice_grid(lr.shape[0], float(k), 1.0)
+        for profile, k in ((p, k) for p in profiles for k in factors):
+            acq = Acquisition(float(k), 1.0, profile)
+            lr = acquire(hr, acq, lr_count(hr.shape[0], acq.factor))
+            grid = slice_grid(lr.shape[0], acq.factor, 1.0)
             truth = hr[: grid.n_hr]
             pred, _ = super_resolve(model, lr, grid, device, precision=precision,
-                                    tile_plan=Plan(size, 0, 1 << 16))  # fmt: skip
-            scores.setdefault(f"psnr_x{k:g}", []).append(psnr(pred, truth))
-            scores.setdefault(f"linear_x{k:g}", []).append(psnr(linear_interpolate(lr, grid), truth))
+                                    tile_plan=Plan(size, 0, 1 << 16),
+                                    thickness=acq.relative_thickness)  # fmt: skip
+            key = _score_key(profile, k)
+            scores.setdefault(f"psnr_{key}", []).append(psnr(pred, truth))
+            scores.setdefault(f"linear_{key}", []).append(psnr(linear_interpolate(lr, grid), truth))
     model.train()
     out = {k: float(np.mean(v)) for k, v in scores.items()}
-    out["gain"] = float(np.mean([out[f"psnr_x{k:g}"] - out[f"linear_x{k:g}"] for k in factors]))
+    for profile in profiles:
+        keys = [_score_key(profile, k) for k in factors]
+        out[f"gain_{profile}"] = float(np.mean([out[f"psnr_{k}"] - out[f"linear_{k}"] for k in keys]))
+    out["gain"] = float(np.mean([out[f"gain_{p}"] for p in profiles]))
     return out
+
+
+def _score_key(profile: str, factor: float) -> str:
+    """Validation column suffix: ``x3`` for decimation (the historic name), ``x3_gaussian``."""
+    return f"x{factor:g}" if profile == "none" else f"x{factor:g}_{profile}"
 
 
 def _dist_setup() -> tuple[int, int, torch.device]:
@@ -207,22 +266,22 @@ def train(
     layout = memory_format(precision)
     model.encoder.to(memory_format=layout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.MultiStepLR(
-        opt, [int(f * cfg.steps) for f in cfg.milestones], gamma=cfg.lr_decay
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: cfg.lr_factor(n))
     step, elapsed, best, rng_state = 0, 0.0, -math.inf, None
     last = out / "last.pt"
     if last.is_file():
         ckpt = torch.load(last, map_location=device, weights_only=True)
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        sched.milestones = Counter(int(f * cfg.steps) for f in cfg.milestones)  # new length re-plans
+        sched.load_state_dict(ckpt["scheduler"])  # the schedule itself comes from cfg
         step, elapsed, best = ckpt["step"], ckpt["elapsed"], ckpt["best"]
         rng_state = ckpt.get("rng")
         log(f"resumed from {last} at step {step}")
-    spec = PatchSpec(**{**cfg.patch, "factors": tuple(cfg.patch.get("factors", PatchSpec.factors))})
-    train_vols = _volumes(cfg.data, root)
+    elif cfg.init:
+        warm_start(model, load_model(cfg.init).to(device))
+        log(f"started from {cfg.init}")
+    spec = PatchSpec(**cfg.patch)
+    train_vols = _volumes(cfg.data, root, cfg.in_plane_axes)
     val_vols = _volumes(cfg.val, root) if rank == 0 else []
     dataset = PatchDataset(train_vols, spec, cfg.steps * cfg.batch * world, cfg.batch * world, cfg.seed)
     remaining = Subset(dataset, range(step * cfg.batch * world, len(dataset)))
@@ -243,6 +302,15 @@ def train(
     t0, last_save, running = time.time() - elapsed, time.time(), []
     started = time.time()
     model.train()
+    def record() -> dict[str, float]:
+        scores = validate(model, val_vols, cfg.val_factors, cfg.val_size, precision,
+                          tuple(cfg.val_profiles))  # fmt: skip
+        history.add({"step": step, "minutes": round(elapsed / 60, 2), **scores})
+        log("  val " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+        return scores
+
+    if rank == 0 and val_vols and step == 0:  # the starting point of the learning curve
+        scores = record()
     batches = iter(loader)  # draws a loader seed from the global RNG: do it before restoring
     if rng_state is not None:  # gumbel noise of the gating mask continues where it stopped
         torch.set_rng_state(rng_state)
@@ -251,7 +319,7 @@ def train(
         q = type(q)(*(getattr(q, f).to(device) for f in ("b", "s", "y", "x", "t")))
         target, gate = tgt["target"].to(device), tgt["gate"].to(device)
         with autocast(device, precision):
-            res = net(lr_batch, q)
+            res = net(lr_batch, q, tgt["acquisition"].to(device))
         gamma = cfg.gamma * 0.5 ** (step // halving)
         loss, l1 = sainr_loss(res, target, gate, model.gate is not None, gamma, cfg.theta)
         opt.zero_grad(set_to_none=True)
@@ -267,9 +335,7 @@ def train(
                 f"lr {sched.get_last_lr()[0]:.2e}  {elapsed / 60:.1f} min")  # fmt: skip
             running = []
         if rank == 0 and val_vols and (step % cfg.val_every == 0 or step == cfg.steps):
-            scores = validate(model, val_vols, cfg.val_factors, cfg.val_size, precision)
-            history.add({"step": step, "minutes": round(elapsed / 60, 2), **scores})
-            log("  val " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+            scores = record()
             if scores["gain"] > best:
                 best = scores["gain"]
                 checkpoint(out / "best.pt", val=scores)

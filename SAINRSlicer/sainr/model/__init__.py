@@ -1,6 +1,6 @@
 """SA-INR model: EDSR encoder, gating mask, LASA attention, MLP decoder."""
 
-from .features import FeatureMap, Queries
+from .features import FeatureMap, Queries, acquisition_tensor
 from .sainr import SAINR, ModelConfig, QueryOutput, gating_disabled
 
-__all__ = ["SAINR", "FeatureMap", "ModelConfig", "Queries", "QueryOutput", "gating_disabled"]
+__all__ = ["SAINR", "FeatureMap", "ModelConfig", "Queries", "QueryOutput", "acquisition_tensor", "gating_disabled"]

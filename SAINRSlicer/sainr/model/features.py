@@ -45,6 +45,8 @@ class FeatureMap:
     image: torch.Tensor  # (N,)
     key: torch.Tensor | None = None  # (N, C), Phi(F)
     value: torch.Tensor | None = None  # (N, C), Gamma(F)
+    #: (B, 2) per volume: 1 / factor and slice thickness / slice spacing (see conditions)
+    acquisition: torch.Tensor | None = None
 
     def flat_index(
         self, b: torch.Tensor, s: torch.Tensor, y: torch.Tensor, x: torch.Tensor
@@ -66,9 +68,26 @@ class FeatureMap:
         image = torch.lerp(rows(self.image, lo), rows(self.image, hi), t.to(self.image.dtype))
         return feat, image
 
+    def conditions(self, q: Queries) -> torch.Tensor:
+        """(Q, 3) what a query's value depends on beyond its feature: its fraction ``t``
+        between the acquired slices, 1 / r (how far apart they are in thin slices) and the
+        acquired slice thickness relative to the spacing (how much each slice averages)."""
+        if self.acquisition is None:
+            raise ValueError("this model needs the acquisition (factor and slice thickness)")
+        per_query = rows(self.acquisition.to(q.t.dtype), q.b)
+        return torch.cat([q.t[:, None], per_query], dim=1)
 
-def encode_grid(feat: torch.Tensor, image: torch.Tensor) -> FeatureMap:
+
+def acquisition_tensor(factor: float, thickness: float, batch: int = 1) -> torch.Tensor:
+    """The (B, 2) acquisition rows of :class:`FeatureMap` for one reduction ``factor`` (LR
+    spacing / thin spacing) and relative slice ``thickness`` (thickness / LR spacing)."""
+    return torch.tensor([[1.0 / factor, thickness]], dtype=torch.float32).repeat(batch, 1)
+
+
+def encode_grid(
+    feat: torch.Tensor, image: torch.Tensor, acquisition: torch.Tensor | None = None
+) -> FeatureMap:
     """Flatten an encoder output (B, C, S, H, W) and its input (B, 1, S, H, W)."""
     n_b, n_c, n_s, n_h, n_w = feat.shape
     flat = feat.permute(0, 2, 3, 4, 1).reshape(-1, n_c)
-    return FeatureMap((n_b, n_s, n_h, n_w), flat, image.reshape(-1))
+    return FeatureMap((n_b, n_s, n_h, n_w), flat, image.reshape(-1), acquisition=acquisition)

@@ -16,6 +16,9 @@ from .features import FeatureMap, Queries, encode_grid
 from .gating import GatingMask
 from .lasa import LASA
 
+#: Inputs of a conditioned decoder beside the feature: t, 1 / r, slice thickness / spacing.
+CONDITIONS = 3
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -31,6 +34,9 @@ class ModelConfig:
     attn_scale: bool = True
     lasa: bool = True
     gating: bool = True
+    #: the decoder is also told (t, 1/r, slice thickness / spacing), so that one model serves
+    #: decimated, contiguous and gapped acquisitions and deblurs the acquired slices too
+    conditioning: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -63,35 +69,47 @@ class SAINR(nn.Module):
             if cfg.lasa
             else None
         )
-        self.decoder = MLPDecoder(cfg.channels, cfg.hidden, cfg.decoder_layers)
+        n_cond = CONDITIONS if cfg.conditioning else 0
+        self.decoder = MLPDecoder(cfg.channels + n_cond, cfg.hidden, cfg.decoder_layers)
 
     @property
     def halo(self) -> int:
         """In-plane context (voxels) one output voxel depends on: encoder + attention window."""
         return self.encoder.receptive_radius + (self.lasa.reach if self.lasa else 0)
 
-    def encode(self, lr: torch.Tensor) -> FeatureMap:
-        """Features of LR volumes (B, 1, S, H, W) with S the slice axis; run once per volume."""
-        fm = encode_grid(self.encoder(lr), lr)
+    def encode(self, lr: torch.Tensor, acquisition: torch.Tensor | None = None) -> FeatureMap:
+        """Features of LR volumes (B, 1, S, H, W) with S the slice axis; run once per volume.
+        ``acquisition`` (B, 2) holds 1 / factor and the relative slice thickness of each
+        volume (:func:`acquisition_tensor`); a conditioned model needs it."""
+        fm = encode_grid(self.encoder(lr), lr, acquisition)
         return self.lasa.project_kv(fm) if self.lasa is not None else fm
+
+    def decode(self, z: torch.Tensor, fm: FeatureMap, q: Queries) -> torch.Tensor:
+        """MLP residual of the queries from their (attended) features and, for a conditioned
+        model, their position and the acquisition."""
+        if self.config.conditioning:
+            z = torch.cat([z, fm.conditions(q).to(z.dtype)], dim=1)
+        return self.decoder(z)
 
     def query(self, fm: FeatureMap, q: Queries) -> QueryOutput:
         """Intensities at thin-slice queries: MLP(attended feature) + linear interpolation."""
         z0, linear = fm.lerp(q)
         if self.lasa is None:
             ones = torch.ones_like(linear)
-            return QueryOutput(self.decoder(z0) + linear, ones, ones)
+            return QueryOutput(self.decode(z0, fm, q) + linear, ones, ones)
         if self.gate is None:
             logit = torch.full_like(linear, float("inf"))
             mask = torch.ones_like(linear)
         else:
             logit, mask = self.gate(z0)
         z = self._attend(z0, fm, q, mask)
-        return QueryOutput(self.decoder(z) + linear, logit, mask)
+        return QueryOutput(self.decode(z, fm, q) + linear, logit, mask)
 
-    def forward(self, lr: torch.Tensor, q: Queries) -> QueryOutput:
+    def forward(
+        self, lr: torch.Tensor, q: Queries, acquisition: torch.Tensor | None = None
+    ) -> QueryOutput:
         """Encode LR volumes and answer queries (the training path; DDP wraps this)."""
-        return self.query(self.encode(lr), q)
+        return self.query(self.encode(lr, acquisition), q)
 
     def _attend(
         self, z0: torch.Tensor, fm: FeatureMap, q: Queries, mask: torch.Tensor

@@ -1,0 +1,106 @@
+"""Slice thickness as an input: it reaches the model, it is validated, warm starts keep outputs."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import TINY
+from sainr import reduce_spacing
+from sainr.cli import main
+from sainr.errors import SpacingError
+from sainr.geometry import relative_thickness
+from sainr.model import SAINR, ModelConfig
+from sainr.training import warm_start
+
+CONDITIONED = ModelConfig(**{**TINY.to_dict(), "conditioning": True})
+
+
+@pytest.fixture
+def conditioned() -> SAINR:
+    torch.manual_seed(3)
+    return SAINR(CONDITIONED).eval()
+
+
+def _reduce(image: sitk.Image, model: SAINR, thickness_mm: float | None) -> np.ndarray:
+    result = reduce_spacing(image, 1.0, model=model, slice_thickness_mm=thickness_mm)
+    return sitk.GetArrayFromImage(result.image).astype(np.float64)
+
+
+def test_the_slice_thickness_changes_a_conditioned_models_output(knee_thick, conditioned):
+    contiguous = _reduce(knee_thick, conditioned, None)  # default: thickness = spacing (3 mm)
+    np.testing.assert_array_equal(_reduce(knee_thick, conditioned, 3.0), contiguous)
+    gapped = _reduce(knee_thick, conditioned, 1.0)
+    assert np.abs(gapped - contiguous).mean() > 0.5  # int16 units
+
+
+def test_a_model_without_conditioning_ignores_the_thickness(knee_thick, tiny_model):
+    np.testing.assert_array_equal(_reduce(knee_thick, tiny_model, 1.0), _reduce(knee_thick, tiny_model, 3.0))
+
+
+def test_warm_start_reproduces_the_source_model_exactly(knee_thick, tiny_model, conditioned):
+    warm_start(conditioned, tiny_model)
+    expected = _reduce(knee_thick, tiny_model, None)
+    for thickness in (1.0, 3.0, 6.0):  # the new inputs start at zero weight
+        np.testing.assert_array_equal(_reduce(knee_thick, conditioned, thickness), expected)
+
+
+def test_warm_start_refuses_another_architecture(tiny_model):
+    other = SAINR(ModelConfig(**{**TINY.to_dict(), "channels": 12}))
+    with pytest.raises(ValueError, match="cannot warm-start"):
+        warm_start(other, tiny_model)
+
+
+@pytest.mark.parametrize(
+    ("thickness", "message"),
+    [(0.0, "positive number"), (-1.0, "positive number"), (float("nan"), "positive number"),
+     (9.5, "3.2x the slice spacing")],
+)  # fmt: skip
+def test_bad_thickness_is_refused_with_a_reason(thickness: float, message: str) -> None:
+    with pytest.raises(SpacingError, match=message):
+        relative_thickness(thickness, 3.0)
+
+
+def test_thickness_relative_to_the_spacing() -> None:
+    assert relative_thickness(None, 3.0) == 1.0
+    assert relative_thickness(1.5, 3.0) == pytest.approx(0.5)
+    assert relative_thickness(9.0, 3.0) == pytest.approx(3.0)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("0", "positive number"), ("-1", "positive number"), ("nan", "positive number"),
+     ("10", "limit 3x")],
+)  # fmt: skip
+def test_cli_refuses_a_bad_slice_thickness_before_any_work(
+    tmp_path: Path, knee_thick, value: str, message: str, capsys
+) -> None:
+    src = tmp_path / "knee_3mm.nrrd"
+    sitk.WriteImage(knee_thick, str(src))
+    before = _sha(src)
+    out = tmp_path / "out.nii.gz"
+    code = main(["reduce", str(src), str(out), "--spacing", "1", "--slice-thickness", value,
+                 "--progress", "none"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists() and _sha(src) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["knee_3mm.nrrd"]
+
+
+def test_cli_reports_the_thickness_it_used(tmp_path: Path, knee_thick, capsys) -> None:
+    src = tmp_path / "knee_3mm.nrrd"
+    sitk.WriteImage(knee_thick, str(src))
+    out = tmp_path / "out.nii.gz"
+    assert main(["reduce", str(src), str(out), "--spacing", "1", "--slice-thickness", "2",
+                 "--progress", "none"]) == 0  # fmt: skip
+    assert "(2 mm thick)" in capsys.readouterr().err
