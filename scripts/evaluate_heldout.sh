@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Reproduce the model card's evaluation: the shipped models vs linear and B-spline interpolation
-# on the volumes held out from training (see configs/default.toml), written to docs/evaluation/.
+# on the volumes held out from training (see configs/default.toml and configs/thick.toml),
+# written to docs/evaluation/: every volume at x2/x3/x4 with pure decimation and with contiguous
+# thick slices (Gaussian and box profiles, thickness = spacing), figures for the Gaussian case.
 # Needs the development data folder (default ../shared/data); further arguments go to
-# `sainr evaluate` (e.g. --model fast_nolasa=runs/fast_nolasa/best.pt for the ablation).
+# `sainr evaluate` (e.g. --model thick=runs/thick/last.pt, --adapt-steps 50).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-../shared/data}
@@ -15,5 +17,6 @@ models=()
 for name in $(python -c "import json; print(' '.join(json.load(open('Resources/Models/models.json'))['models']))"); do
   models+=(--model "$name=$name")
 done
-sainr evaluate "$held"/*.nii.gz "${models[@]}" --factors 2 3 4 --crop 128 --max-slices 8 \
-  --out docs/evaluation "$@"
+rm -f docs/evaluation/figure_*.png
+sainr evaluate "$held"/*.nii.gz "${models[@]}" --factors 2 3 4 --profiles none gaussian box \
+  --figures gaussian --crop 128 --max-slices 8 --out docs/evaluation "$@"

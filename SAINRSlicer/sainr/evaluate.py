@@ -112,6 +112,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profiles", nargs="+", choices=DEFAULT_PROFILES, default=list(DEFAULT_PROFILES),
                    help="slice profiles to simulate (default: none gaussian box; none = pure "
                         "decimation, integer factors only)")  # fmt: skip
+    p.add_argument("--figures", nargs="*", choices=DEFAULT_PROFILES, metavar="PROFILE",
+                   help="write figures for these profiles only (default: every simulated one; "
+                        "none given: no figures)")  # fmt: skip
     p.add_argument("--thickness", type=float, default=1.0, metavar="T",
                    help="slice thickness / LR spacing of the gaussian and box profiles "
                         "(default 1: contiguous thick slices)")  # fmt: skip
@@ -182,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
         case = load_case(path, axis, args.crop)
         cases.append(case)
         for acq in acquisitions:
-            rows += evaluate_case(case, acq, methods, args.max_slices, args.out)
+            figure = args.figures is None or acq.profile in args.figures
+            rows += evaluate_case(case, acq, methods, args.max_slices, args.out if figure else None)
             print(f"{case.name} {acq.profile} x{acq.factor:g}: " + ", ".join(
                 f"{r['method']} {r['psnr']:.2f} dB" for r in rows[-len(methods):]
             ), file=sys.stderr)  # fmt: skip
@@ -496,9 +500,11 @@ def simulate(hr: np.ndarray, acq: Acquisition) -> tuple[np.ndarray, SliceGrid, n
 
 
 def evaluate_case(
-    case: Case, acq: Acquisition, methods: list[Method], max_slices: int | None, out_dir: Path
-) -> list[dict]:
-    """Score every method on one volume and acquisition; saves the figure; returns CSV rows."""
+    case: Case, acq: Acquisition, methods: list[Method], max_slices: int | None,
+    out_dir: Path | None,
+) -> list[dict]:  # fmt: skip
+    """Score every method on one volume and acquisition; saves the figure into ``out_dir``
+    (none without it); returns CSV rows."""
     factor = acq.factor
     lr, grid, truth = simulate(case.hr, acq)
     if min(truth.shape) < _MIN_EXTENT:
@@ -519,8 +525,9 @@ def evaluate_case(
             "s3": _s3(pred, max_slices), "seconds": seconds,
             "attended": float(mask.mean()) if mask is not None else None,
         })  # fmt: skip
-    save_figure(case, acq, lr, grid, truth, methods, preds,
-                out_dir / f"figure_{case.name}_{acq.profile}_x{factor:g}.png")  # fmt: skip
+    if out_dir is not None:
+        save_figure(case, acq, lr, grid, truth, methods, preds,
+                    out_dir / f"figure_{case.name}_{acq.profile}_x{factor:g}.png")  # fmt: skip
     return rows
 
 
