@@ -343,9 +343,12 @@ def test_adaptation_progress_lines_fill_the_first_part_of_the_bar(small_scene):
         run.cancel()
 
 
-def test_adaptation_options_are_checked_before_anything_runs(small_scene, tmp_path):
+def test_options_are_checked_before_anything_runs(small_scene, tmp_path):
     handles, volume = small_scene
     nodes = node_count(handles.scene)
+    for device in ("gpu", "cuda:x", "CPU "):
+        with pytest.raises(SAINRSlicerError, match="unknown device"):
+            SAINRSlicerLogic().start(volume, 1.0, device=device)
     with pytest.raises(SAINRSlicerError, match="adaptSteps must be a whole number"):
         SAINRSlicerLogic().start(volume, 1.0, adaptSteps=-1)
     with pytest.raises(SAINRSlicerError, match="needs adaptSteps"):
@@ -417,7 +420,8 @@ def test_parameters_survive_saving_and_loading_the_scene(tmp_path):
     parameters.inputVolume = knee
     parameters.resultVolume = result
     parameters.targetSpacing = 0.5
-    parameters.device = "cpu"
+    parameters.device = "cuda:1"
+    parameters.sliceThicknessMm = 2.5
     parameters.model = SAINRSlicer.WEIGHTS_FILE
     parameters.weightsPath = pathlib.Path("/data/my model.pt")
     parameters.showGatingMask = False
@@ -426,7 +430,7 @@ def test_parameters_survive_saving_and_loading_the_scene(tmp_path):
     parameters.adaptToVolume = True
     parameters.adaptSteps = 500
     with pytest.raises(ValueError):
-        parameters.device = "gpu"
+        parameters.sliceThicknessMm = -1.0
     with pytest.raises(ValueError):
         parameters.adaptSteps = 0
     with pytest.raises(ValueError):
@@ -442,7 +446,8 @@ def test_parameters_survive_saving_and_loading_the_scene(tmp_path):
     assert restored.inputVolume.GetName() == "knee"
     assert restored.resultVolume.GetName() == "knee_0.5mm"
     assert restored.outputVolume is None
-    assert (restored.targetSpacing, restored.device, restored.model) == (0.5, "cpu", "file")
+    assert (restored.targetSpacing, restored.device, restored.model) == (0.5, "cuda:1", "file")
+    assert restored.sliceThicknessMm == 2.5
     assert restored.weightsPath == pathlib.Path("/data/my model.pt")
     assert (restored.showGatingMask, restored.maskOpacity) == (False, 0.3)
     assert (restored.adaptToVolume, restored.adaptSteps) == (True, 500)

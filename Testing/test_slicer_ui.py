@@ -21,7 +21,7 @@ import pytest
 import slicer
 
 import slicer_scene
-from slicer_scene import SAINRSlicer
+from slicer_scene import SAINRSlicer, SAINRSlicerLib
 
 UI_FILE = slicer_scene.REPO / "Resources" / "UI" / "SAINRSlicer.ui"
 MODULE_FILE = slicer_scene.MODULE_DIR / "SAINRSlicer.py"
@@ -32,6 +32,7 @@ EXPECTED_CLASSES = {
     "spacingLabel": "QLabel",
     "axisLabel": "QLabel",
     "targetSpacingSpinBox": "QDoubleSpinBox",
+    "sliceThicknessSpinBox": "QDoubleSpinBox",
     "isotropicButton": "QPushButton",
     "outputSizeLabel": "QLabel",
     "deviceComboBox": "QComboBox",
@@ -48,6 +49,7 @@ EXPECTED_CLASSES = {
     "maskOpacitySlider": "ctkSliderWidget",
     "compareButton": "QPushButton",
     "restoreLayoutButton": "QPushButton",
+    "logTextEdit": "QPlainTextEdit",
 }
 
 #: (widget class, parameter type) pairs Slicer's parameterNodeWrapper GUI connectors accept
@@ -118,10 +120,8 @@ def test_bound_widgets_can_be_connected_by_the_parameter_node_wrapper(parameter)
         base = slicer.vtkMRMLNode
     cls = bindings()[parameter].get("class")
     assert (cls, base) in CONNECTABLE
-    if cls == "QComboBox":  # the connector fills the items from a Choice
-        assert any(isinstance(e, SAINRSlicer.Choice) for e in extras)
     if cls == "ctkSliderWidget":  # the connector refuses unbounded floats
-        assert any(isinstance(e, SAINRSlicer.WithinRange) for e in extras)
+        assert any(isinstance(e, SAINRSlicerLib.framework.WithinRange) for e in extras)
 
 
 def test_input_selector_offers_image_volumes_only():
@@ -234,12 +234,17 @@ def s4ext() -> dict[str, str]:
     return {key: value for key, value in pairs}
 
 
-def test_every_core_file_is_installed_with_the_module():
+def test_every_library_and_core_file_is_installed_with_the_module():
     module = slicer_scene.MODULE_DIR
-    on_disk = {str(p.relative_to(module)) for p in (module / "sainr").rglob("*.py")}
+    on_disk = {
+        str(p.relative_to(module)).replace("\\", "/")
+        for package in ("SAINRSlicerLib", "sainr")
+        for p in (module / package).rglob("*.py")
+    }
     listed = cmake_list("MODULE_PYTHON_SCRIPTS")
     assert listed[0] == "SAINRSlicer.py"
     assert set(listed[1:]) == on_disk
+    assert len(listed) == len(set(listed))
 
 
 def test_every_shipped_resource_exists_including_the_catalog_models():

@@ -30,13 +30,14 @@ from .io import (
     volume_suffix,
     write_volumes,
 )
+from .protocol import PROGRESS_TAG
 
 EXIT_USER = 2
 EXIT_INTERNAL = 1
 
 
 def _progress_printer(
-    mode: str, label: str, unit: str = "vox", tag: str = "PROGRESS"
+    mode: str, label: str, unit: str = "vox", tag: str = PROGRESS_TAG
 ) -> tuple[Callable[[int, int], None], Callable[[], None]]:
     """(callback, close) reporting progress as a tqdm bar counting ``unit`` or as
     ``<tag> done total`` lines (``PROGRESS`` for the reconstruction; adaptation inside a
