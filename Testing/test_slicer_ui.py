@@ -17,6 +17,7 @@ import sys
 import typing
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 import slicer
 
@@ -212,6 +213,106 @@ def test_spacing_in_node_names(value, text):
 @pytest.mark.parametrize("seconds, text", [(8.4, "8 s"), (125, "2 min 5 s"), (3780, "1 h 3 min")])
 def test_remaining_time_wording(seconds, text):
     assert SAINRSlicer.formatDuration(seconds) == text
+
+
+def test_log_view_is_a_collapsed_section_and_thickness_matches_its_parameter():
+    ui = widgets()
+    log = ui["logCollapsibleButton"]
+    assert log.find("property[@name='collapsed']").findtext("bool") == "true"
+    assert "logTextEdit" in {w.get("name") for w in log.iter("widget")}
+    spin = {
+        p.get("name"): p.findtext("double") for p in ui["sliceThicknessSpinBox"].findall("property")
+    }
+    (limits,) = typing.get_args(parameter_hints()["sliceThicknessMm"])[1:]
+    assert (float(spin["minimum"]), float(spin["maximum"])) == (limits.minimum, limits.maximum)
+
+
+def test_devices_offered_are_auto_cpu_each_gpu_by_name_and_mps():
+    panel = SAINRSlicerLib.panel
+    assert [d for _, d in panel.deviceChoices(None)] == ["auto", "cpu"]
+    info = {
+        "torch": "2.5.1+cu121",
+        "gpus": [
+            {"name": "NVIDIA RTX A4000", "memoryGB": 15.7},
+            {"name": "NVIDIA T4", "memoryGB": 14.6},
+        ],
+        "mps": False,
+    }
+    choices = panel.deviceChoices(info)
+    assert [d for _, d in choices] == ["auto", "cpu", "cuda:0", "cuda:1"]
+    assert choices[3][0] == "GPU 1: NVIDIA T4 (15 GB)"
+    mac = panel.deviceChoices({"torch": "2.5.1", "gpus": [], "mps": True})
+    assert mac[-1] == ("Apple GPU (MPS)", "mps")
+    every = [d for _, d in choices + mac]
+    assert all(SAINRSlicerLib.logic.DEVICE_PATTERN.fullmatch(d) for d in every)
+
+
+def test_core_advice_is_reworded_for_the_panel():
+    wording = SAINRSlicerLib.core.panelWording
+    assert (
+        wording("CUDA was requested but no usable GPU is visible; use --device cpu")
+        == "CUDA was requested but no usable GPU is visible; choose CPU as the device"
+    )
+    assert wording("target spacing 0.1 mm is a 30.0x reduction of 3 mm (limit 20x); use a "
+                   "larger spacing or force it (--force)").endswith("use a larger spacing")  # fmt: skip
+    assert "--" not in wording("--slice-thickness must be a positive number, got -1.0")
+
+
+class FailingInstall(SAINRSlicer.SAINRSlicerLogic):
+    """The PyTorch extension's pip run failing, as it does offline or behind a proxy."""
+
+    def installTorch(self) -> None:
+        raise subprocess.CalledProcessError(
+            1, ["pip", "install", "torch"], output="ERROR: No matching distribution found for torch"
+        )
+
+
+def test_a_failed_pytorch_install_reaches_the_panels_error_display(monkeypatch):
+    monkeypatch.setattr(SAINRSlicerLib.logic, "installedTorchVersion", lambda: None)
+    slicer_scene.newScene()
+    shown, statuses = [], []
+    with SAINRSlicerLib.panel.errorsShown("Cannot start:", lambda *report: shown.append(report)):
+        FailingInstall().ensureTorch(statuses.append)
+    assert statuses == ["Installing PyTorch through the PyTorch extension (several minutes)..."]
+    ((message, details),) = shown
+    assert message.startswith("Cannot start: PyTorch could not be installed (the installer "
+                              "exited with status 1).")  # fmt: skip
+    assert "No matching distribution found for torch" in details
+    assert "CalledProcessError" in details  # the traceback
+
+
+def test_an_unexpected_exception_reaches_the_panels_error_display():
+    """A bug (here a wrong argument type deep in the core) is shown with its traceback, not
+    only printed in the Python console."""
+    handles = slicer_scene.newScene()
+    matrix = slicer_scene.ijkToRAS(np.eye(3), (0.5, 0.5, 3.0), (0, 0, 0))
+    volume = slicer_scene.addVolume(handles.scene, np.ones((8, 16, 16), np.int16), matrix, "v")
+    shown = []
+    with SAINRSlicerLib.panel.errorsShown("Cannot start:", lambda *report: shown.append(report)):
+        SAINRSlicer.SAINRSlicerLogic().plan(volume, "one millimetre")
+    ((message, details),) = shown
+    assert message.startswith("Cannot start: TypeError: ")
+    assert "Traceback" in details and "resolve_target_spacing" in details
+
+
+def test_reload_imports_the_library_and_the_core_afresh():
+    """Slicer's Reload re-executes SAINRSlicer.py only; the module drops its library and the
+    core from sys.modules first, so edited library code is what runs after Reload."""
+    code = f"""
+import importlib, sys
+sys.path.insert(0, {str(slicer_scene.REPO / "Testing")!r})
+import slicer_scene
+module = slicer_scene.SAINRSlicer
+old = module.SAINRSlicerLogic
+dropped = module.forgetLibraryModules()
+module = importlib.reload(module)
+print(module.SAINRSlicerLogic is not old, "SAINRSlicerLib.logic" in dropped,
+      "sainr.protocol" in dropped, sys.modules["SAINRSlicerLib.logic"].SAINRSlicerLogic is module.SAINRSlicerLogic)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["True"] * 4
 
 
 # Extension packaging
