@@ -14,6 +14,7 @@ import re
 import struct
 import subprocess
 import sys
+import types
 import typing
 import xml.etree.ElementTree as ET
 
@@ -378,3 +379,59 @@ def test_icon_and_screenshots_named_by_the_urls_exist():
         assert (slicer_scene.REPO / url.removeprefix(raw)).is_file(), url
     header = (slicer_scene.REPO / "Resources" / "Icons" / "SAINRSlicer.png").read_bytes()[:24]
     assert struct.unpack(">II", header[16:24]) == (128, 128)  # PNG IHDR width, height
+
+
+def catalog_entry() -> dict:
+    return json.loads((slicer_scene.REPO / "SAINRSlicer.json").read_text())
+
+
+#: Keys of the Extensions Index entry schema (Slicer/Slicer Schemas/
+#: slicer-extension-catalog-entry-schema-v1.0.1.json): required, then the others it allows.
+CATALOG_SCHEMA = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#"
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+CATALOG_KEYS = CATALOG_REQUIRED | {
+    "scm_revision", "scm_type", "build_dependencies", "build_subdirectory", "enabled", "tier",
+}  # fmt: skip
+
+
+def test_catalog_entry_follows_the_index_schema_and_agrees_with_s4ext_and_cmake():
+    entry, index, cmake = catalog_entry(), s4ext(), extension_variables()
+    assert entry["$schema"] == CATALOG_SCHEMA
+    assert CATALOG_REQUIRED <= set(entry) <= CATALOG_KEYS
+    assert entry["category"] == index["category"] == cmake["CATEGORY"]
+    assert entry["scm_url"] == index["scmurl"] == cmake["HOMEPAGE"]
+    assert entry["scm_revision"] == index["scmrevision"]
+    assert entry["scm_type"] == index["scm"]
+    assert entry["build_dependencies"] == index["depends"].split() == cmake["DEPENDS"].split()
+    assert entry["build_subdirectory"] == index["build_subdirectory"]
+    assert entry["enabled"] is (index["enabled"] == "1")
+    repository = entry["scm_url"].rsplit("/", 1)[-1]
+    assert "slicer" in repository.lower()  # the index's repository-name check
+    project = re.search(r"project\((\w+)\)", (slicer_scene.REPO / "CMakeLists.txt").read_text())
+    assert project.group(1) == "SAINRSlicer"  # = the entry's file name
+
+
+def test_contributors_and_citation_are_the_same_everywhere():
+    parent = types.SimpleNamespace()
+    SAINRSlicer.SAINRSlicer(parent)
+    assert (
+        parent.contributors == [extension_variables()["CONTRIBUTORS"]] == [s4ext()["contributors"]]
+    )
+    readme = (slicer_scene.REPO / "README.md").read_text()
+    citation = re.search(r"## How to cite\n\n(.*)", readme, re.S).group(1)
+    for part in ("Spatial attention-based implicit neural representation for arbitrary reduction",
+                 "Medical Image Analysis (2024)", "doi:10.1016/j.media.2024.103158"):  # fmt: skip
+        assert part in " ".join(citation.split())
+        assert part in " ".join(parent.acknowledgementText.split())
+
+
+def test_self_test_plans_and_skips_the_run_without_pytorch(monkeypatch):
+    """ctest runs the self-test on build machines without PyTorch: it must not install it."""
+    monkeypatch.setattr(SAINRSlicerLib.torchenv, "installedTorchVersion", lambda: None)
+    monkeypatch.setattr(
+        SAINRSlicerLib.torchenv, "installTorchThroughExtension", lambda: pytest.fail("installs")
+    )
+    scene = slicer_scene.newScene().scene
+    SAINRSlicer.SAINRSlicerTest().runTest()
+    assert scene.GetFirstNodeByName("knee_qdess_sag_3mm") is not None
+    assert scene.GetFirstNodeByName("knee_qdess_sag_3mm_1.0mm") is None
