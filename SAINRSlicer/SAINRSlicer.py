@@ -190,7 +190,7 @@ class SAINRSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._populateModels()
         self._populateDevices()
         self.ui.progressBar.hide()
-        self.ui.logTextEdit.setMaximumBlockCount(LOG_VIEW_LINES)
+        self.ui.logTextEdit.maximumBlockCount = LOG_VIEW_LINES
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.timeout.connect(self._onTimer)
@@ -420,17 +420,19 @@ class SAINRSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onTimer(self) -> None:
         run = self._run
+        pollFailed = True
         with errorsShown(_("Reading the SA-INR result failed:"), self._showError):
             if run.poll():
                 self.ui.progressBar.value = int(100 * run.fraction)
                 self._showStatus(run.message)
                 self._appendLog()
                 return
+            pollFailed = False
         run.cancel()  # only does something if poll() failed: leave no process behind
         self._appendLog()
-        if run.state == ReductionRun.FAILED:
+        if run.state == ReductionRun.FAILED and not pollFailed:
             self._showError(run.message, run.log)
-        elif run.state != ReductionRun.RUNNING:
+        elif not pollFailed:
             self._showStatus(run.message)
         self._endRun()
         if run.state == ReductionRun.SUCCEEDED:
@@ -470,10 +472,9 @@ class SAINRSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.styleSheet = "color: #c62828" if error else ""
 
     def _showError(self, message: str, details: str) -> None:
-        """Any failure: in red in the status line, and in Slicer's error dialog with details."""
+        """Any failure: in red in the status line, and in Slicer's error dialog with details
+        (the run's log, an installer's output or a traceback)."""
         self._showStatus(message, error=True)
-        if details:
-            self.ui.logTextEdit.appendPlainText(details)
         slicer.util.errorDisplay(message, detailedText=details or None)
 
     def _showResult(self, outputVolume, maskVolume) -> None:
