@@ -284,8 +284,11 @@ class SAINRSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for label, device in deviceChoices(self._torchInfo):
             combo.addItem(label, device)
         combo.blockSignals(wasBlocked)
-        if self._parameterNode:
-            self._onParameterNodeModified()
+        if not self._parameterNode:
+            return
+        if self._torchInfo is not None and combo.findData(self._parameterNode.device) < 0:
+            self._parameterNode.device = "auto"  # a GPU of a scene saved on another machine
+        self._onParameterNodeModified()
 
     def _selectedWeights(self) -> str | None:
         """The ``weights`` argument for the Logic: None (shipped default), a name or a file."""

@@ -158,9 +158,12 @@ def _windows_peak_working_set() -> int:
                          "QuotaNonPagedPoolUsage", "PagefileUsage", "PeakPagefileUsage")
         ]  # fmt: skip
 
+    current = ctypes.windll.kernel32.GetCurrentProcess
+    current.restype = wintypes.HANDLE
+    query = ctypes.windll.psapi.GetProcessMemoryInfo
+    query.argtypes = [wintypes.HANDLE, ctypes.POINTER(Counters), wintypes.DWORD]
     counters = Counters(cb=ctypes.sizeof(Counters))
-    process = ctypes.windll.kernel32.GetCurrentProcess()
-    ctypes.windll.psapi.GetProcessMemoryInfo(process, ctypes.byref(counters), counters.cb)
+    query(current(), ctypes.byref(counters), counters.cb)
     return counters.PeakWorkingSetSize
 
 
