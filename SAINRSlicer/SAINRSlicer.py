@@ -261,6 +261,10 @@ class SAINRSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
         self._parameterNode = parameterNode
         if self._parameterNode:
+            # a thickness already filled in (or typed, and saved with the scene) stays
+            volume = parameterNode.inputVolume
+            filled = volume is not None and parameterNode.sliceThicknessMm > 0
+            self._thicknessInputID = volume.GetID() if filled else None
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(
                 self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified
