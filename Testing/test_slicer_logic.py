@@ -601,3 +601,17 @@ def test_invalid_slice_thickness_is_refused_by_the_cli_in_panel_words(small_scen
 def test_slice_spacing_is_the_default_slice_thickness(small_scene):
     _handles, volume = small_scene
     assert SAINRSlicerLogic().sliceSpacing(volume) == pytest.approx(3.0)
+
+
+def test_a_missing_device_is_refused_in_panel_words(small_scene):
+    """The CLI tells a shell user to "use --device cpu"; the panel's user reads what to choose."""
+    import torch
+
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    handles, volume = small_scene
+    nodes = node_count(handles.scene)
+    with pytest.raises(SAINRSlicerError) as refused:
+        SAINRSlicerLogic().process(volume, 1.5, device="mps")
+    assert str(refused.value) == "MPS was requested but is not available; choose CPU as the device"
+    assert node_count(handles.scene) == nodes
