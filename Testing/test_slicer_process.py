@@ -56,7 +56,7 @@ def test_cancel_through_a_launcher_leaves_no_process_and_no_files(tmp_path, monk
     volume = slicer_scene.addVolume(handles.scene, array, matrix, "knee")
     nodes = handles.scene.GetNumberOfNodes()
     run = slicer_scene.SAINRSlicer.SAINRSlicerLogic().start(volume, 0.5, device="cpu")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # starting PyTorch on a busy 2-core machine is slow
     while run.poll() and run.fraction == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert run.running and 0 < run.fraction < 1  # the worker is computing
