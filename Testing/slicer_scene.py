@@ -5,7 +5,8 @@ application normally provides: the scene as ``slicer.mrmlScene``; an application
 Colors, Volumes and Subject hierarchy module logics (display nodes need the colour tables); the
 layout node and the Red/Yellow/Green slice views with their slice logics (which create the slice
 composite nodes). It also puts the module folder on ``sys.path`` so that ``import SAINRSlicer``
-works as in Slicer's Python console, and imports the module as ``slicer_scene.SAINRSlicer``.
+works as in Slicer's Python console, and imports the module as ``slicer_scene.SAINRSlicer``
+(its library as ``slicer_scene.SAINRSlicerLib``).
 
 Used by the Slicer Logic tests and by ``scripts/render_slicer_views.py``.
 """
@@ -29,6 +30,7 @@ MODULE_DIR = REPO / "SAINRSlicer"
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 SAINRSlicer = importlib.import_module("SAINRSlicer")
+SAINRSlicerLib = importlib.import_module("SAINRSlicerLib")  # its modules, loaded by SAINRSlicer
 
 SLICE_VIEWS = ("Red", "Yellow", "Green")
 

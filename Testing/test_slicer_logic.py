@@ -343,9 +343,12 @@ def test_adaptation_progress_lines_fill_the_first_part_of_the_bar(small_scene):
         run.cancel()
 
 
-def test_adaptation_options_are_checked_before_anything_runs(small_scene, tmp_path):
+def test_options_are_checked_before_anything_runs(small_scene, tmp_path):
     handles, volume = small_scene
     nodes = node_count(handles.scene)
+    for device in ("gpu", "cuda:x", "CPU "):
+        with pytest.raises(SAINRSlicerError, match="unknown device"):
+            SAINRSlicerLogic().start(volume, 1.0, device=device)
     with pytest.raises(SAINRSlicerError, match="adaptSteps must be a whole number"):
         SAINRSlicerLogic().start(volume, 1.0, adaptSteps=-1)
     with pytest.raises(SAINRSlicerError, match="needs adaptSteps"):
@@ -417,7 +420,8 @@ def test_parameters_survive_saving_and_loading_the_scene(tmp_path):
     parameters.inputVolume = knee
     parameters.resultVolume = result
     parameters.targetSpacing = 0.5
-    parameters.device = "cpu"
+    parameters.device = "cuda:1"
+    parameters.sliceThicknessMm = 2.5
     parameters.model = SAINRSlicer.WEIGHTS_FILE
     parameters.weightsPath = pathlib.Path("/data/my model.pt")
     parameters.showGatingMask = False
@@ -426,7 +430,7 @@ def test_parameters_survive_saving_and_loading_the_scene(tmp_path):
     parameters.adaptToVolume = True
     parameters.adaptSteps = 500
     with pytest.raises(ValueError):
-        parameters.device = "gpu"
+        parameters.sliceThicknessMm = -1.0
     with pytest.raises(ValueError):
         parameters.adaptSteps = 0
     with pytest.raises(ValueError):
@@ -442,7 +446,8 @@ def test_parameters_survive_saving_and_loading_the_scene(tmp_path):
     assert restored.inputVolume.GetName() == "knee"
     assert restored.resultVolume.GetName() == "knee_0.5mm"
     assert restored.outputVolume is None
-    assert (restored.targetSpacing, restored.device, restored.model) == (0.5, "cpu", "file")
+    assert (restored.targetSpacing, restored.device, restored.model) == (0.5, "cuda:1", "file")
+    assert restored.sliceThicknessMm == 2.5
     assert restored.weightsPath == pathlib.Path("/data/my model.pt")
     assert (restored.showGatingMask, restored.maskOpacity) == (False, 0.3)
     assert (restored.adaptToVolume, restored.adaptSteps) == (True, 500)
@@ -497,3 +502,116 @@ def test_torch_probe_reports_the_subprocess_torch():
     assert info["torch"] == torch.__version__
     assert len(info["gpus"]) == torch.cuda.device_count()
     assert torch.__version__ in SAINRSlicer.describeTorch(info)
+
+
+# Planning: the Logic plans through the core's planning, on the image the subprocess reads
+
+
+def _core_plan(volume, target: float, tmp_path):
+    """What the subprocess plans: the core's plan_reduction on the NRRD the run writes."""
+    from sainr.api import plan_reduction
+
+    path = tmp_path / f"{volume.GetID()}.nrrd"
+    slicer_scene.SAINRSlicerLib.sceneio.writeVolume(volume, path)
+    image = sitk.ReadImage(str(path))
+    return image, plan_reduction(image, target)
+
+
+PLAN_CASES = {
+    # name: (array shape (k, j, i), spacing (i, j, k), directions, target mm)
+    "oblique, left-handed, slices on j": ((48, 12, 48), (0.3125, 3.0, 0.3125), DIRECTIONS, 1.0),
+    "axial, flipped": ((8, 32, 32), (0.5, 0.5, 3.0), np.diag([-1.0, -1.0, 1.0]), 0.7),
+    "target not below the slice spacing": ((8, 32, 32), (0.5, 0.5, 3.0), np.eye(3), 3.5),
+    "nearly isotropic": ((16, 16, 16), (1.0, 1.0, 1.1), np.eye(3), 0.5),
+    "beyond 20x": ((8, 16, 16), (0.5, 0.5, 3.0), np.eye(3), 0.1),
+    "output too large": ((17, 1000, 1000), (0.2, 0.2, 5.0), np.eye(3), 0.25),
+    "single slice": ((1, 32, 32), (0.5, 0.5, 3.0), np.eye(3), 1.0),
+}
+#: The cases that can be reduced; the core refuses the others.
+PLANNED = ("oblique, left-handed, slices on j", "axial, flipped")
+
+
+@pytest.mark.parametrize("case", PLAN_CASES)
+def test_logic_and_core_plan_identically(case, tmp_path):
+    """Same image (voxel type, grid in LPS), same slice axis and output grid, or the same
+    refusal in the same words (reworded for the panel where the core names a CLI option)."""
+    shape, spacing, directions, target = PLAN_CASES[case]
+    handles = slicer_scene.newScene()
+    node = handles.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "v")
+    slicer.util.updateVolumeFromArray(node, np.zeros(shape, np.int16))
+    node.SetIJKToRASMatrix(slicer_scene.ijkToRAS(directions, spacing, ORIGIN))
+    logic = SAINRSlicerLogic()
+    core_image, core, core_error = None, None, None
+    try:
+        core_image, core = _core_plan(node, target, tmp_path)
+    except Exception as error:  # noqa: BLE001 - the refusal itself is compared below
+        core_error = error
+    assert (core is None) == (case not in PLANNED), core_error if core is None else core
+    logic_image = logic.coreImage(node)
+    if core_image is not None:
+        assert logic_image.GetPixelID() == core_image.GetPixelID()
+        assert logic_image.GetSize() == core_image.GetSize()
+        for get in ("GetSpacing", "GetOrigin", "GetDirection"):
+            np.testing.assert_allclose(
+                getattr(logic_image, get)(), getattr(core_image, get)(), atol=1e-9
+            )
+    if core is None:
+        with pytest.raises(SAINRSlicerError) as refused:
+            logic.plan(node, target)
+        assert str(refused.value) == slicer_scene.SAINRSlicerLib.core.panelWording(str(core_error))
+        assert "--" not in str(refused.value)
+        return
+    axis, geometry = core
+    plan = logic.plan(node, target)
+    assert plan.axis == axis
+    assert plan.outputSize == geometry.size
+    np.testing.assert_allclose(plan.outputSpacing, geometry.spacing, atol=1e-12)
+
+
+# Slice thickness: from the panel's field through the Logic to the subprocess
+
+
+def test_slice_thickness_reaches_the_subprocess(small_scene, tmp_path):
+    """The adapted weights record the thickness the CLI used: 1.5 mm of 3 mm slices = 0.5."""
+    import torch
+
+    _handles, volume = small_scene
+    weights = tmp_path / "adapted.pt"
+    run = SAINRSlicerLogic().start(
+        volume, 1.5, device="cpu", adaptSteps=1, saveAdaptedPath=str(weights), sliceThicknessMm=1.5
+    )
+    run.wait()
+    assert "--slice-thickness 1.5" in run.log
+    meta = torch.load(weights, map_location="cpu", weights_only=True)["meta"]
+    assert meta["adapted"]["thickness"] == pytest.approx(0.5)
+
+
+def test_invalid_slice_thickness_is_refused_by_the_cli_in_panel_words(small_scene):
+    handles, volume = small_scene
+    nodes = node_count(handles.scene)
+    with pytest.raises(
+        SAINRSlicerError, match="slice thickness must be a positive number"
+    ) as refused:
+        SAINRSlicerLogic().process(volume, 1.5, device="cpu", adaptSteps=1, sliceThicknessMm=-1.0)
+    assert "--" not in str(refused.value)
+    assert "--slice-thickness -1.0" in refused.value.details  # the run's log, for the dialog
+    assert node_count(handles.scene) == nodes
+
+
+def test_slice_spacing_is_the_default_slice_thickness(small_scene):
+    _handles, volume = small_scene
+    assert SAINRSlicerLogic().sliceSpacing(volume) == pytest.approx(3.0)
+
+
+def test_a_missing_device_is_refused_in_panel_words(small_scene):
+    """The CLI tells a shell user to "use --device cpu"; the panel's user reads what to choose."""
+    import torch
+
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    handles, volume = small_scene
+    nodes = node_count(handles.scene)
+    with pytest.raises(SAINRSlicerError) as refused:
+        SAINRSlicerLogic().process(volume, 1.5, device="mps")
+    assert str(refused.value) == "MPS was requested but is not available; choose CPU as the device"
+    assert node_count(handles.scene) == nodes

@@ -14,14 +14,16 @@ import re
 import struct
 import subprocess
 import sys
+import types
 import typing
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 import slicer
 
 import slicer_scene
-from slicer_scene import SAINRSlicer
+from slicer_scene import SAINRSlicer, SAINRSlicerLib
 
 UI_FILE = slicer_scene.REPO / "Resources" / "UI" / "SAINRSlicer.ui"
 MODULE_FILE = slicer_scene.MODULE_DIR / "SAINRSlicer.py"
@@ -32,6 +34,7 @@ EXPECTED_CLASSES = {
     "spacingLabel": "QLabel",
     "axisLabel": "QLabel",
     "targetSpacingSpinBox": "QDoubleSpinBox",
+    "sliceThicknessSpinBox": "QDoubleSpinBox",
     "isotropicButton": "QPushButton",
     "outputSizeLabel": "QLabel",
     "deviceComboBox": "QComboBox",
@@ -48,6 +51,7 @@ EXPECTED_CLASSES = {
     "maskOpacitySlider": "ctkSliderWidget",
     "compareButton": "QPushButton",
     "restoreLayoutButton": "QPushButton",
+    "logTextEdit": "QPlainTextEdit",
 }
 
 #: (widget class, parameter type) pairs Slicer's parameterNodeWrapper GUI connectors accept
@@ -118,10 +122,8 @@ def test_bound_widgets_can_be_connected_by_the_parameter_node_wrapper(parameter)
         base = slicer.vtkMRMLNode
     cls = bindings()[parameter].get("class")
     assert (cls, base) in CONNECTABLE
-    if cls == "QComboBox":  # the connector fills the items from a Choice
-        assert any(isinstance(e, SAINRSlicer.Choice) for e in extras)
     if cls == "ctkSliderWidget":  # the connector refuses unbounded floats
-        assert any(isinstance(e, SAINRSlicer.WithinRange) for e in extras)
+        assert any(isinstance(e, SAINRSlicerLib.framework.WithinRange) for e in extras)
 
 
 def test_input_selector_offers_image_volumes_only():
@@ -214,6 +216,106 @@ def test_remaining_time_wording(seconds, text):
     assert SAINRSlicer.formatDuration(seconds) == text
 
 
+def test_log_view_is_a_collapsed_section_and_thickness_matches_its_parameter():
+    ui = widgets()
+    log = ui["logCollapsibleButton"]
+    assert log.find("property[@name='collapsed']").findtext("bool") == "true"
+    assert "logTextEdit" in {w.get("name") for w in log.iter("widget")}
+    spin = {
+        p.get("name"): p.findtext("double") for p in ui["sliceThicknessSpinBox"].findall("property")
+    }
+    (limits,) = typing.get_args(parameter_hints()["sliceThicknessMm"])[1:]
+    assert (float(spin["minimum"]), float(spin["maximum"])) == (limits.minimum, limits.maximum)
+
+
+def test_devices_offered_are_auto_cpu_each_gpu_by_name_and_mps():
+    panel = SAINRSlicerLib.panel
+    assert [d for _, d in panel.deviceChoices(None)] == ["auto", "cpu"]
+    info = {
+        "torch": "2.5.1+cu121",
+        "gpus": [
+            {"name": "NVIDIA RTX A4000", "memoryGB": 15.7},
+            {"name": "NVIDIA T4", "memoryGB": 14.6},
+        ],
+        "mps": False,
+    }
+    choices = panel.deviceChoices(info)
+    assert [d for _, d in choices] == ["auto", "cpu", "cuda:0", "cuda:1"]
+    assert choices[3][0] == "GPU 1: NVIDIA T4 (15 GB)"
+    mac = panel.deviceChoices({"torch": "2.5.1", "gpus": [], "mps": True})
+    assert mac[-1] == ("Apple GPU (MPS)", "mps")
+    every = [d for _, d in choices + mac]
+    assert all(SAINRSlicerLib.logic.DEVICE_PATTERN.fullmatch(d) for d in every)
+
+
+def test_core_advice_is_reworded_for_the_panel():
+    wording = SAINRSlicerLib.core.panelWording
+    assert (
+        wording("CUDA was requested but no usable GPU is visible; use --device cpu")
+        == "CUDA was requested but no usable GPU is visible; choose CPU as the device"
+    )
+    assert wording("target spacing 0.1 mm is a 30.0x reduction of 3 mm (limit 20x); use a "
+                   "larger spacing or force it (--force)").endswith("use a larger spacing")  # fmt: skip
+    assert "--" not in wording("--slice-thickness must be a positive number, got -1.0")
+
+
+class FailingInstall(SAINRSlicer.SAINRSlicerLogic):
+    """The PyTorch extension's pip run failing, as it does offline or behind a proxy."""
+
+    def installTorch(self) -> None:
+        raise subprocess.CalledProcessError(
+            1, ["pip", "install", "torch"], output="ERROR: No matching distribution found for torch"
+        )
+
+
+def test_a_failed_pytorch_install_reaches_the_panels_error_display(monkeypatch):
+    monkeypatch.setattr(SAINRSlicerLib.logic, "installedTorchVersion", lambda: None)
+    slicer_scene.newScene()
+    shown, statuses = [], []
+    with SAINRSlicerLib.panel.errorsShown("Cannot start:", lambda *report: shown.append(report)):
+        FailingInstall().ensureTorch(statuses.append)
+    assert statuses == ["Installing PyTorch through the PyTorch extension (several minutes)..."]
+    ((message, details),) = shown
+    assert message.startswith("Cannot start: PyTorch could not be installed (the installer "
+                              "exited with status 1).")  # fmt: skip
+    assert "No matching distribution found for torch" in details
+    assert "CalledProcessError" in details  # the traceback
+
+
+def test_an_unexpected_exception_reaches_the_panels_error_display():
+    """A bug (here a wrong argument type deep in the core) is shown with its traceback, not
+    only printed in the Python console."""
+    handles = slicer_scene.newScene()
+    matrix = slicer_scene.ijkToRAS(np.eye(3), (0.5, 0.5, 3.0), (0, 0, 0))
+    volume = slicer_scene.addVolume(handles.scene, np.ones((8, 16, 16), np.int16), matrix, "v")
+    shown = []
+    with SAINRSlicerLib.panel.errorsShown("Cannot start:", lambda *report: shown.append(report)):
+        SAINRSlicer.SAINRSlicerLogic().plan(volume, "one millimetre")
+    ((message, details),) = shown
+    assert message.startswith("Cannot start: TypeError: ")
+    assert "Traceback" in details and "resolve_target_spacing" in details
+
+
+def test_reload_imports_the_library_and_the_core_afresh():
+    """Slicer's Reload re-executes SAINRSlicer.py only; the module drops its library and the
+    core from sys.modules first, so edited library code is what runs after Reload."""
+    code = f"""
+import importlib, sys
+sys.path.insert(0, {str(slicer_scene.REPO / "Testing")!r})
+import slicer_scene
+module = slicer_scene.SAINRSlicer
+old = module.SAINRSlicerLogic
+dropped = module.forgetLibraryModules()
+module = importlib.reload(module)
+print(module.SAINRSlicerLogic is not old, "SAINRSlicerLib.logic" in dropped,
+      "sainr.protocol" in dropped, sys.modules["SAINRSlicerLib.logic"].SAINRSlicerLogic is module.SAINRSlicerLogic)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["True"] * 4
+
+
 # Extension packaging
 
 
@@ -234,12 +336,17 @@ def s4ext() -> dict[str, str]:
     return {key: value for key, value in pairs}
 
 
-def test_every_core_file_is_installed_with_the_module():
+def test_every_library_and_core_file_is_installed_with_the_module():
     module = slicer_scene.MODULE_DIR
-    on_disk = {str(p.relative_to(module)) for p in (module / "sainr").rglob("*.py")}
+    on_disk = {
+        str(p.relative_to(module)).replace("\\", "/")
+        for package in ("SAINRSlicerLib", "sainr")
+        for p in (module / package).rglob("*.py")
+    }
     listed = cmake_list("MODULE_PYTHON_SCRIPTS")
     assert listed[0] == "SAINRSlicer.py"
     assert set(listed[1:]) == on_disk
+    assert len(listed) == len(set(listed))
 
 
 def test_every_shipped_resource_exists_including_the_catalog_models():
@@ -272,3 +379,59 @@ def test_icon_and_screenshots_named_by_the_urls_exist():
         assert (slicer_scene.REPO / url.removeprefix(raw)).is_file(), url
     header = (slicer_scene.REPO / "Resources" / "Icons" / "SAINRSlicer.png").read_bytes()[:24]
     assert struct.unpack(">II", header[16:24]) == (128, 128)  # PNG IHDR width, height
+
+
+def catalog_entry() -> dict:
+    return json.loads((slicer_scene.REPO / "SAINRSlicer.json").read_text())
+
+
+#: Keys of the Extensions Index entry schema (Slicer/Slicer Schemas/
+#: slicer-extension-catalog-entry-schema-v1.0.1.json): required, then the others it allows.
+CATALOG_SCHEMA = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#"
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+CATALOG_KEYS = CATALOG_REQUIRED | {
+    "scm_revision", "scm_type", "build_dependencies", "build_subdirectory", "enabled", "tier",
+}  # fmt: skip
+
+
+def test_catalog_entry_follows_the_index_schema_and_agrees_with_s4ext_and_cmake():
+    entry, index, cmake = catalog_entry(), s4ext(), extension_variables()
+    assert entry["$schema"] == CATALOG_SCHEMA
+    assert CATALOG_REQUIRED <= set(entry) <= CATALOG_KEYS
+    assert entry["category"] == index["category"] == cmake["CATEGORY"]
+    assert entry["scm_url"] == index["scmurl"] == cmake["HOMEPAGE"]
+    assert entry["scm_revision"] == index["scmrevision"]
+    assert entry["scm_type"] == index["scm"]
+    assert entry["build_dependencies"] == index["depends"].split() == cmake["DEPENDS"].split()
+    assert entry["build_subdirectory"] == index["build_subdirectory"]
+    assert entry["enabled"] is (index["enabled"] == "1")
+    repository = entry["scm_url"].rsplit("/", 1)[-1]
+    assert "slicer" in repository.lower()  # the index's repository-name check
+    project = re.search(r"project\((\w+)\)", (slicer_scene.REPO / "CMakeLists.txt").read_text())
+    assert project.group(1) == "SAINRSlicer"  # = the entry's file name
+
+
+def test_contributors_and_citation_are_the_same_everywhere():
+    parent = types.SimpleNamespace()
+    SAINRSlicer.SAINRSlicer(parent)
+    assert (
+        parent.contributors == [extension_variables()["CONTRIBUTORS"]] == [s4ext()["contributors"]]
+    )
+    readme = (slicer_scene.REPO / "README.md").read_text()
+    citation = re.search(r"## How to cite\n\n(.*)", readme, re.S).group(1)
+    for part in ("Spatial attention-based implicit neural representation for arbitrary reduction",
+                 "Medical Image Analysis (2024)", "doi:10.1016/j.media.2024.103158"):  # fmt: skip
+        assert part in " ".join(citation.split())
+        assert part in " ".join(parent.acknowledgementText.split())
+
+
+def test_self_test_plans_and_skips_the_run_without_pytorch(monkeypatch):
+    """ctest runs the self-test on build machines without PyTorch: it must not install it."""
+    monkeypatch.setattr(SAINRSlicerLib.torchenv, "installedTorchVersion", lambda: None)
+    monkeypatch.setattr(
+        SAINRSlicerLib.torchenv, "installTorchThroughExtension", lambda: pytest.fail("installs")
+    )
+    scene = slicer_scene.newScene().scene
+    SAINRSlicer.SAINRSlicerTest().runTest()
+    assert scene.GetFirstNodeByName("knee_qdess_sag_3mm") is not None
+    assert scene.GetFirstNodeByName("knee_qdess_sag_3mm_1.0mm") is None

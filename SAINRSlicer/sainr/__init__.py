@@ -1,7 +1,7 @@
 """SAINRSlicer core: reduce MRI slice spacing with SA-INR (no Slicer, Qt or VTK imports).
 
 The public API is imported lazily, so torch-free submodules (``sainr.geometry``,
-``sainr.errors``) can be used without importing torch (the Slicer panel's geometry preview).
+``sainr.errors``, ``sainr.planning``, ``sainr.protocol``) can be used without importing torch (the Slicer panel's geometry preview).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ __all__ = ["ReduceResult", "SainrError", "__version__", "plan_reduction", "reduc
 
 _LAZY = {
     "ReduceResult": ".api",
-    "plan_reduction": ".api",
+    "plan_reduction": ".planning",
     "reduce_spacing": ".api",
     "SainrError": ".errors",
 }

@@ -49,6 +49,7 @@ from .inference import (
 from .intensity import robust_scale
 from .io import check_output_path, check_writable, is_dicom_folder, write_volume
 from .model import SAINR
+from .protocol import ADAPT_TAG, DEFAULT_ADAPT_STEPS, PROGRESS_TAG
 from .training import TrainConfig, sainr_loss
 from .weights import load_model, save_checkpoint
 
@@ -59,16 +60,13 @@ LogFn = Callable[[str], None]
 #: restarting the gate's warm-up. theta (target gated fraction) is the training one.
 GAMMA = TrainConfig.gamma * 0.5 ** (TrainConfig.gamma_halvings - 1)
 THETA = TrainConfig.theta
-#: Tag of adaptation progress lines in ``sainr reduce --adapt-steps N --progress lines``
-#: (``ADAPT done total``); reconstruction keeps its ``PROGRESS done total`` lines.
-ADAPT_TAG = "ADAPT"
 
 
 @dataclass(frozen=True)
 class AdaptConfig:
     """Budget and optimiser settings of one adaptation."""
 
-    steps: int = 200  # optimizer steps (hard budget)
+    steps: int = DEFAULT_ADAPT_STEPS  # optimizer steps (hard budget)
     minutes: float | None = None  # optional wall-clock budget, whichever comes first
     #: A fresh Adam moves every weight by ~lr per step; 1e-4 undid the shipped model on some
     #: held-out cases (MNI x4: -0.65 dB), 1e-5 improved them (+0.12 dB; docs/evaluation/eclare).
@@ -335,7 +333,7 @@ def run(args) -> int:
                          precision=args.precision,
                          thickness=_thickness_fraction(args, image, target))  # fmt: skip
     name = args.input.name
-    adapted, done = _adapt_with_progress(name, image, model, args, target, config, "PROGRESS")
+    adapted, done = _adapt_with_progress(name, image, model, args, target, config, PROGRESS_TAG)
     _save(adapted, args.out, args, name, config, done)
     print(f"{args.input.name}: adapted {done} steps -> {args.out}", file=sys.stderr)
     if args.reduce is not None:

@@ -16,15 +16,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import (
-    Geometry,
-    axis_label,
-    detect_slice_axis,
-    output_geometry,
-    relative_thickness,
-    resolve_target_spacing,
-    slice_grid,
-)
+from .geometry import Geometry, axis_label, relative_thickness, slice_grid
 from .inference import (
     DEFAULT_BUDGET_MB,
     CancelFn,
@@ -35,7 +27,8 @@ from .inference import (
 )
 from .intensity import robust_scale
 from .model import SAINR
-from .validation import check_image, check_output_size, check_values
+from .planning import geometry_of, plan_reduction
+from .validation import check_values
 from .weights import load_model
 
 
@@ -46,15 +39,6 @@ class ReduceResult:
     image: sitk.Image
     mask: sitk.Image
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def geometry_of(image: sitk.Image) -> Geometry:
-    return Geometry(
-        tuple(image.GetSize()),
-        tuple(image.GetSpacing()),
-        tuple(image.GetOrigin()),
-        tuple(image.GetDirection()),
-    )
 
 
 def image_from_array(array: np.ndarray, geom: Geometry) -> sitk.Image:
@@ -72,25 +56,6 @@ def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
         info = np.iinfo(dtype)
         return np.clip(np.rint(values), info.min, info.max).astype(dtype)
     return values.astype(dtype)
-
-
-def plan_reduction(
-    image: sitk.Image,
-    spacing_mm: float | None = None,
-    *,
-    factor: float | None = None,
-    isotropic: bool = False,
-    axis: int | None = None,
-    force: bool = False,
-) -> tuple[int, Geometry]:
-    """Validate and return (slice axis, output geometry) without running the model."""
-    check_image(image)
-    geom = geometry_of(image)
-    ax = detect_slice_axis(geom.spacing, geom.direction, axis)
-    target = resolve_target_spacing(geom, ax, spacing_mm, factor, isotropic, force)
-    out = output_geometry(geom, ax, slice_grid(geom.size[ax], geom.spacing[ax], target))
-    check_output_size(out.size, image.GetSizeOfPixelComponent(), force)
-    return ax, out
 
 
 def slice_first(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -130,10 +129,42 @@ def bench_volume(name, image, spacing, model, device, budget_mb, precision, repe
             row["sainr_ungated"] = time_sainr(image, spacing, model, device, budget_mb, precision)
     row["ratio_bspline"] = row["sainr"]["total_s"] / row["bspline_s"]
     row["ratio_linear"] = row["sainr"]["total_s"] / row["linear_s"]
-    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["peak_rss_mb"] = peak_rss_mb()
     if device.type == "cuda":
         row["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return row
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (``resource`` is Unix-only; on
+    Windows the same number comes from the process' memory counters)."""
+    try:
+        import resource
+    except ImportError:
+        return _windows_peak_working_set() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _windows_peak_working_set() -> int:
+    """PeakWorkingSetSize of this process, in bytes (GetProcessMemoryInfo, psapi)."""
+    import ctypes
+    from ctypes import wintypes
+
+    class Counters(ctypes.Structure):
+        _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD)] + [
+            (name, ctypes.c_size_t)
+            for name in ("PeakWorkingSetSize", "WorkingSetSize", "QuotaPeakPagedPoolUsage",
+                         "QuotaPagedPoolUsage", "QuotaPeakNonPagedPoolUsage",
+                         "QuotaNonPagedPoolUsage", "PagefileUsage", "PeakPagefileUsage")
+        ]  # fmt: skip
+
+    current = ctypes.windll.kernel32.GetCurrentProcess
+    current.restype = wintypes.HANDLE
+    query = ctypes.windll.psapi.GetProcessMemoryInfo
+    query.argtypes = [wintypes.HANDLE, ctypes.POINTER(Counters), wintypes.DWORD]
+    counters = Counters(cb=ctypes.sizeof(Counters))
+    query(current(), ctypes.byref(counters), counters.cb)
+    return counters.PeakWorkingSetSize
 
 
 def configuration(model: SAINR, device: torch.device, weights: str, precision: str) -> dict:

@@ -31,13 +31,14 @@ from .io import (
     volume_suffix,
     write_volumes,
 )
+from .protocol import PROGRESS_TAG
 
 EXIT_USER = 2
 EXIT_INTERNAL = 1
 
 
 def _progress_printer(
-    mode: str, label: str, unit: str = "vox", tag: str = "PROGRESS"
+    mode: str, label: str, unit: str = "vox", tag: str = PROGRESS_TAG
 ) -> tuple[Callable[[int, int], None], Callable[[], None]]:
     """(callback, close) reporting progress as a tqdm bar counting ``unit`` or as
     ``<tag> done total`` lines (``PROGRESS`` for the reconstruction; adaptation inside a
@@ -70,10 +71,9 @@ def _spacing_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_reduce(sub) -> None:
+def _add_reduce(p: argparse.ArgumentParser) -> None:
     from .adapt import add_reduce_arguments
 
-    p = sub.add_parser("reduce", help="reduce the slice spacing of a volume (or a folder of them)")
     p.add_argument("input", type=Path, help="volume file (.nii.gz/.nrrd/.mha), DICOM folder, or folder of volumes")
     p.add_argument("output", type=Path, help="output file, or folder in batch mode")
     _spacing_args(p)
@@ -210,8 +210,7 @@ def _run_reduce(args) -> int:
     return 0
 
 
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train SA-INR (resumes from OUT/last.pt); torchrun-ready")
+def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML config (see configs/default.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, history)")
@@ -231,8 +230,7 @@ def _run_train(args) -> int:
     return 0
 
 
-def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="ship a training checkpoint under Resources/Models")
+def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="training checkpoint (e.g. RUN/best.pt)")
     p.add_argument("--name", default="default", help="model name in the catalog")
     p.add_argument("--description", default="", help="one line for the catalog")
@@ -248,52 +246,68 @@ def _run_export(args) -> int:
     return 0
 
 
-def _add_evaluate(sub) -> None:
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
     from . import evaluate
 
-    p = sub.add_parser("evaluate", help="compare SA-INR with interpolation on HR volumes")
     evaluate.add_arguments(p)
     p.set_defaults(func=evaluate.run)
 
 
-def _add_bench(sub) -> None:
+def _add_bench(p: argparse.ArgumentParser) -> None:
     from . import bench
 
-    p = sub.add_parser("bench", help="speed and memory of SA-INR vs SimpleITK interpolation")
     bench.add_arguments(p)
     p.set_defaults(func=bench.run)
 
 
-def _add_adapt(sub) -> None:
+def _add_adapt(p: argparse.ArgumentParser) -> None:
     from . import adapt
 
-    p = sub.add_parser("adapt", help="fine-tune the model on one volume's own in-plane detail")
     adapt.add_arguments(p)
     p.set_defaults(func=adapt.run)
 
 
-def _add_self_supervised(sub) -> None:
+def _add_train_vae(p: argparse.ArgumentParser) -> None:
     from . import synthesis
 
-    p = sub.add_parser("train-vae", help="stage I: train the in-plane slice VAE on thick-slice volumes")
     synthesis.add_arguments_train(p)
     p.set_defaults(func=synthesis.run_train)
-    p = sub.add_parser("synthesize", help="stage I: thin-slice volumes by latent interpolation")
+
+
+def _add_synthesize(p: argparse.ArgumentParser) -> None:
+    from . import synthesis
+
     synthesis.add_arguments_synthesize(p)
     p.set_defaults(func=synthesis.run_synthesize)
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Subcommands in ``--help`` order: name -> (one-line help, function that adds its arguments).
+#: The functions import their command's modules, so a run imports only what its command needs
+#: (``reduce`` never loads the benchmark's Unix-only ``resource``, matplotlib or the trainer).
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "reduce": ("reduce the slice spacing of a volume (or a folder of them)", _add_reduce),
+    "train": ("train SA-INR (resumes from OUT/last.pt); torchrun-ready", _add_train),
+    "evaluate": ("compare SA-INR with interpolation on HR volumes", _add_evaluate),
+    "export": ("ship a training checkpoint under Resources/Models", _add_export),
+    "bench": ("speed and memory of SA-INR vs SimpleITK interpolation", _add_bench),
+    "adapt": ("fine-tune the model on one volume's own in-plane detail", _add_adapt),
+    "train-vae": ("stage I: train the in-plane slice VAE on thick-slice volumes", _add_train_vae),
+    "synthesize": ("stage I: thin-slice volumes by latent interpolation", _add_synthesize),
+}
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``sainr`` parser. With ``argv``, only the subcommand it names gets its arguments
+    (the others are listed by name and help), so parsing imports nothing another command
+    needs; without, every subcommand is complete."""
     parser = argparse.ArgumentParser(prog="sainr", description="Reduce MRI slice spacing with SA-INR.")
     parser.add_argument("--version", action="version", version=f"sainr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_reduce(sub)
-    _add_train(sub)
-    _add_evaluate(sub)
-    _add_export(sub)
-    _add_bench(sub)
-    _add_adapt(sub)
-    _add_self_supervised(sub)
+    named = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
+    for name, (text, add_arguments) in COMMANDS.items():
+        p = sub.add_parser(name, help=text)
+        if named is None or named == name:
+            add_arguments(p)
     return parser
 
 
@@ -321,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # keep stderr to our one-line messages
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
         return args.func(args)
     except SainrError as exc:
         print(f"sainr: error: {_one_line(str(exc))}", file=sys.stderr)

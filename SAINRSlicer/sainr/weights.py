@@ -18,9 +18,9 @@ import torch
 from .errors import WeightsError
 from .io import new_temp_file
 from .model import SAINR, ModelConfig
+from .protocol import DEFAULT_MODEL
 
 FORMAT = "sainr-checkpoint-v1"
-DEFAULT_MODEL = "default"
 CATALOG = "models.json"
 
 

@@ -1,0 +1,343 @@
+"""The Logic: everything the panel does, usable from the Python console and tests.
+
+Planning goes through the core's own :func:`sainr.planning.plan_reduction` on the image the
+subprocess will read, so the panel's preview and refusals are those of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import traceback
+from collections.abc import Callable
+from typing import Annotated
+
+import slicer
+
+from . import views
+from .core import SAINRSlicerError, coreModule, panelWording, resourcePath
+from .framework import (
+    ScriptedLoadableModuleLogic,
+    WithinRange,
+    _,
+    inSlicerApplication,
+    parameterNodeWrapper,
+)
+from .process import subprocessEnvironment
+from .run import ReductionPlan, ReductionRun
+from .sceneio import ijkToRASDirections, imageFromVolume
+from .torchenv import (
+    installedTorchVersion,
+    installTorchThroughExtension,
+    probeTorch,
+    torchRequirement,
+    versionTuple,
+)
+
+_protocol = coreModule("protocol")
+DEFAULT_MODEL = _protocol.DEFAULT_MODEL
+DEFAULT_ADAPT_STEPS = _protocol.DEFAULT_ADAPT_STEPS
+MAX_ADAPT_STEPS = 10000
+#: Model choice meaning "the checkpoint in weightsPath".
+WEIGHTS_FILE = "file"
+#: Devices the Logic accepts: auto (GPU if usable, else CPU), cpu, cuda or cuda:N, mps.
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+@parameterNodeWrapper
+class SAINRSlicerParameterNode:
+    """The panel's settings, kept in the scene (they survive scene save and load).
+
+    inputVolume: thick-slice volume. outputVolume: volume to overwrite, or None for a new one.
+    resultVolume: the last result (what Compare and the mask overlay show). targetSpacing:
+    output slice spacing in mm. sliceThicknessMm: acquired slice thickness in mm (the panel
+    fills in the input's slice spacing; 0: not given). device: auto, cpu, cuda:N or mps.
+    model: a shipped model name or "file" for weightsPath. showGatingMask, maskOpacity: the
+    gating-mask overlay. adaptToVolume, adaptSteps: first fine-tune the model on the input.
+    """
+
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    outputVolume: slicer.vtkMRMLScalarVolumeNode
+    resultVolume: slicer.vtkMRMLScalarVolumeNode
+    targetSpacing: Annotated[float, WithinRange(0.05, 20.0)] = 1.0
+    sliceThicknessMm: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
+    device: str = "auto"
+    model: str = DEFAULT_MODEL
+    weightsPath: pathlib.Path
+    showGatingMask: bool = True
+    maskOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    adaptToVolume: bool = False
+    adaptSteps: Annotated[int, WithinRange(1, MAX_ADAPT_STEPS)] = DEFAULT_ADAPT_STEPS
+
+
+class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
+    """Everything the panel does, usable from the Python console and tests without the GUI.
+
+    Blocking, e.g. in the Python console::
+
+        output = SAINRSlicerLogic().process(volume, targetSpacing=1.0)
+
+    Non-blocking (the panel): ``run = logic.start(...)``, then ``run.poll()`` until it returns
+    False, ``run.cancel()`` to stop.
+    """
+
+    def __init__(self, applicationLogic=None) -> None:
+        """``applicationLogic`` (vtkMRMLApplicationLogic) fits the compare views to the
+        volumes; Slicer's own is used in the application."""
+        ScriptedLoadableModuleLogic.__init__(self)
+        if applicationLogic is None and inSlicerApplication():
+            applicationLogic = slicer.app.applicationLogic()
+        self.applicationLogic = applicationLogic
+        self._imageCache: tuple[tuple, object] | None = None
+
+    def getParameterNode(self) -> SAINRSlicerParameterNode:
+        return SAINRSlicerParameterNode(super().getParameterNode())
+
+    # Planning (the core's planning, no torch)
+
+    def coreImage(self, volume):
+        """The SimpleITK image the subprocess will read for ``volume`` (kept until the volume
+        changes, since the panel plans on every parameter change)."""
+        if volume is None:
+            raise SAINRSlicerError(_("Select an input volume."))
+        if volume.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise SAINRSlicerError(
+                _("{name} is a labelmap; choose an image volume").format(name=volume.GetName())
+            )
+        imageData = volume.GetImageData()
+        if imageData is None:
+            raise SAINRSlicerError(_("{name} has no voxels").format(name=volume.GetName()))
+        key = (volume.GetID(), volume.GetMTime(), imageData.GetMTime())
+        if self._imageCache is None or self._imageCache[0] != key:
+            self._imageCache = (key, imageFromVolume(volume))
+        return self._imageCache[1]
+
+    def _corePlan(self, volume, targetSpacing: float | None, axis: int | None, isotropic=False):
+        planning, errors = coreModule("planning"), coreModule("errors")
+        image = self.coreImage(volume)
+        try:
+            axis, out = planning.plan_reduction(
+                image, None if isotropic else targetSpacing, isotropic=isotropic, axis=axis
+            )
+        except errors.SainrError as error:
+            raise SAINRSlicerError(panelWording(str(error))) from None
+        return image, axis, out
+
+    def sliceAxis(self, volume, axis: int | None = None) -> tuple[int, str]:
+        """(slice axis, description such as 'k (R-L, sagittal slices)') of a volume node."""
+        geometry, errors = coreModule("geometry"), coreModule("errors")
+        direction = coreModule("planning").geometry_of(self.coreImage(volume)).direction
+        try:
+            axis = geometry.detect_slice_axis(volume.GetSpacing(), direction, axis)
+        except errors.SainrError as error:
+            raise SAINRSlicerError(panelWording(str(error))) from None
+        return axis, geometry.axis_label(direction, axis)
+
+    def plan(self, volume, targetSpacing: float, axis: int | None = None) -> ReductionPlan:
+        """What reducing ``volume`` to ``targetSpacing`` mm will produce, from the core's
+        planning; raises SAINRSlicerError with the core's reason when it is not possible."""
+        image, axis, out = self._corePlan(volume, targetSpacing, axis)
+        return ReductionPlan(
+            tuple(image.GetSize()),
+            tuple(image.GetSpacing()),
+            axis,
+            coreModule("geometry").axis_label(out.direction, axis),
+            out.spacing[axis],
+            tuple(out.size),
+        )
+
+    def isotropicSpacing(self, volume) -> float:
+        """The finest in-plane spacing: the target that gives isotropic voxels."""
+        _image, axis, out = self._corePlan(volume, None, None, isotropic=True)
+        return out.spacing[axis]
+
+    def sliceSpacing(self, volume) -> float:
+        """Spacing along the detected slice axis: the slice thickness of contiguous slices
+        (the panel's default for the slice thickness)."""
+        axis, _label = self.sliceAxis(volume)
+        return volume.GetSpacing()[axis]
+
+    # Running
+
+    def ensureTorch(self, statusCallback: Callable[[str], None] | None = None) -> bool:
+        """Make sure PyTorch is installed for the subprocess; in Slicer, install it through
+        the PyTorch extension (it asks the user first). ``statusCallback`` hears that an
+        install is starting (it takes minutes). Returns True when PyTorch was installed now.
+        Every failure, of any type, is raised as SAINRSlicerError with details."""
+        version = installedTorchVersion()
+        if version is not None:
+            if versionTuple(version) < versionTuple(torchRequirement()):
+                raise SAINRSlicerError(
+                    _(
+                        "PyTorch {version} is older than SAINRSlicer needs ({requirement}); "
+                        "update it in the PyTorch Utils module and restart Slicer."
+                    ).format(version=version, requirement=torchRequirement())
+                )
+            return False
+        if statusCallback is not None:
+            statusCallback(_("Installing PyTorch through the PyTorch extension (several minutes)..."))
+        try:
+            self.installTorch()
+        except SAINRSlicerError:
+            raise
+        except Exception as error:  # pip's CalledProcessError, a network or disk error, a bug
+            raise SAINRSlicerError(
+                _("PyTorch could not be installed ({reason}). Install it in the PyTorch Utils "
+                  "module, restart Slicer and try again.").format(reason=_reason(error)),
+                _installerOutput(error),
+            ) from error  # fmt: skip
+        return True
+
+    def installTorch(self) -> None:
+        """Install PyTorch (the PyTorch extension in Slicer)."""
+        installTorchThroughExtension()
+
+    def start(
+        self,
+        inputVolume,
+        targetSpacing: float,
+        outputVolume=None,
+        device: str = "auto",
+        maskVolume=None,
+        weights: str | None = None,
+        axis: int | None = None,
+        adaptSteps: int = 0,
+        saveAdaptedPath: str | None = None,
+        sliceThicknessMm: float | None = None,
+    ) -> ReductionRun:
+        """Start a reduction in the background and return the run (see ReductionRun)."""
+        if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
+            raise SAINRSlicerError(
+                _("unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps").format(
+                    device=device
+                )
+            )
+        if outputVolume is not None and outputVolume is inputVolume:
+            raise SAINRSlicerError(_("the output volume must not be the input volume"))
+        if isinstance(adaptSteps, bool) or not isinstance(adaptSteps, int) or adaptSteps < 0:
+            raise SAINRSlicerError(f"adaptSteps must be a whole number >= 0, got {adaptSteps!r}")
+        if saveAdaptedPath is not None and not adaptSteps:
+            raise SAINRSlicerError("saving adapted weights needs adaptSteps > 0")
+        plan = self.plan(inputVolume, targetSpacing, axis)
+        self.ensureTorch()
+        options = ["--device", device]
+        for option, value in (
+            ("--weights", weights),
+            ("--axis", axis),
+            ("--adapt-steps", adaptSteps or None),
+            ("--save-adapted", saveAdaptedPath),
+            ("--slice-thickness", None if sliceThicknessMm is None else repr(float(sliceThicknessMm))),
+        ):
+            if value is not None:
+                options += [option, str(value)]
+        environment = subprocessEnvironment(
+            {"PYTORCH_ENABLE_MPS_FALLBACK": "1"} if device == "mps" else None
+        )
+        return ReductionRun(
+            inputVolume, plan, options, outputVolume, maskVolume, adaptSteps, environment
+        )
+
+    def process(
+        self,
+        inputVolume,
+        targetSpacing: float,
+        outputVolume=None,
+        device: str = "auto",
+        maskVolume=None,
+        progressCallback: Callable[[float, str], None] | None = None,
+        weights: str | None = None,
+        axis: int | None = None,
+        adaptSteps: int = 0,
+        saveAdaptedPath: str | None = None,
+        sliceThicknessMm: float | None = None,
+    ):
+        """Reduce the slice spacing of ``inputVolume`` to ``targetSpacing`` mm and wait (the
+        Slicer GUI keeps repainting meanwhile).
+
+        outputVolume: scalar volume to overwrite; None creates ``<input>_<spacing>mm``.
+        device: "auto" (GPU if usable, else CPU), "cpu", "cuda", "cuda:N" or "mps".
+        maskVolume: labelmap for the gating mask; None reuses the output's or creates one.
+        progressCallback(fraction, message): called as the run progresses.
+        weights: shipped model name or checkpoint file; None is the bundled default model.
+        axis: slice axis (0, 1, 2 = i, j, k); detected (largest spacing) if None.
+        adaptSteps: first fine-tune the model for this many steps on pairs made from the
+        input's own in-plane detail (0: use the model as it is).
+        saveAdaptedPath: also save the adapted weights to this .pt file (needs adaptSteps).
+        sliceThicknessMm: acquired slice thickness in mm (None: the slice spacing).
+
+        Returns the output volume node; raises SAINRSlicerError with the reason on failure,
+        in which case the scene is unchanged.
+        """
+        run = self.start(
+            inputVolume, targetSpacing, outputVolume, device, maskVolume, weights, axis,
+            adaptSteps, saveAdaptedPath, sliceThicknessMm,
+        )  # fmt: skip
+        return run.wait(progressCallback)
+
+    # Models and devices
+
+    def modelCatalog(self) -> dict[str, dict]:
+        """Shipped models (name -> entry of Resources/Models/models.json); empty if none."""
+        try:
+            path = resourcePath("Models/models.json")
+        except FileNotFoundError:
+            return {}
+        return json.loads(path.read_text())["models"]
+
+    def torchInfo(self, timeout: float = 120.0) -> dict:
+        """PyTorch version, GPUs and MPS as the subprocess sees them, without importing torch
+        here (see :func:`probeTorch`)."""
+        return probeTorch(timeout)
+
+    # Display
+
+    def compareOrientation(self, volume) -> str:
+        """Slice view orientation perpendicular to the acquired slices (contains the slice axis)."""
+        axis, _label = self.sliceAxis(volume)
+        directions = ijkToRASDirections(volume)
+        patientAxis = max(range(3), key=lambda row: abs(directions[row][axis]))
+        return views.PERPENDICULAR_ORIENTATION[patientAxis]
+
+    def showComparison(
+        self, inputVolume, outputVolume, showMask: bool = True, maskOpacity: float = 0.5
+    ) -> views.LayoutSnapshot:
+        """Side-by-side layout, linked views: input left, output right (with the gating mask
+        as label layer), cut perpendicular to the acquired slices. Returns what
+        :meth:`restoreLayout` needs to put the views back."""
+        if inputVolume is None or outputVolume is None:
+            raise SAINRSlicerError(_("Compare needs an input and a result volume"))
+        snapshot = views.showComparison(
+            inputVolume, outputVolume, self.compareOrientation(inputVolume)
+        )
+        views.setMaskOverlay(outputVolume, showMask, maskOpacity)
+        if self.applicationLogic is not None:
+            for name in views.COMPARE_VIEWS:
+                self.applicationLogic.GetSliceLogicByLayoutName(name).FitSliceToAll()
+        return snapshot
+
+    def restoreLayout(self, snapshot: views.LayoutSnapshot) -> None:
+        """Put the compare views and the layout back as they were before showComparison."""
+        views.restoreLayout(snapshot)
+
+    def setMaskOverlay(self, outputVolume, visible: bool, opacity: float) -> None:
+        """Show (or hide) the result's gating mask over the result in the slice views."""
+        views.setMaskOverlay(outputVolume, visible, opacity)
+
+
+def _reason(error: BaseException) -> str:
+    """One line naming what failed: 'pip exited with status 1', or the exception's text."""
+    returncode = getattr(error, "returncode", None)
+    if returncode is not None:
+        return _("the installer exited with status {code}").format(code=returncode)
+    return f"{type(error).__name__}: {error}"
+
+
+def _installerOutput(error: BaseException) -> str:
+    """What the installer printed (CalledProcessError's output), then the traceback."""
+    printed = [
+        text if isinstance(text, str) else text.decode(errors="replace")
+        for text in (getattr(error, "output", None), getattr(error, "stderr", None))
+        if text
+    ]
+    return "\n".join([*printed, "".join(traceback.format_exception(error))])

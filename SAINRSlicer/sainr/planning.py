@@ -1,0 +1,47 @@
+"""Planning a reduction without running it: checks and the output grid (torch-free).
+
+The CLI, the Python API and the Slicer Logic all plan through :func:`plan_reduction`, so the
+panel's preview and refusals are exactly those of the run; the Slicer module calls it in its
+own process, where PyTorch may not be installed.
+"""
+
+from __future__ import annotations
+
+import SimpleITK as sitk
+
+from .geometry import (
+    Geometry,
+    detect_slice_axis,
+    output_geometry,
+    resolve_target_spacing,
+    slice_grid,
+)
+from .validation import check_image, check_output_size
+
+
+def geometry_of(image: sitk.Image) -> Geometry:
+    return Geometry(
+        tuple(image.GetSize()),
+        tuple(image.GetSpacing()),
+        tuple(image.GetOrigin()),
+        tuple(image.GetDirection()),
+    )
+
+
+def plan_reduction(
+    image: sitk.Image,
+    spacing_mm: float | None = None,
+    *,
+    factor: float | None = None,
+    isotropic: bool = False,
+    axis: int | None = None,
+    force: bool = False,
+) -> tuple[int, Geometry]:
+    """Validate and return (slice axis, output geometry) without running the model."""
+    check_image(image)
+    geom = geometry_of(image)
+    ax = detect_slice_axis(geom.spacing, geom.direction, axis)
+    target = resolve_target_spacing(geom, ax, spacing_mm, factor, isotropic, force)
+    out = output_geometry(geom, ax, slice_grid(geom.size[ax], geom.spacing[ax], target))
+    check_output_size(out.size, image.GetSizeOfPixelComponent(), force)
+    return ax, out
