@@ -77,6 +77,7 @@ def _add_reduce(sub) -> None:
     p.add_argument("output", type=Path, help="output file, or folder in batch mode")
     _spacing_args(p)
     p.add_argument("--mask", type=Path, help="also write the gating mask (uint8) here")
+    p.add_argument("--series", metavar="UID", help="DICOM folder with several series: the SeriesInstanceUID to read")
     p.add_argument("--device", default="auto", help="auto (CUDA if usable, else CPU), cpu, cuda, mps")
     p.add_argument("--weights", default=None, help="shipped model name or checkpoint file (default: default)")
     p.add_argument("--axis", type=int, choices=(0, 1, 2), help="slice axis (i, j, k); detected if omitted")
@@ -135,7 +136,7 @@ def _checked_input(src: Path, args, target: dict) -> sitk.Image:
     from .validation import check_values
 
     with _native_stderr_silenced():
-        image = read_volume(src)
+        image = read_volume(src, getattr(args, "series", None))
     plan_reduction(image, args.spacing, **target)
     check_values(sitk.GetArrayViewFromImage(image), "zero" if args.nan_to_zero else "refuse")
     return image

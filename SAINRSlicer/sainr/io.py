@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from . import dicom
 from .errors import InputImageError, OutputPathError
 from .geometry import check_direction, check_spacing
 
@@ -44,16 +45,26 @@ def volume_suffix(path: str | os.PathLike) -> str | None:
 
 
 def is_dicom_folder(path: Path) -> bool:
-    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    return path.is_dir() and bool(dicom.series_ids(path))
 
 
-def read_volume(path: str | os.PathLike) -> sitk.Image:
-    """Read a volume file or a folder holding one DICOM series; raise InputImageError else."""
+def dicom_slice_thickness(path: str | os.PathLike, series: str | None = None) -> float | None:
+    """SliceThickness (0018,0050) of the DICOM series folder ``path`` (``series`` picks one of
+    several, as in :func:`read_volume`); None for a volume file, a folder without DICOM, or
+    when the tag is absent, invalid or not the same in every image."""
+    path = Path(path)
+    return dicom.slice_thickness(path, series) if is_dicom_folder(path) else None
+
+
+def read_volume(path: str | os.PathLike, series: str | None = None) -> sitk.Image:
+    """Read a volume file or a DICOM series folder (``series``: the SeriesInstanceUID when
+    the folder holds several); raise InputImageError else. A DICOM series is read only when
+    its slices form one regular stack (see :mod:`sainr.dicom`)."""
     path = Path(path)
     if not path.exists():
         raise InputImageError(f"input not found: {path}; check the path")
     if path.is_dir():
-        return _read_dicom(path)
+        return dicom.read_series(path, series)
     if path.stat().st_size == 0:
         raise InputImageError(f"input file is empty (0 bytes): {path}; export the volume again")
     check_header(path)
@@ -74,26 +85,6 @@ def _itk_reason(exc: BaseException) -> str:
     errors = [ln.split("ERROR:", 1)[1] for ln in lines if "ERROR:" in ln]
     reason = (nrrd or errors or lines or [type(exc).__name__])[-1]
     return re.sub(r"^\s*\w+\(0x[0-9a-f]+\):", "", reason).strip()[:160]
-
-
-def _read_dicom(folder: Path) -> sitk.Image:
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise InputImageError(
-            f"{folder} is a folder without a DICOM series; give a volume file or a DICOM folder"
-        )
-    if len(series) > 1:
-        raise InputImageError(
-            f"{folder} holds {len(series)} DICOM series; put one series per folder"
-        )
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
-    try:
-        return reader.Execute()
-    except RuntimeError as exc:
-        raise InputImageError(
-            f"cannot read the DICOM series in {folder} ({_itk_reason(exc)})"
-        ) from exc
 
 
 # --- header checks (before ITK reads the pixels) --------------------------------------------
