@@ -17,10 +17,11 @@ import math
 import os
 import re
 import secrets
+import shutil
 import struct
-import tempfile
+import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -266,14 +267,60 @@ def _check_declared_size(path: Path) -> None:
 
 # --- output paths and atomic writes ---------------------------------------------------------
 
+#: Header + data formats: the data file ITK writes beside the header (compressed, raw).
+_DATA_FILES = {".mhd": (".zraw", ".raw"), ".nhdr": (".raw.gz", ".raw")}
+#: Hidden temp files and folders: ``.sainr-<pid>-<hex>``; the pid tells a killed run's
+#: leftovers from a running one's.
+_TEMP_NAME = re.compile(r"^\.sainr-(\d+)-[0-9a-f]+")
+#: Leftovers of a process that no longer runs are removed once this old (seconds); any
+#: leftover once STALE_ANY_S old (another machine's, or where processes cannot be checked).
+STALE_DEAD_S = 3600
+STALE_ANY_S = 86400
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the hidden temp files and folders SAINRSlicer writes (never an input)."""
+    return name.startswith(".sainr-")
+
+
+def output_files(path: Path, compress: bool = True) -> list[Path]:
+    """The files writing the volume ``path`` creates: the path itself and, for .mhd/.nhdr,
+    the data file beside it (``out.zraw``, ``out.raw.gz`` or ``out.raw``)."""
+    suffix = volume_suffix(path)
+    if suffix not in _DATA_FILES:
+        return [path]
+    return [path, path.with_name(path.name[: -len(suffix)] + _DATA_FILES[suffix][not compress])]
+
+
+def input_files(path: Path) -> list[Path]:
+    """The files an input consists of: the file itself and, for a .mhd/.nhdr header, the
+    separate data file it names."""
+    data = data_file_of(path) if volume_suffix(path) in _DATA_FILES and path.is_file() else None
+    return [path] + ([data] if data is not None else [])
+
+
+def data_file_of(header: Path) -> Path | None:
+    """The data file a .mhd (ElementDataFile) or .nhdr (data file) header names, if it is one
+    plain file (not LOCAL, a list or a pattern)."""
+    fields = _text_header(header)
+    name = fields.get("elementdatafile") or fields.get("data file") or fields.get("datafile")
+    if not name or name.upper() == "LOCAL" or name.upper().startswith("LIST") or " " in name:
+        return None
+    return header.parent / name
+
 
 def check_output_path(path: str | os.PathLike, inputs: Sequence[Path] = ()) -> Path:
-    """Refuse an output path of unknown format, in a missing or unwritable folder, or that is
-    one of ``inputs``; returns it as a Path."""
+    """Refuse an output path of unknown format, that is a folder, in a missing or unwritable
+    folder, or whose files (header and data file) would replace a file of one of ``inputs``;
+    returns it as a Path."""
     path = Path(path)
     if volume_suffix(path) is None:
         raise OutputPathError(
             f"unknown output format for {path.name}; use one of {', '.join(VOLUME_SUFFIXES)}"
+        )
+    if path.is_dir():
+        raise OutputPathError(
+            f"the output {path} is a folder; give a file name (e.g. {path / 'out.nii.gz'})"
         )
     folder = path.resolve().parent
     if folder.exists() and not folder.is_dir():
@@ -281,23 +328,35 @@ def check_output_path(path: str | os.PathLike, inputs: Sequence[Path] = ()) -> P
     if not folder.is_dir():
         raise OutputPathError(f"output folder does not exist: {folder}; create it first")
     check_writable(folder)
-    for src in inputs:
-        if path.exists() and src.exists() and os.path.samefile(path, src):
-            raise OutputPathError(f"output {path} is the input file; choose another name")
+    written = output_files(path, True) + output_files(path, False)[1:]
+    check_not_inputs(path, written, inputs)
     return path
+
+
+def check_not_inputs(path: Path, written: Sequence[Path], inputs: Sequence[Path]) -> None:
+    """Refuse writing ``path`` when one of the files it writes is a file of an input."""
+    for src in inputs:
+        for src_file in input_files(src) if src.exists() else []:
+            for out in written:
+                if out.exists() and src_file.exists() and os.path.samefile(out, src_file):
+                    what = "is the input file" if out == path else f"would replace {src_file}"
+                    raise OutputPathError(f"output {path} {what}; choose another name")
 
 
 def check_writable(folder: Path) -> None:
     """Create and remove a probe file: the only test that is right for every user (root
     ignores permission bits) and file system (read-only mounts, full quotas)."""
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".sainr-probe-")
+        probe = new_temp_file(folder / "probe", "")
     except OSError as exc:
         raise OutputPathError(
             f"output folder is not writable: {folder} ({exc.strerror}); choose another folder"
         ) from exc
-    os.close(fd)
     os.unlink(probe)
+
+
+def _temp_path(folder: Path, suffix: str) -> Path:
+    return folder / f".sainr-{os.getpid()}-{secrets.token_hex(6)}{suffix}"
 
 
 def new_temp_file(target: Path, suffix: str | None = None) -> str:
@@ -306,13 +365,69 @@ def new_temp_file(target: Path, suffix: str | None = None) -> str:
     would give 0o600)."""
     suffix = suffix if suffix is not None else volume_suffix(target) or target.suffix
     for _ in range(100):
-        tmp = target.resolve().parent / f".sainr-{secrets.token_hex(6)}{suffix}"
+        tmp = _temp_path(target.resolve().parent, suffix)
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
             continue
         return str(tmp)
     raise FileExistsError(f"no free temporary name in {target.parent}")
+
+
+def _new_temp_folder(folder: Path) -> Path:
+    """A new hidden staging folder in ``folder`` (same file system: renames are atomic)."""
+    for _ in range(100):
+        stage = _temp_path(folder, "")
+        try:
+            stage.mkdir()
+        except FileExistsError:
+            continue
+        return stage
+    raise FileExistsError(f"no free temporary name in {folder}")
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Remove what a killed run (SIGKILL, power loss) left in ``folder``: temp files and
+    folders of a process that no longer runs here, once STALE_DEAD_S old, and any once
+    STALE_ANY_S old (another machine's, or where processes cannot be checked)."""
+    now = time.time()
+    for entry in folder.iterdir():
+        match = _TEMP_NAME.match(entry.name)
+        try:
+            age = now - entry.lstat().st_mtime
+        except OSError:
+            continue
+        if match and (age > STALE_ANY_S or (age > STALE_DEAD_S and not _running(int(match[1])))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (True where that cannot be checked:
+    Windows' os.kill would terminate it)."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def write_atomically(path: Path, write: Callable[[str], None], suffix: str | None = None) -> None:
+    """``write(temp)`` to a hidden temp file beside ``path``, then rename it over ``path``:
+    never a partial file, and no temp file left on failure."""
+    tmp = new_temp_file(path, suffix)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_volume(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
@@ -323,22 +438,48 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, compress: bool = Tr
 def write_volumes(
     items: Sequence[tuple[sitk.Image, str | os.PathLike]], compress: bool = True
 ) -> None:
-    """Write every image to a temp file beside its target, then rename them all: on any
-    failure (disk full, interrupt) no target is created or changed and no temp file is left."""
+    """Write every image under its final name into a hidden staging folder beside its target,
+    then move the files into place (data files before their headers, so a .mhd/.nhdr never
+    names a missing or temporary data file): on any failure (disk full, interrupt) no target
+    is created or changed and no temp file is left. A replaced header's old data file of
+    another name (``out.raw`` after ``out.zraw``) is removed, not left as an orphan."""
     targets = [check_output_path(path) for _, path in items]
-    temps: list[str] = []
+    files = [f.resolve() for t in targets for f in output_files(t, compress)]
+    if len(set(files)) < len(files):
+        raise OutputPathError(
+            f"the outputs {', '.join(map(str, targets))} would write the same file twice; "
+            "give them different names"
+        )
+    old_data = [data_file_of(t) if volume_suffix(t) in _DATA_FILES and t.is_file() else None
+                for t in targets]  # fmt: skip
+    stages: dict[Path, Path] = {}
     try:
         for (image, _), target in zip(items, targets):
-            temps.append(new_temp_file(target))
-            sitk.WriteImage(image, temps[-1], compress)
-        for tmp, target in zip(temps, targets):
-            os.replace(tmp, target)
+            folder = target.resolve().parent
+            if folder not in stages:
+                remove_stale_temps(folder)
+                stages[folder] = _new_temp_folder(folder)
+            sitk.WriteImage(image, str(stages[folder] / target.name), compress)
+        staged = [(f, folder / f.name) for folder, stage in stages.items() for f in stage.iterdir()]
+        for tmp, final in sorted(staged, key=lambda pair: volume_suffix(pair[0]) is not None):
+            os.replace(tmp, final)
     except (RuntimeError, OSError) as exc:
         raise OutputPathError(
             f"could not write {', '.join(map(str, targets))} ({_itk_reason(exc)}); "
             "check the free disk space and the folder"
         ) from exc
     finally:
-        for tmp in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        for stage in stages.values():
+            shutil.rmtree(stage, ignore_errors=True)
+    _remove_orphans(targets, old_data, set(files))
+
+
+def _remove_orphans(targets: list[Path], old_data: list[Path | None], written: set[Path]) -> None:
+    """Remove the data file a replaced header named when the new one has another name, if it
+    is one ITK writes for that header (never any other file)."""
+    for target, old in zip(targets, old_data):
+        if old is None or old.resolve() in written:
+            continue
+        own = {f.resolve() for c in (True, False) for f in output_files(target, c)[1:]}
+        if old.resolve() in own:
+            old.unlink(missing_ok=True)

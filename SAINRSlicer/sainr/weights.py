@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .errors import WeightsError
-from .io import new_temp_file
+from .io import write_atomically
 from .model import SAINR, ModelConfig
 
 FORMAT = "sainr-checkpoint-v1"
@@ -138,13 +138,7 @@ def save_checkpoint(
 
 def save_atomically(payload: dict[str, Any], path: Path) -> None:
     """torch.save to a temp file beside ``path``, then rename (never a partial checkpoint)."""
-    tmp = new_temp_file(path, ".tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomically(path, lambda tmp: torch.save(payload, tmp), ".tmp")
 
 
 def export_model(
