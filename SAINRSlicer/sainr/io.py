@@ -102,8 +102,12 @@ def check_header(path: Path) -> None:
             _check_nifti_length(path, header, gz=suffix == ".nii.gz")
         elif suffix in (".nrrd", ".nhdr"):
             _check_nrrd_header(_text_header(path))
+            _check_data_file(path)
         elif suffix in (".mha", ".mhd"):
-            _check_meta_header(_text_header(path))
+            fields = _text_header(path)
+            _check_meta_header(fields)
+            _check_data_file(path)
+            _check_meta_compressed(path, fields)
     except InputImageError as exc:
         raise InputImageError(f"{path.name}: {exc}") from exc
     _check_declared_size(path)
@@ -170,7 +174,9 @@ def _check_nifti_header(raw: bytes) -> None:
     pixdim = struct.unpack_from(endian + "8f", raw, 76)
     # a single-slice axis may carry any pixdim: such volumes are refused as a single slice
     check_spacing(tuple(float(p) if n > 1 else 1.0 for p, n in zip(pixdim[1:4], dim[1:4])))
-    sform_code = struct.unpack_from(endian + "h", raw, 254)[0]
+    qform_code, sform_code = struct.unpack_from(endian + "2h", raw, 252)
+    if qform_code > 0:  # quatern_b/c/d, qoffset_x/y/z: ITK reads non-finite ones as 0
+        _check_origin(" ".join(map(str, struct.unpack_from(endian + "6f", raw, 256))))
     if sform_code > 0:
         srow = np.array(struct.unpack_from(endian + "12f", raw, 280), dtype=np.float64)
         srow = srow.reshape(3, 4)
@@ -222,9 +228,16 @@ def _gzip_length(path: Path) -> int:
 
 
 def _check_nrrd_header(fields: dict[str, str]) -> None:
-    """3D NRRD: every spacing known, positive and finite (nan means 'unknown' to ITK: 1 mm)."""
+    """3D NRRD: every spacing given, known, positive and finite (ITK reads a missing or nan
+    spacing as 1 mm); the origin finite."""
     if fields.get("dimension", "").strip() != "3":
         return  # other dimensions are refused once read
+    if "spacings" not in fields and "space directions" not in fields:
+        raise InputImageError(
+            "the header gives no voxel spacing (no 'spacings' or 'space directions' field; "
+            "ITK would assume 1 mm); add the spacing to the header or export the volume again"
+        )
+    _check_origin(fields.get("space origin"))
     if "spacings" in fields:
         values = _floats(fields["spacings"])
         if values is not None:
@@ -244,6 +257,87 @@ def _check_meta_header(fields: dict[str, str]) -> None:
     values = _floats(spacing) if spacing else None
     if values is not None:
         check_spacing(tuple(values))
+    _check_origin(fields.get("offset") or fields.get("origin") or fields.get("position"))
+
+
+def _check_origin(text: str | None) -> None:
+    """An origin given in the header must be finite (ITK reads inf or nan as 0)."""
+    values = _floats(text) if text else None
+    if values is not None and not all(math.isfinite(v) for v in values):
+        raise InputImageError(
+            f"the origin {tuple(values)} is not finite; fix the file's header"
+        )
+
+
+def _check_data_file(header: Path) -> None:
+    """A .mhd/.nhdr header's separate data file must exist (ITK's message does not name it)."""
+    data = data_file_of(header) if volume_suffix(header) in _DATA_FILES else None
+    if data is not None and not data.is_file():
+        raise InputImageError(
+            f"its data file {data.name} is missing (the header names it); copy it next to "
+            f"{header.name}, or export the volume again"
+        )
+
+
+#: Bytes per component of MetaImage element types.
+_META_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
+               "MET_UINT": 4, "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8,
+               "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}  # fmt: skip
+
+
+def _check_meta_compressed(path: Path, fields: dict[str, str]) -> None:
+    """Compressed MetaImage data must be one complete zlib stream holding every voxel:
+    without CompressedDataSize, MetaIO reads a truncated stream as uninitialised memory."""
+    if fields.get("compresseddata", "").lower() != "true":
+        return
+    if fields.get("elementdatafile", "").upper() == "LOCAL":
+        source, offset = path, _local_data_offset(path)
+    else:
+        source, offset = data_file_of(path), 0
+    if source is None or offset is None:
+        return  # file lists and patterns: ITK decides
+    held = _zlib_length(source, offset)
+    sizes = _floats(fields.get("dimsize", ""))
+    channels = _floats(fields.get("elementnumberofchannels", "1"))
+    per_voxel = _META_BYTES.get(fields.get("elementtype", ""))
+    if sizes and channels and per_voxel and all(v >= 0 for v in sizes):
+        needed = int(math.prod(sizes) * channels[0]) * per_voxel
+        if held < needed:
+            raise InputImageError(
+                f"the compressed data is truncated: it holds {held} bytes, the header needs "
+                f"{needed}; copy or export it again"
+            )
+
+
+def _local_data_offset(path: Path) -> int | None:
+    """Where the pixel data of a .mha starts: after the ``ElementDataFile = LOCAL`` line."""
+    with open(path, "rb") as fh:
+        head = fh.read(_TEXT_HEADER_BYTES)
+    match = re.search(rb"ElementDataFile\s*=\s*LOCAL[^\n]*\n", head, re.IGNORECASE)
+    return match.end() if match else None
+
+
+def _zlib_length(path: Path, offset: int) -> int:
+    """Decompressed size of the zlib stream at ``offset`` (read to its end, not stored);
+    refuses a stream that is corrupt or ends early."""
+    stream = zlib.decompressobj()
+    total = 0
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            while (block := fh.read(1 << 20)) and not stream.eof:
+                while block and not stream.eof:
+                    total += len(stream.decompress(block, 1 << 24))
+                    block = stream.unconsumed_tail
+    except zlib.error as exc:
+        raise InputImageError(
+            f"the compressed data is corrupt ({exc}); copy or export it again"
+        ) from exc
+    if not stream.eof:
+        raise InputImageError(
+            "the compressed data is truncated (the stream ends early); copy or export it again"
+        )
+    return total
 
 
 def _check_declared_size(path: Path) -> None:

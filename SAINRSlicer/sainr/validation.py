@@ -44,6 +44,10 @@ def check_image(image: sitk.Image) -> None:
         )
     check_spacing(image.GetSpacing())
     check_direction(image.GetDirection())
+    if not all(math.isfinite(o) for o in image.GetOrigin()):
+        raise InputImageError(
+            f"the origin {image.GetOrigin()} is not finite; set the volume's origin first"
+        )
     size = image.GetSize()
     if min(size) < 2:
         shape = " x ".join(map(str, size))
