@@ -182,6 +182,11 @@ def _small_memory_limit(folder: Path, mp: pytest.MonkeyPatch) -> tuple[Path, lis
     return _volume(folder), ["--factor", "4"]
 
 
+def _small_hard_limit(folder: Path, mp: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
+    mp.setattr("sainr.validation.MAX_FORCED_RESULT_BYTES", 10_000)
+    return _volume(folder), ["--factor", "4", "--force"]
+
+
 def _weights_opts(make_weights: Callable[[Path], Path]) -> Make:
     return lambda folder, mp: (
         _volume(folder),
@@ -249,8 +254,32 @@ CASES = {
     "NRRD without spacing": Case(_with(FACTOR2, lambda d: _nrrd(d, "")), InputImageError, "in.nrrd: the header gives no voxel spacing .*ITK would assume 1 mm"),
     "infinite origin (MHA Offset)": Case(_with(FACTOR2, lambda d: _meta(d, "0.5 0.5 2\nOffset = inf 0 0")), InputImageError, "in.mha: the origin \\(inf, 0.0, 0.0\\) is not finite"),
     "NaN origin (NRRD)": Case(_with(FACTOR2, lambda d: _nrrd(d, "space: left-posterior-superior\nspace directions: (0.5,0,0) (0,0.5,0) (0,0,2)\nspace origin: (nan,0,0)")), InputImageError, "in.nrrd: the origin \\(nan, 0.0, 0.0\\) is not finite"),
+    "weights that are a pickled model": Case(_weights_opts(lambda d: _pickled_model(d / "whole.pt")), WeightsError, "whole.pt is not a SA-INR checkpoint: it holds Python objects, not only weights"),
+    "weights without the format tag": Case(_weights_opts(lambda d: _saved(d / "plain.pt", {"w": torch.zeros(2)})), WeightsError, "plain.pt is not a SA-INR checkpoint \\(no 'sainr-checkpoint-v1' format tag\\)"),
+    "weights declaring absurd sizes": Case(_weights_opts(lambda d: _absurd_config(d / "huge.pt")), WeightsError, "huge.pt holds weights of another architecture"),
+    "factor 1e12 even with --force": Case(_with(["--factor", "1e12", "--force"], _volume), SpacingError, "a 1e\\+12x reduction of 2 mm; not even --force allows more than 1000x"),
+    "forced output beyond the hard limit": Case(_small_hard_limit, SpacingError, "the output would have 13 slices \\(1.87e\\+03 voxels\\) and need .* not even --force allows more than 10 KiB"),
     "infinite qform offset (NIfTI)": Case(_with(FACTOR2, lambda d: _nifti_qoffset(d, float("inf"))), InputImageError, "in.nii: the origin .*inf.* is not finite"),
 }  # fmt: skip
+
+
+def _pickled_model(path: Path) -> Path:
+    """A whole pickled model (torch.save(model)): refused by weights_only loading."""
+    torch.save(SAINR(TINY), path)
+    return path
+
+
+def _saved(path: Path, payload: dict) -> Path:
+    torch.save(payload, path)
+    return path
+
+
+def _absurd_config(path: Path) -> Path:
+    """Declares 100 000 encoder channels (840 billion parameters) with a tiny state."""
+    config = {**TINY.to_dict(), "channels": 100_000}
+    payload = {"format": "sainr-checkpoint-v1", "config": config,
+               "state_dict": SAINR(TINY).state_dict(), "meta": {}}  # fmt: skip
+    return _saved(path, payload)
 
 
 def _meta_compressed_cut(folder: Path) -> Path:
@@ -516,6 +545,17 @@ def test_values_near_the_type_limits_stay_finite_and_in_range(tmp_path, name, ca
     span = high - low
     assert values.min() >= low - span and values.max() <= high + span  # no wrap, no overflow
     assert values.std() > 0.01 * span  # contrast kept, not collapsed to one value
+
+
+def test_micro_scale_spacings_are_not_refused_by_an_absolute_tolerance(tmp_path, capfd):
+    """Slices 2 um apart (spacings in mm): factor 2 gives 1 um, not 'not smaller'."""
+    src = _write(tmp_path, "in.nrrd", _image(_array(), (0.5e-3, 0.5e-3, 2e-3)))
+    out = _run_ok(tmp_path, src, ["--spacing", "1e-3"], capfd)
+    assert out.GetSize() == (12, 12, 7)
+    np.testing.assert_allclose(out.GetSpacing(), (0.5e-3, 0.5e-3, 1e-3), rtol=1e-6)
+    nano = _image(_array(), (0.5e-6, 0.5e-6, 2e-6))
+    result = reduce_spacing(nano, factor=2, model=SAINR(TINY).eval())
+    assert result.image.GetSize() == (12, 12, 7)
 
 
 def test_explicit_flags_accept_what_is_otherwise_refused(tmp_path, monkeypatch, capfd):

@@ -48,7 +48,7 @@ from .intensity import robust_scale
 from .io import check_output_path, check_writable, is_dicom_folder, write_volume
 from .model import SAINR
 from .training import TrainConfig, sainr_loss
-from .weights import load_model, save_checkpoint
+from .weights import check_not_shipped, load_model, save_checkpoint
 
 LogFn = Callable[[str], None]
 
@@ -223,10 +223,12 @@ def adapt_to_image(
 
 
 def check_weights_output(path: Path, base: str | None) -> Path:
-    """Refuse a weights output that is not a .pt file in a writable folder, or that is the
-    base checkpoint itself (it would be replaced by its adapted copy)."""
+    """Refuse a weights output that is not a .pt file in a writable folder, that is in the
+    shipped models folder, or that is the base checkpoint itself (it would be replaced by its
+    adapted copy)."""
     if path.suffix != ".pt":
         raise OutputPathError(f"adapted weights need a .pt file name, got {path.name}")
+    check_not_shipped(path)
     folder = path.resolve().parent
     if not folder.is_dir():
         raise OutputPathError(f"output folder does not exist: {folder}; create it first")

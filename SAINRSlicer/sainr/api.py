@@ -34,7 +34,7 @@ from .inference import (
 )
 from .intensity import robust_scale
 from .model import SAINR
-from .validation import check_image, check_output_size, check_values
+from .validation import check_forced_limits, check_image, check_output_size, check_values
 from .weights import load_model
 
 
@@ -95,6 +95,7 @@ def plan_reduction(
     geom = geometry_of(image)
     ax = detect_slice_axis(geom.spacing, geom.direction, axis)
     target = resolve_target_spacing(geom, ax, spacing_mm, factor, isotropic, force)
+    check_forced_limits(geom.size, ax, geom.spacing[ax], target, image.GetSizeOfPixelComponent())
     out = output_geometry(geom, ax, slice_grid(geom.size[ax], geom.spacing[ax], target))
     check_output_size(out.size, image.GetSizeOfPixelComponent(), force)
     return ax, out

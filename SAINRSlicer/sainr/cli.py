@@ -25,6 +25,7 @@ from . import __version__
 from .errors import OutputPathError, SainrError
 from .io import (
     check_not_inputs,
+    check_output_folder,
     check_output_path,
     check_writable,
     is_dicom_folder,
@@ -110,28 +111,13 @@ def _batch_pairs(args) -> list[tuple[Path, Path, Path | None]]:
         return [(src, args.output, args.mask)]
     for folder in (args.output, args.mask):
         if folder is not None:
-            _check_output_folder(folder, src)
+            check_output_folder(folder, src)
     pairs = [
         (f, args.output / _batch_name(f), args.mask / _batch_name(f) if args.mask else None)
         for f in _batch_inputs(src)
     ]
     _check_batch_outputs(pairs)
     return pairs
-
-
-def _check_output_folder(folder: Path, src: Path) -> None:
-    """Batch mode: ``folder`` is (or can be created as) a writable folder other than ``src``."""
-    if folder.exists() and not folder.is_dir():
-        raise OutputPathError(f"batch mode needs an output folder, but {folder} is a file")
-    if folder.resolve() == src.resolve():
-        raise OutputPathError(
-            f"the output folder {folder} is the input folder: the results would replace the "
-            "inputs; choose another folder"
-        )
-    existing = next(p for p in (folder.resolve(), *folder.resolve().parents) if p.exists())
-    if not existing.is_dir():
-        raise OutputPathError(f"cannot create the output folder {folder}: {existing} is a file")
-    check_writable(existing)
 
 
 def _batch_inputs(src: Path) -> list[Path]:

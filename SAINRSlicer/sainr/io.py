@@ -427,6 +427,22 @@ def check_output_path(path: str | os.PathLike, inputs: Sequence[Path] = ()) -> P
     return path
 
 
+def check_output_folder(folder: Path, src: Path | None = None) -> None:
+    """``folder`` is (or can be created as) a writable folder, other than the input folder
+    ``src``; nothing is created."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"the output {folder} is a file, not a folder; choose a folder")
+    if src is not None and folder.resolve() == src.resolve():
+        raise OutputPathError(
+            f"the output folder {folder} is the input folder: the results would replace the "
+            "inputs; choose another folder"
+        )
+    existing = next(p for p in (folder.resolve(), *folder.resolve().parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputPathError(f"cannot create the output folder {folder}: {existing} is a file")
+    check_writable(existing)
+
+
 def check_not_inputs(path: Path, written: Sequence[Path], inputs: Sequence[Path]) -> None:
     """Refuse writing ``path`` when one of the files it writes is a file of an input."""
     for src in inputs:
