@@ -104,13 +104,13 @@ def check_header(path: Path) -> None:
             _check_nrrd_header(_text_header(path))
             _check_data_file(path)
         elif suffix in (".mha", ".mhd"):
-            fields = _text_header(path)
-            _check_meta_header(fields)
+            _check_meta_header(_text_header(path))
             _check_data_file(path)
-            _check_meta_compressed(path, fields)
+        _check_declared_size(path)
+        if suffix in (".mha", ".mhd"):  # after the size check: it reads all the data
+            _check_meta_compressed(path, _text_header(path))
     except InputImageError as exc:
         raise InputImageError(f"{path.name}: {exc}") from exc
-    _check_declared_size(path)
 
 
 def _head(path: Path, n: int, gz: bool) -> bytes:
@@ -175,8 +175,8 @@ def _check_nifti_header(raw: bytes) -> None:
     # a single-slice axis may carry any pixdim: such volumes are refused as a single slice
     check_spacing(tuple(float(p) if n > 1 else 1.0 for p, n in zip(pixdim[1:4], dim[1:4])))
     qform_code, sform_code = struct.unpack_from(endian + "2h", raw, 252)
-    if qform_code > 0:  # quatern_b/c/d, qoffset_x/y/z: ITK reads non-finite ones as 0
-        _check_origin(" ".join(map(str, struct.unpack_from(endian + "6f", raw, 256))))
+    if qform_code > 0:  # qoffset_x/y/z: ITK reads non-finite ones as 0
+        _check_origin(" ".join(map(str, struct.unpack_from(endian + "3f", raw, 268))))
     if sform_code > 0:
         srow = np.array(struct.unpack_from(endian + "12f", raw, 280), dtype=np.float64)
         srow = srow.reshape(3, 4)
@@ -300,12 +300,12 @@ def _check_meta_compressed(path: Path, fields: dict[str, str]) -> None:
     sizes = _floats(fields.get("dimsize", ""))
     channels = _floats(fields.get("elementnumberofchannels", "1"))
     per_voxel = _META_BYTES.get(fields.get("elementtype", ""))
-    if sizes and channels and per_voxel and all(v >= 0 for v in sizes):
-        needed = int(math.prod(sizes) * channels[0]) * per_voxel
+    needed = math.prod(sizes) * channels[0] * per_voxel if sizes and channels and per_voxel else 0
+    if math.isfinite(needed) and all(v >= 0 for v in sizes or []):
         if held < needed:
             raise InputImageError(
                 f"the compressed data is truncated: it holds {held} bytes, the header needs "
-                f"{needed}; copy or export it again"
+                f"{int(needed)}; copy or export it again"
             )
 
 
@@ -353,7 +353,7 @@ def _check_declared_size(path: Path) -> None:
     voxels = math.prod(size) * reader.GetNumberOfComponents()
     if voxels > MAX_INPUT_VOXELS:
         raise InputImageError(
-            f"{path.name}: the header declares {' x '.join(map(str, size))} voxels "
+            f"the header declares {' x '.join(map(str, size))} voxels "
             f"({voxels / 1e9:.3g} billion; the limit is {MAX_INPUT_VOXELS / 1e9:.3g} billion): "
             "the file is corrupt, or crop the volume first"
         )
