@@ -244,8 +244,7 @@ def _run_reduce(args) -> int:
         for n, (src, dst, mask_dst) in enumerate(pairs):
             image = first if n == 0 else _checked_input(src, args, target)
             net = adapt_for_reduce(src, image, model, args, target)
-            _reduce_one(src, image, dst, mask_dst, net, args, target)
-            written.append(dst)
+            _reduce_one(src, image, dst, mask_dst, net, args, target, written)
     except KeyboardInterrupt as exc:
         if written:
             raise KeyboardInterrupt(
@@ -256,8 +255,12 @@ def _run_reduce(args) -> int:
     return 0
 
 
-def _reduce_one(src: Path, image: sitk.Image, dst: Path, mask_dst: Path | None, net, args, target: dict) -> None:
-    """Reconstruct one checked input, write its result (and mask, and --preview) and say so."""
+def _reduce_one(
+    src: Path, image: sitk.Image, dst: Path, mask_dst: Path | None, net, args, target: dict,
+    written: list[Path],
+) -> None:  # fmt: skip
+    """Reconstruct one checked input, write its result (and mask, and --preview; ``dst`` is
+    added to ``written`` as soon as it exists) and say so."""
     from .api import reduce_spacing
 
     update, close = _progress_printer(args.progress, src.name)
@@ -274,6 +277,7 @@ def _reduce_one(src: Path, image: sitk.Image, dst: Path, mask_dst: Path | None, 
             path.parent.mkdir(parents=True, exist_ok=True)
     outputs = [(result.image, dst)] + ([(result.mask, mask_dst)] if mask_dst else [])
     write_volumes(outputs)  # image and mask together, or neither
+    written.append(dst)
     if args.preview is not None:
         from .preview import save_comparison
 
