@@ -51,8 +51,9 @@ def is_dicom_folder(path: Path) -> bool:
 
 def dicom_slice_thickness(path: str | os.PathLike, series: str | None = None) -> float | None:
     """SliceThickness (0018,0050) of the DICOM series folder ``path`` (``series`` picks one of
-    several, as in :func:`read_volume`); None for a volume file, a folder without DICOM, or
-    when the tag is absent, invalid or not the same in every image."""
+    several, as in :func:`read_volume`, which raises the same InputImageError when the choice
+    is missing or unknown); None for a volume file, a folder without DICOM, or when the tag is
+    absent, invalid or not the same in every image."""
     path = Path(path)
     return dicom.slice_thickness(path, series) if is_dicom_folder(path) else None
 
