@@ -182,6 +182,11 @@ def _small_memory_limit(folder: Path, mp: pytest.MonkeyPatch) -> tuple[Path, lis
     return _volume(folder), ["--factor", "4"]
 
 
+def _small_hard_limit(folder: Path, mp: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
+    mp.setattr("sainr.validation.MAX_FORCED_RESULT_BYTES", 10_000)
+    return _volume(folder), ["--factor", "4", "--force"]
+
+
 def _weights_opts(make_weights: Callable[[Path], Path]) -> Make:
     return lambda folder, mp: (
         _volume(folder),
@@ -243,7 +248,66 @@ CASES = {
     "weights of another architecture": Case(_weights_opts(lambda d: _other_architecture(d / "other.pt")), WeightsError, "another architecture.*wrong-shaped"),
     "weights bad checksum": Case(_bad_checksum, WeightsError, "fails its SHA-256 check"),
     "shipped weights file missing": Case(_catalog_file_missing, WeightsError, "gone.pt is missing; reinstall"),
+    "truncated compressed MetaImage": Case(_with(FACTOR2, lambda d: _meta_compressed_cut(d)), InputImageError, "in.mha: the compressed data is truncated \\(the stream ends early\\)"),
+    "MetaImage data file missing": Case(_with(FACTOR2, lambda d: _without_data(d, "in.mhd", "in.raw")), InputImageError, "in.mhd: its data file in.raw is missing \\(the header names it\\); copy it next to in.mhd"),
+    "NRRD data file missing": Case(_with(FACTOR2, lambda d: _without_data(d, "in.nhdr", "in.raw")), InputImageError, "in.nhdr: its data file in.raw is missing"),
+    "NRRD without spacing": Case(_with(FACTOR2, lambda d: _nrrd(d, "")), InputImageError, "in.nrrd: the header gives no voxel spacing .*ITK would assume 1 mm"),
+    "infinite origin (MHA Offset)": Case(_with(FACTOR2, lambda d: _meta(d, "0.5 0.5 2\nOffset = inf 0 0")), InputImageError, "in.mha: the origin \\(inf, 0.0, 0.0\\) is not finite"),
+    "NaN origin (NRRD)": Case(_with(FACTOR2, lambda d: _nrrd(d, "space: left-posterior-superior\nspace directions: (0.5,0,0) (0,0.5,0) (0,0,2)\nspace origin: (nan,0,0)")), InputImageError, "in.nrrd: the origin \\(nan, 0.0, 0.0\\) is not finite"),
+    "weights that are a pickled model": Case(_weights_opts(lambda d: _pickled_model(d / "whole.pt")), WeightsError, "whole.pt is not a SA-INR checkpoint: it holds Python objects, not only weights"),
+    "weights without the format tag": Case(_weights_opts(lambda d: _saved(d / "plain.pt", {"w": torch.zeros(2)})), WeightsError, "plain.pt is not a SA-INR checkpoint \\(no 'sainr-checkpoint-v1' format tag\\)"),
+    "weights declaring absurd sizes": Case(_weights_opts(lambda d: _absurd_config(d / "huge.pt")), WeightsError, "huge.pt holds weights of another architecture"),
+    "factor 1e12 even with --force": Case(_with(["--factor", "1e12", "--force"], _volume), SpacingError, "a 1e\\+12x reduction of 2 mm; not even --force allows more than 1000x"),
+    "forced output beyond the hard limit": Case(_small_hard_limit, SpacingError, "the output would have 13 slices \\(1.87e\\+03 voxels\\) and need .* not even --force allows more than 10 KiB"),
+    "infinite qform offset (NIfTI)": Case(_with(FACTOR2, lambda d: _nifti_qoffset(d, float("inf"))), InputImageError, "in.nii: the origin .*inf.* is not finite"),
 }  # fmt: skip
+
+
+def _pickled_model(path: Path) -> Path:
+    """A whole pickled model (torch.save(model)): refused by weights_only loading."""
+    torch.save(SAINR(TINY), path)
+    return path
+
+
+def _saved(path: Path, payload: dict) -> Path:
+    torch.save(payload, path)
+    return path
+
+
+def _absurd_config(path: Path) -> Path:
+    """Declares 100 000 encoder channels (840 billion parameters) with a tiny state."""
+    config = {**TINY.to_dict(), "channels": 100_000}
+    payload = {"format": "sainr-checkpoint-v1", "config": config,
+               "state_dict": SAINR(TINY).state_dict(), "meta": {}}  # fmt: skip
+    return _saved(path, payload)
+
+
+def _meta_compressed_cut(folder: Path) -> Path:
+    """A compressed .mha without CompressedDataSize (optional in MetaImage) cut in half: MetaIO
+    would read it as uninitialised memory."""
+    path = folder / "in.mha"
+    sitk.WriteImage(_image(_array()), str(path), True)
+    raw = path.read_bytes()
+    start = raw.index(b"ElementDataFile = LOCAL\n") + len(b"ElementDataFile = LOCAL\n")
+    header = re.sub(rb"CompressedDataSize = \d+\n", b"", raw[:start])
+    path.write_bytes(header + raw[start : start + (len(raw) - start) // 2])
+    return path
+
+
+def _without_data(folder: Path, name: str, data: str) -> Path:
+    """A header + data volume (uncompressed) whose data file is then deleted."""
+    path = folder / name
+    sitk.WriteImage(_image(_array()), str(path), False)
+    (folder / data).unlink()
+    return path
+
+
+def _nifti_qoffset(folder: Path, value: float) -> Path:
+    path = _volume(folder, "in.nii")
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<f", raw, 268, value)  # qoffset_x
+    path.write_bytes(bytes(raw))
+    return path
 
 
 def _touch(path: Path) -> Path:
@@ -444,6 +508,56 @@ def test_integer_outputs_are_rounded_and_clipped_to_their_range():
     np.testing.assert_array_equal(cast_like(values, np.dtype(np.int16)), [-4, 2, 3, 255, 300])
 
 
+def test_64_bit_integer_outputs_are_clipped_without_wrapping():
+    """float64(2**63 - 1) is 2**63: clipping to it and casting would wrap to the minimum."""
+    values = np.array([2.0**64, 2.0**63, 1e30, -1e30, 5.6])
+    near, top = 2**63 - 1024, 2**64 - 2048  # the largest float64 below each type's maximum
+    np.testing.assert_array_equal(
+        cast_like(values, np.dtype(np.int64)),
+        np.array([near, near, near, np.iinfo(np.int64).min, 6], np.int64),
+    )
+    np.testing.assert_array_equal(
+        cast_like(values, np.dtype(np.uint64)), np.array([top, 2**63, top, 0, 6], np.uint64)
+    )
+    np.testing.assert_array_equal(
+        cast_like(np.array([1e39, -1e39, 3.0]), np.dtype(np.float32)),
+        np.array([np.finfo(np.float32).max, np.finfo(np.float32).min, 3.0], np.float32),
+    )
+
+
+EXTREMES = {  # input voxels spanning (almost) the type's range
+    "float32 near +-3e38": lambda: ((_array(dtype=np.float64) * 2 - 1) * 3e38).astype(np.float32),
+    "int64 near its maximum": lambda: (_array(dtype=np.float64) * np.iinfo(np.int64).max).astype(np.int64),
+    "uint64 near its maximum": lambda: (_array(dtype=np.float64) * 2.0**64).astype(np.uint64),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", EXTREMES)
+def test_values_near_the_type_limits_stay_finite_and_in_range(tmp_path, name, capfd):
+    """float32 arithmetic overflowed (NaN in 75 % of the output); int64 wrapped."""
+    array = EXTREMES[name]()
+    src = _write(tmp_path, "in.nrrd", _image(array))
+    out = sitk.GetArrayFromImage(_run_ok(tmp_path, src, FACTOR2, capfd))
+    assert out.dtype == array.dtype and out.shape == (7, 12, 12)
+    values = out.astype(np.float64)
+    assert np.isfinite(values).all()
+    low, high = float(array.min()), float(array.max())
+    span = high - low
+    assert values.min() >= low - span and values.max() <= high + span  # no wrap, no overflow
+    assert values.std() > 0.01 * span  # contrast kept, not collapsed to one value
+
+
+def test_micro_scale_spacings_are_not_refused_by_an_absolute_tolerance(tmp_path, capfd):
+    """Slices 2 um apart (spacings in mm): factor 2 gives 1 um, not 'not smaller'."""
+    src = _write(tmp_path, "in.nrrd", _image(_array(), (0.5e-3, 0.5e-3, 2e-3)))
+    out = _run_ok(tmp_path, src, ["--spacing", "1e-3"], capfd)
+    assert out.GetSize() == (12, 12, 7)
+    np.testing.assert_allclose(out.GetSpacing(), (0.5e-3, 0.5e-3, 1e-3), rtol=1e-6)
+    nano = _image(_array(), (0.5e-6, 0.5e-6, 2e-6))
+    result = reduce_spacing(nano, factor=2, model=SAINR(TINY).eval())
+    assert result.image.GetSize() == (12, 12, 7)
+
+
 def test_explicit_flags_accept_what_is_otherwise_refused(tmp_path, monkeypatch, capfd):
     nan = _write(tmp_path, "nan.nrrd", _image(_nan_array()))
     assert np.isfinite(
@@ -619,6 +733,14 @@ def test_cpu_out_of_memory_gives_up_after_the_smaller_retries(monkeypatch):
     with pytest.raises(ResourceError, match="not enough memory even with a 32 MB"):
         super_resolve_with_fallback(None, None, None, torch.device("cpu"), 2048)
     assert calls == [("cpu", 2048), ("cpu", 512), ("cpu", 128), ("cpu", 32)]
+
+
+@pytest.mark.parametrize("origin", [(float("nan"), 0.0, 0.0), (0.0, float("inf"), 0.0)])
+def test_api_refuses_a_non_finite_origin(origin):
+    image = _image(_array())
+    image.SetOrigin(origin)
+    with pytest.raises(InputImageError, match="the origin .* is not finite"):
+        reduce_spacing(image, factor=2, model=SAINR(TINY).eval())
 
 
 def test_header_checks_read_through_gzip(tmp_path):

@@ -51,7 +51,7 @@ from .io import check_output_path, check_writable, is_dicom_folder, write_volume
 from .model import SAINR
 from .protocol import ADAPT_TAG, DEFAULT_ADAPT_STEPS, PROGRESS_TAG
 from .training import TrainConfig, sainr_loss
-from .weights import load_model, save_checkpoint
+from .weights import check_not_shipped, load_model, save_checkpoint
 
 LogFn = Callable[[str], None]
 
@@ -224,10 +224,12 @@ def adapt_to_image(
 
 
 def check_weights_output(path: Path, base: str | None) -> Path:
-    """Refuse a weights output that is not a .pt file in a writable folder, or that is the
-    base checkpoint itself (it would be replaced by its adapted copy)."""
+    """Refuse a weights output that is not a .pt file in a writable folder, that is in the
+    shipped models folder, or that is the base checkpoint itself (it would be replaced by its
+    adapted copy)."""
     if path.suffix != ".pt":
         raise OutputPathError(f"adapted weights need a .pt file name, got {path.name}")
+    check_not_shipped(path)
     folder = path.resolve().parent
     if not folder.is_dir():
         raise OutputPathError(f"output folder does not exist: {folder}; create it first")
@@ -305,11 +307,11 @@ def _thickness_arg(p: argparse.ArgumentParser) -> None:
                    "the slice spacing; give the smaller thickness when slices have gaps)")  # fmt: skip
 
 
-def _thickness_fraction(args, image: sitk.Image, target: dict) -> float:
-    """The acquired slice thickness (``--slice-thickness``, DICOM SliceThickness or the
-    spacing) as a fraction of the input's slice spacing."""
+def _thickness_fraction(args, src: Path, image: sitk.Image, target: dict) -> float:
+    """The acquired slice thickness of ``image`` read from ``src`` (``--slice-thickness``,
+    DICOM SliceThickness or the spacing) as a fraction of its slice spacing."""
     ax, _ = plan_reduction(image, args.spacing, **target)
-    return relative_thickness(slice_thickness_mm(args), image.GetSpacing()[ax])
+    return relative_thickness(slice_thickness_mm(args, src), image.GetSpacing()[ax])
 
 
 def _check_budget(steps: int, minutes: float | None) -> None:
@@ -331,7 +333,7 @@ def run(args) -> int:
     model = load_model(args.weights)
     config = AdaptConfig(steps=args.steps, minutes=args.minutes, seed=args.seed,
                          precision=args.precision,
-                         thickness=_thickness_fraction(args, image, target))  # fmt: skip
+                         thickness=_thickness_fraction(args, args.input, image, target))  # fmt: skip
     name = args.input.name
     adapted, done = _adapt_with_progress(name, image, model, args, target, config, PROGRESS_TAG)
     _save(adapted, args.out, args, name, config, done)
@@ -341,7 +343,7 @@ def run(args) -> int:
         try:
             result = reduce_spacing(image, args.spacing, **target, device=args.device,
                                     model=adapted, precision=args.precision,
-                                    slice_thickness_mm=slice_thickness_mm(args),
+                                    slice_thickness_mm=slice_thickness_mm(args, args.input),
                                     nan_policy="zero" if args.nan_to_zero else "refuse",
                                     progress=update)  # fmt: skip
         finally:
@@ -376,7 +378,7 @@ def adapt_for_reduce(src: Path, image: sitk.Image, model: SAINR, args, target: d
             raise SainrError("--save-adapted needs a single input volume, not a folder")
         check_weights_output(args.save_adapted, args.weights)
     config = AdaptConfig(steps=args.adapt_steps, precision=args.precision,
-                         thickness=_thickness_fraction(args, image, target))  # fmt: skip
+                         thickness=_thickness_fraction(args, src, image, target))  # fmt: skip
     adapted, done = _adapt_with_progress(src.name, image, model, args, target, config, ADAPT_TAG)
     if args.save_adapted is not None:
         _save(adapted, args.save_adapted, args, src.name, config, done)

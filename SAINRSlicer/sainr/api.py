@@ -51,11 +51,19 @@ def image_from_array(array: np.ndarray, geom: Geometry) -> sitk.Image:
 
 
 def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Round and clip to an integer dtype's range, or cast to a float dtype."""
+    """Round and clip to an integer dtype's range, or clip to a float dtype's finite range.
+
+    For 64-bit integers the upper bound is the largest float64 below the type's maximum
+    (float64(2**63 - 1) is 2**63, which would wrap to the minimum)."""
+    values = np.asarray(values, dtype=np.float64)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    return values.astype(dtype)
+        high = float(info.max)
+        if int(high) > info.max:
+            high = float(np.nextafter(high, 0.0))
+        return np.clip(np.rint(values), float(info.min), high).astype(dtype)
+    finfo = np.finfo(dtype)
+    return np.clip(values, float(finfo.min), float(finfo.max)).astype(dtype)
 
 
 def slice_first(

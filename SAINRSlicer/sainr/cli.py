@@ -9,6 +9,7 @@ programs that drive the CLI (the Slicer module); the default is a tqdm bar on st
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -24,11 +25,16 @@ from . import __version__
 from .errors import OutputPathError, SainrError
 from .geometry import relative_thickness
 from .io import (
+    check_not_inputs,
+    check_output_folder,
     check_output_path,
     check_writable,
+    dicom_slice_thickness,
     is_dicom_folder,
+    output_files,
     read_volume,
     volume_suffix,
+    write_atomically,
     write_volumes,
 )
 from .protocol import PROGRESS_TAG
@@ -78,6 +84,7 @@ def _add_reduce(p: argparse.ArgumentParser) -> None:
     p.add_argument("output", type=Path, help="output file, or folder in batch mode")
     _spacing_args(p)
     p.add_argument("--mask", type=Path, help="also write the gating mask (uint8) here")
+    p.add_argument("--series", metavar="UID", help="DICOM folder with several series: the SeriesInstanceUID to read")
     p.add_argument("--device", default="auto", help="auto (CUDA if usable, else CPU), cpu, cuda, mps")
     p.add_argument("--weights", default=None, help="shipped model name or checkpoint file (default: default)")
     p.add_argument("--axis", type=int, choices=(0, 1, 2), help="slice axis (i, j, k); detected if omitted")
@@ -93,8 +100,9 @@ def _add_reduce(p: argparse.ArgumentParser) -> None:
 
 
 def _batch_pairs(args) -> list[tuple[Path, Path, Path | None]]:
-    """(input, output, mask) triples with every output path checked; a non-DICOM folder input
-    means batch mode. Nothing is created here."""
+    """(input, output, mask) triples with every output path checked; a folder that is not a
+    DICOM series means batch mode: its volume files and DICOM series subfolders (a series is
+    written as ``<folder name>.nii.gz``). Nothing is created here."""
     src: Path = args.input
     if args.mask is not None and args.mask.resolve() == args.output.resolve():
         raise OutputPathError(f"--mask {args.mask} is the output path; give it another name")
@@ -103,31 +111,92 @@ def _batch_pairs(args) -> list[tuple[Path, Path, Path | None]]:
         if args.mask is not None:
             check_output_path(args.mask, (src,))
         return [(src, args.output, args.mask)]
-    files = sorted(f for f in src.iterdir() if volume_suffix(f))
-    if not files:
-        raise SainrError(f"no volume files (.nii.gz, .nrrd, .mha, ...) in {src}")
     for folder in (args.output, args.mask):
         if folder is not None:
-            _check_output_folder(folder, src)
-    return [
-        (f, args.output / f.name, args.mask / f.name if args.mask is not None else None)
-        for f in files
+            check_output_folder(folder, src)
+    pairs = [
+        (f, args.output / _batch_name(f), args.mask / _batch_name(f) if args.mask else None)
+        for f in _batch_inputs(src)
     ]
+    _check_batch_outputs(pairs)
+    return pairs
 
 
-def _check_output_folder(folder: Path, src: Path) -> None:
-    """Batch mode: ``folder`` is (or can be created as) a writable folder other than ``src``."""
-    if folder.exists() and not folder.is_dir():
-        raise OutputPathError(f"batch mode needs an output folder, but {folder} is a file")
-    if folder.resolve() == src.resolve():
-        raise OutputPathError(
-            f"the output folder {folder} is the input folder: the results would replace the "
-            "inputs; choose another folder"
+def _batch_inputs(src: Path) -> list[Path]:
+    """Volume files and DICOM series folders in ``src``, by name. Hidden files are never
+    inputs: temp files a killed run left (``.sainr-*``), macOS ``._*`` metadata."""
+    entries = sorted(p for p in src.iterdir() if not p.name.startswith("."))
+    inputs = [p for p in entries if (p.is_file() and volume_suffix(p)) or is_dicom_folder(p)]
+    if not inputs:
+        raise SainrError(
+            f"no volume files (.nii.gz, .nrrd, .mha, ...) or DICOM series folders in {src}"
         )
-    existing = next(p for p in (folder.resolve(), *folder.resolve().parents) if p.exists())
-    if not existing.is_dir():
-        raise OutputPathError(f"cannot create the output folder {folder}: {existing} is a file")
-    check_writable(existing)
+    return inputs
+
+
+def _skipped_folders(src: Path) -> list[str]:
+    """Batch mode: the subfolders of ``src`` that are neither read nor searched (no DICOM)."""
+    return sorted(
+        p.name for p in src.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and not is_dicom_folder(p)
+    )  # fmt: skip
+
+
+def _batch_name(src: Path) -> str:
+    return src.name + ".nii.gz" if src.is_dir() else src.name
+
+
+def _check_batch_outputs(pairs: list[tuple[Path, Path, Path | None]]) -> None:
+    """Batch mode, before anything is read: no output is a folder or a file of an input, and
+    no two outputs (images, masks, .mhd data files) are the same file."""
+    inputs = [src for src, _, _ in pairs]
+    owner: dict[Path, str] = {}
+    for src, image, mask in pairs:
+        for out, kind in ((image, "result"), (mask, "mask")):
+            if out is None:
+                continue
+            if out.is_dir():
+                raise OutputPathError(
+                    f"the output {out} is a folder; move it away or choose another output folder"
+                )
+            check_not_inputs(out, output_files(out), inputs)
+            for f in output_files(out):
+                if f.resolve() in owner:
+                    raise OutputPathError(
+                        f"the {owner[f.resolve()]} and the {kind} of {src.name} would both be "
+                        f"written to {f}; give --mask its own folder, or rename an input"
+                    )
+                owner[f.resolve()] = f"{kind} of {src.name}"
+
+
+def _check_options(args) -> None:
+    """Every option of ``sainr reduce`` that needs no input read: numbers in range, the
+    picture and weights outputs usable (the weights never into the shipped models)."""
+    from .adapt import check_weights_output
+
+    if not (math.isfinite(args.memory_mb) and args.memory_mb > 0):
+        raise SainrError(f"--memory-mb must be a positive number of MB, got {args.memory_mb}")
+    if args.series is not None and not is_dicom_folder(args.input):
+        raise SainrError("--series picks a series of a DICOM folder; the input is not one")
+    if args.preview is not None:
+        _check_picture_path(args.preview, args.input)
+    if args.save_adapted is not None:
+        check_weights_output(args.save_adapted, args.weights)
+
+
+def _check_picture_path(path: Path, src: Path) -> None:
+    """--preview: a .png file (so never an input or a volume output) in a writable folder, for
+    a single input."""
+    if src.is_dir() and not is_dicom_folder(src):
+        raise SainrError("--preview needs a single input volume, not a folder")
+    if path.suffix.lower() != ".png":
+        raise OutputPathError(f"--preview writes a PNG picture; give a .png file name, not {path.name}")
+    if path.is_dir():
+        raise OutputPathError(f"--preview {path} is a folder; give a .png file name")
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise OutputPathError(f"--preview folder does not exist: {folder}; create it first")
+    check_writable(folder)
 
 
 def _checked_input(src: Path, args, target: dict) -> sitk.Image:
@@ -136,17 +205,19 @@ def _checked_input(src: Path, args, target: dict) -> sitk.Image:
     from .validation import check_values
 
     with _native_stderr_silenced():
-        image = read_volume(src)
+        image = read_volume(src, getattr(args, "series", None))
     axis, _ = plan_reduction(image, args.spacing, **target)
-    relative_thickness(slice_thickness_mm(args), image.GetSpacing()[axis])
+    relative_thickness(slice_thickness_mm(args, src), image.GetSpacing()[axis])
     check_values(sitk.GetArrayViewFromImage(image), "zero" if args.nan_to_zero else "refuse")
     return image
 
 
-def slice_thickness_mm(args) -> float | None:
-    """The acquired slice thickness the user gave (``--slice-thickness``); None = the slice
-    spacing (contiguous slices)."""
-    return args.slice_thickness
+def slice_thickness_mm(args, src: Path) -> float | None:
+    """The acquired slice thickness: ``--slice-thickness``, else the DICOM SliceThickness of
+    a series folder ``src``; None = the slice spacing (contiguous slices)."""
+    if args.slice_thickness is not None:
+        return args.slice_thickness
+    return dicom_slice_thickness(src, getattr(args, "series", None))
 
 
 @contextmanager
@@ -166,48 +237,72 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 def _run_reduce(args) -> int:
     from .adapt import adapt_for_reduce
-    from .api import reduce_spacing
     from .inference import choose_device
     from .weights import load_model
 
     pairs = _batch_pairs(args)
+    _check_options(args)
     choose_device(args.device)  # an unavailable device fails before any work
     target = {"factor": args.factor, "isotropic": args.isotropic, "axis": args.axis, "force": args.force}
     first = _checked_input(pairs[0][0], args, target)  # a bad input fails before the model loads
     for src, _, _ in pairs[1:]:  # batch: refuse any bad volume before the first result is written
         _checked_input(src, args, target)
+    if len(pairs) > 1 and (skipped := _skipped_folders(args.input)):
+        print(f"note: skipped subfolders without a DICOM series: {', '.join(skipped)}", file=sys.stderr)
     model = load_model(args.weights)
-    for n, (src, dst, mask_dst) in enumerate(pairs):
-        image = first if n == 0 else _checked_input(src, args, target)
-        net = adapt_for_reduce(src, image, model, args, target)
-        update, close = _progress_printer(args.progress, src.name)
-        try:
-            result = reduce_spacing(
-                image, args.spacing, **target, device=args.device, model=net,
-                budget_mb=args.memory_mb, precision=args.precision, nan_policy="zero" if args.nan_to_zero else "refuse",
-                slice_thickness_mm=slice_thickness_mm(args),
-                progress=update, notice=lambda msg: print(f"note: {msg}", file=sys.stderr),
-            )  # fmt: skip
-        finally:
-            close()
-        for path in (dst, mask_dst):
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-        outputs = [(result.image, dst)] + ([(result.mask, mask_dst)] if mask_dst else [])
-        write_volumes(outputs)  # image and mask together, or neither
-        if args.preview is not None and len(pairs) == 1:
-            from .preview import save_comparison
-
-            save_comparison(image, result.image, result.mask, result.info["axis"], args.preview)
-        info = result.info
-        print(
-            f"{src.name}: axis {info['axis_label']}, {info['slices_in']} slices at "
-            f"{info['spacing_in']:.4g} mm ({info['slice_thickness']:.4g} mm thick) -> "
-            f"{info['slices_out']} at {info['spacing_out']:.4g} mm, "
-            f"gated {100 * info['gated_fraction']:.0f} % ({info['device']}) -> {dst}",
-            file=sys.stderr,
-        )
+    written: list[Path] = []
+    try:
+        for n, (src, dst, mask_dst) in enumerate(pairs):
+            image = first if n == 0 else _checked_input(src, args, target)
+            net = adapt_for_reduce(src, image, model, args, target)
+            _reduce_one(src, image, dst, mask_dst, net, args, target, written)
+    except KeyboardInterrupt as exc:
+        if written:
+            raise KeyboardInterrupt(
+                f"{len(written)} of {len(pairs)} results were written (the last: {written[-1]}); "
+                "the one in progress was not"
+            ) from exc
+        raise
     return 0
+
+
+def _reduce_one(
+    src: Path, image: sitk.Image, dst: Path, mask_dst: Path | None, net, args, target: dict,
+    written: list[Path],
+) -> None:  # fmt: skip
+    """Reconstruct one checked input, write its result (and mask, and --preview; ``dst`` is
+    added to ``written`` as soon as it exists) and say so."""
+    from .api import reduce_spacing
+
+    update, close = _progress_printer(args.progress, src.name)
+    try:
+        result = reduce_spacing(
+            image, args.spacing, **target, device=args.device, model=net,
+            budget_mb=args.memory_mb, precision=args.precision, nan_policy="zero" if args.nan_to_zero else "refuse",
+            slice_thickness_mm=slice_thickness_mm(args, src),
+            progress=update, notice=lambda msg: print(f"note: {msg}", file=sys.stderr),
+        )  # fmt: skip
+    finally:
+        close()
+    for path in (dst, mask_dst):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    outputs = [(result.image, dst)] + ([(result.mask, mask_dst)] if mask_dst else [])
+    write_volumes(outputs)  # image and mask together, or neither
+    written.append(dst)
+    if args.preview is not None:
+        from .preview import save_comparison
+
+        write_atomically(args.preview, lambda tmp: save_comparison(
+            image, result.image, result.mask, result.info["axis"], tmp), ".png")  # fmt: skip
+    info = result.info
+    print(
+        f"{src.name}: axis {info['axis_label']}, {info['slices_in']} slices at "
+        f"{info['spacing_in']:.4g} mm ({info['slice_thickness']:.4g} mm thick) -> "
+        f"{info['slices_out']} at {info['spacing_out']:.4g} mm, "
+        f"gated {100 * info['gated_fraction']:.0f} % ({info['device']}) -> {dst}",
+        file=sys.stderr,
+    )
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
@@ -327,12 +422,16 @@ def _report_internal(exc: BaseException) -> int:
 
 
 def _interrupt(signum, frame) -> None:
-    """SIGTERM handler: stop like Ctrl+C, so temp files are removed on the way out."""
+    """SIGTERM/SIGHUP handler: stop like Ctrl+C, so temp files are removed on the way out."""
     raise KeyboardInterrupt
 
 
+#: Signals that stop a run like Ctrl+C (SIGHUP: the terminal closed; not on Windows).
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in _STOP_SIGNALS}
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # keep stderr to our one-line messages
     try:
         args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
@@ -340,13 +439,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SainrError as exc:
         print(f"sainr: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USER
-    except KeyboardInterrupt:
-        print("sainr: cancelled; no partial output was written", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"sainr: cancelled; {str(exc) or 'no partial output was written'}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the one place internal errors are reported
         return _report_internal(exc)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

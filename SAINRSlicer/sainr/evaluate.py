@@ -53,12 +53,12 @@ from . import __version__
 from .baselines import bspline_interpolate, linear_interpolate, resample_to
 from .data import usable_axes
 from .degradation import Acquisition, acquire, lr_count
-from .errors import SainrError, WeightsError
+from .errors import InputImageError, SainrError, WeightsError
 from .flops import flops_table, slab_macs
 from .geometry import EPS, MAX_RELATIVE_THICKNESS, Geometry, SliceGrid, axis_label, slice_grid
 from .inference import DEFAULT_BUDGET_MB, choose_device, resolve_precision, super_resolve
 from .intensity import robust_scale
-from .io import read_volume, volume_suffix
+from .io import check_output_folder, read_volume, volume_suffix
 from .metrics import psnr, s3_volume, ssim
 from .model import SAINR, ModelConfig, gating_disabled
 from .validation import check_image, check_values
@@ -171,6 +171,10 @@ def run(args: argparse.Namespace) -> int:
         raise SainrError("give at least one HR volume to evaluate (or --flops)")
     if args.out is None:
         raise SainrError("give an output folder with --out")
+    check_output_folder(args.out)  # before any work: nothing is created for a bad run
+    for path in args.volumes:
+        if not Path(path).exists():
+            raise InputImageError(f"input not found: {path}; check the path")
     axes = _axes_per_volume(args.axis, len(args.volumes))
     device = choose_device(args.device)
     models = _load_models(args.model)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import AxisError, InputImageError, SpacingError
 
+#: Relative tolerance for comparing spacings (never absolute: spacings may be micrometres).
 EPS = 1e-6
 #: Tolerance (in thin-slice units) when counting and placing thin slices. Header spacings are
 #: often rounded (float32 NIfTI, DICOM conversions: 2.999995 mm for 3 mm), so a thin slice may
@@ -176,7 +177,7 @@ def resolve_target_spacing(
     assert spacing is not None
     if not (math.isfinite(spacing) and spacing > 0):
         raise SpacingError(f"target spacing must be a positive number of mm, got {spacing}")
-    if spacing >= current - EPS:
+    if spacing >= current * (1 - EPS):  # relative: micro-scale spacings are judged alike
         raise SpacingError(
             f"target spacing {spacing:.4g} mm is not smaller than the current slice spacing "
             f"{current:.4g} mm; choose a value below {current:.4g} mm"

@@ -17,6 +17,8 @@ LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
 #: Percentiles are estimated on at most this many voxels (evenly strided), for speed.
 _MAX_SAMPLES = 4_000_000
+#: Below this magnitude, differences of float32 values cannot overflow float32.
+_FLOAT32_SAFE = 1e38
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ class IntensityScale:
     high: float
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
+        """``x`` in normalised float32 units; computed in float64 where float32 would
+        overflow (``x - low`` for values near the float32 limits, +-3.4e38)."""
+        if x.dtype == np.float32 and float(np.abs(x).max(initial=0)) + abs(self.low) > _FLOAT32_SAFE:
+            x = x.astype(np.float64)
         return ((x - self.low) / (self.high - self.low)).astype(np.float32, copy=False)
 
     def denormalize(self, y: np.ndarray) -> np.ndarray:
@@ -38,6 +44,7 @@ def robust_scale(volume: np.ndarray) -> IntensityScale:
     flat = volume.reshape(-1)
     if flat.size > _MAX_SAMPLES:
         flat = flat[:: flat.size // _MAX_SAMPLES + 1]
+    flat = flat.astype(np.float64)  # percentiles of float32 near +-3e38 would overflow
     low, high = np.percentile(flat, [LOW_PERCENTILE, HIGH_PERCENTILE])
     if not high > low:
         high = float(flat.max())

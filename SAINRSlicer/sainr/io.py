@@ -17,15 +17,17 @@ import math
 import os
 import re
 import secrets
+import shutil
 import struct
-import tempfile
+import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from . import dicom
 from .errors import InputImageError, OutputPathError
 from .geometry import check_direction, check_spacing
 
@@ -44,16 +46,27 @@ def volume_suffix(path: str | os.PathLike) -> str | None:
 
 
 def is_dicom_folder(path: Path) -> bool:
-    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    return path.is_dir() and bool(dicom.series_ids(path))
 
 
-def read_volume(path: str | os.PathLike) -> sitk.Image:
-    """Read a volume file or a folder holding one DICOM series; raise InputImageError else."""
+def dicom_slice_thickness(path: str | os.PathLike, series: str | None = None) -> float | None:
+    """SliceThickness (0018,0050) of the DICOM series folder ``path`` (``series`` picks one of
+    several, as in :func:`read_volume`, which raises the same InputImageError when the choice
+    is missing or unknown); None for a volume file, a folder without DICOM, or when the tag is
+    absent, invalid or not the same in every image."""
+    path = Path(path)
+    return dicom.slice_thickness(path, series) if is_dicom_folder(path) else None
+
+
+def read_volume(path: str | os.PathLike, series: str | None = None) -> sitk.Image:
+    """Read a volume file or a DICOM series folder (``series``: the SeriesInstanceUID when
+    the folder holds several); raise InputImageError else. A DICOM series is read only when
+    its slices form one regular stack (see :mod:`sainr.dicom`)."""
     path = Path(path)
     if not path.exists():
         raise InputImageError(f"input not found: {path}; check the path")
     if path.is_dir():
-        return _read_dicom(path)
+        return dicom.read_series(path, series)
     if path.stat().st_size == 0:
         raise InputImageError(f"input file is empty (0 bytes): {path}; export the volume again")
     check_header(path)
@@ -76,26 +89,6 @@ def _itk_reason(exc: BaseException) -> str:
     return re.sub(r"^\s*\w+\(0x[0-9a-f]+\):", "", reason).strip()[:160]
 
 
-def _read_dicom(folder: Path) -> sitk.Image:
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise InputImageError(
-            f"{folder} is a folder without a DICOM series; give a volume file or a DICOM folder"
-        )
-    if len(series) > 1:
-        raise InputImageError(
-            f"{folder} holds {len(series)} DICOM series; put one series per folder"
-        )
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
-    try:
-        return reader.Execute()
-    except RuntimeError as exc:
-        raise InputImageError(
-            f"cannot read the DICOM series in {folder} ({_itk_reason(exc)})"
-        ) from exc
-
-
 # --- header checks (before ITK reads the pixels) --------------------------------------------
 
 
@@ -110,11 +103,15 @@ def check_header(path: Path) -> None:
             _check_nifti_length(path, header, gz=suffix == ".nii.gz")
         elif suffix in (".nrrd", ".nhdr"):
             _check_nrrd_header(_text_header(path))
+            _check_data_file(path)
         elif suffix in (".mha", ".mhd"):
             _check_meta_header(_text_header(path))
+            _check_data_file(path)
+        _check_declared_size(path)
+        if suffix in (".mha", ".mhd"):  # after the size check: it reads all the data
+            _check_meta_compressed(path, _text_header(path))
     except InputImageError as exc:
         raise InputImageError(f"{path.name}: {exc}") from exc
-    _check_declared_size(path)
 
 
 def _head(path: Path, n: int, gz: bool) -> bytes:
@@ -178,7 +175,9 @@ def _check_nifti_header(raw: bytes) -> None:
     pixdim = struct.unpack_from(endian + "8f", raw, 76)
     # a single-slice axis may carry any pixdim: such volumes are refused as a single slice
     check_spacing(tuple(float(p) if n > 1 else 1.0 for p, n in zip(pixdim[1:4], dim[1:4])))
-    sform_code = struct.unpack_from(endian + "h", raw, 254)[0]
+    qform_code, sform_code = struct.unpack_from(endian + "2h", raw, 252)
+    if qform_code > 0:  # qoffset_x/y/z: ITK reads non-finite ones as 0
+        _check_origin(" ".join(map(str, struct.unpack_from(endian + "3f", raw, 268))))
     if sform_code > 0:
         srow = np.array(struct.unpack_from(endian + "12f", raw, 280), dtype=np.float64)
         srow = srow.reshape(3, 4)
@@ -230,9 +229,16 @@ def _gzip_length(path: Path) -> int:
 
 
 def _check_nrrd_header(fields: dict[str, str]) -> None:
-    """3D NRRD: every spacing known, positive and finite (nan means 'unknown' to ITK: 1 mm)."""
+    """3D NRRD: every spacing given, known, positive and finite (ITK reads a missing or nan
+    spacing as 1 mm); the origin finite."""
     if fields.get("dimension", "").strip() != "3":
         return  # other dimensions are refused once read
+    if "spacings" not in fields and "space directions" not in fields:
+        raise InputImageError(
+            "the header gives no voxel spacing (no 'spacings' or 'space directions' field; "
+            "ITK would assume 1 mm); add the spacing to the header or export the volume again"
+        )
+    _check_origin(fields.get("space origin"))
     if "spacings" in fields:
         values = _floats(fields["spacings"])
         if values is not None:
@@ -252,6 +258,87 @@ def _check_meta_header(fields: dict[str, str]) -> None:
     values = _floats(spacing) if spacing else None
     if values is not None:
         check_spacing(tuple(values))
+    _check_origin(fields.get("offset") or fields.get("origin") or fields.get("position"))
+
+
+def _check_origin(text: str | None) -> None:
+    """An origin given in the header must be finite (ITK reads inf or nan as 0)."""
+    values = _floats(text) if text else None
+    if values is not None and not all(math.isfinite(v) for v in values):
+        raise InputImageError(
+            f"the origin {tuple(values)} is not finite; fix the file's header"
+        )
+
+
+def _check_data_file(header: Path) -> None:
+    """A .mhd/.nhdr header's separate data file must exist (ITK's message does not name it)."""
+    data = data_file_of(header) if volume_suffix(header) in _DATA_FILES else None
+    if data is not None and not data.is_file():
+        raise InputImageError(
+            f"its data file {data.name} is missing (the header names it); copy it next to "
+            f"{header.name}, or export the volume again"
+        )
+
+
+#: Bytes per component of MetaImage element types.
+_META_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
+               "MET_UINT": 4, "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8,
+               "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}  # fmt: skip
+
+
+def _check_meta_compressed(path: Path, fields: dict[str, str]) -> None:
+    """Compressed MetaImage data must be one complete zlib stream holding every voxel:
+    without CompressedDataSize, MetaIO reads a truncated stream as uninitialised memory."""
+    if fields.get("compresseddata", "").lower() != "true":
+        return
+    if fields.get("elementdatafile", "").upper() == "LOCAL":
+        source, offset = path, _local_data_offset(path)
+    else:
+        source, offset = data_file_of(path), 0
+    if source is None or offset is None:
+        return  # file lists and patterns: ITK decides
+    held = _zlib_length(source, offset)
+    sizes = _floats(fields.get("dimsize", ""))
+    channels = _floats(fields.get("elementnumberofchannels", "1"))
+    per_voxel = _META_BYTES.get(fields.get("elementtype", ""))
+    needed = math.prod(sizes) * channels[0] * per_voxel if sizes and channels and per_voxel else 0
+    if math.isfinite(needed) and all(v >= 0 for v in sizes or []):
+        if held < needed:
+            raise InputImageError(
+                f"the compressed data is truncated: it holds {held} bytes, the header needs "
+                f"{int(needed)}; copy or export it again"
+            )
+
+
+def _local_data_offset(path: Path) -> int | None:
+    """Where the pixel data of a .mha starts: after the ``ElementDataFile = LOCAL`` line."""
+    with open(path, "rb") as fh:
+        head = fh.read(_TEXT_HEADER_BYTES)
+    match = re.search(rb"ElementDataFile\s*=\s*LOCAL[^\n]*\n", head, re.IGNORECASE)
+    return match.end() if match else None
+
+
+def _zlib_length(path: Path, offset: int) -> int:
+    """Decompressed size of the zlib stream at ``offset`` (read to its end, not stored);
+    refuses a stream that is corrupt or ends early."""
+    stream = zlib.decompressobj()
+    total = 0
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            while (block := fh.read(1 << 20)) and not stream.eof:
+                while block and not stream.eof:
+                    total += len(stream.decompress(block, 1 << 24))
+                    block = stream.unconsumed_tail
+    except zlib.error as exc:
+        raise InputImageError(
+            f"the compressed data is corrupt ({exc}); copy or export it again"
+        ) from exc
+    if not stream.eof:
+        raise InputImageError(
+            "the compressed data is truncated (the stream ends early); copy or export it again"
+        )
+    return total
 
 
 def _check_declared_size(path: Path) -> None:
@@ -267,7 +354,7 @@ def _check_declared_size(path: Path) -> None:
     voxels = math.prod(size) * reader.GetNumberOfComponents()
     if voxels > MAX_INPUT_VOXELS:
         raise InputImageError(
-            f"{path.name}: the header declares {' x '.join(map(str, size))} voxels "
+            f"the header declares {' x '.join(map(str, size))} voxels "
             f"({voxels / 1e9:.3g} billion; the limit is {MAX_INPUT_VOXELS / 1e9:.3g} billion): "
             "the file is corrupt, or crop the volume first"
         )
@@ -275,14 +362,60 @@ def _check_declared_size(path: Path) -> None:
 
 # --- output paths and atomic writes ---------------------------------------------------------
 
+#: Header + data formats: the data file ITK writes beside the header (compressed, raw).
+_DATA_FILES = {".mhd": (".zraw", ".raw"), ".nhdr": (".raw.gz", ".raw")}
+#: Hidden temp files and folders: ``.sainr-<pid>-<hex>``; the pid tells a killed run's
+#: leftovers from a running one's.
+_TEMP_NAME = re.compile(r"^\.sainr-(\d+)-[0-9a-f]+")
+#: Leftovers of a process that no longer runs are removed once this old (seconds); any
+#: leftover once STALE_ANY_S old (another machine's, or where processes cannot be checked).
+STALE_DEAD_S = 3600
+STALE_ANY_S = 86400
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the hidden temp files and folders SAINRSlicer writes (never an input)."""
+    return name.startswith(".sainr-")
+
+
+def output_files(path: Path, compress: bool = True) -> list[Path]:
+    """The files writing the volume ``path`` creates: the path itself and, for .mhd/.nhdr,
+    the data file beside it (``out.zraw``, ``out.raw.gz`` or ``out.raw``)."""
+    suffix = volume_suffix(path)
+    if suffix not in _DATA_FILES:
+        return [path]
+    return [path, path.with_name(path.name[: -len(suffix)] + _DATA_FILES[suffix][not compress])]
+
+
+def input_files(path: Path) -> list[Path]:
+    """The files an input consists of: the file itself and, for a .mhd/.nhdr header, the
+    separate data file it names."""
+    data = data_file_of(path) if volume_suffix(path) in _DATA_FILES and path.is_file() else None
+    return [path] + ([data] if data is not None else [])
+
+
+def data_file_of(header: Path) -> Path | None:
+    """The data file a .mhd (ElementDataFile) or .nhdr (data file) header names, if it is one
+    plain file (not LOCAL, a list or a pattern)."""
+    fields = _text_header(header)
+    name = fields.get("elementdatafile") or fields.get("data file") or fields.get("datafile")
+    if not name or name.upper() == "LOCAL" or name.upper().startswith("LIST") or " " in name:
+        return None
+    return header.parent / name
+
 
 def check_output_path(path: str | os.PathLike, inputs: Sequence[Path] = ()) -> Path:
-    """Refuse an output path of unknown format, in a missing or unwritable folder, or that is
-    one of ``inputs``; returns it as a Path."""
+    """Refuse an output path of unknown format, that is a folder, in a missing or unwritable
+    folder, or whose files (header and data file) would replace a file of one of ``inputs``;
+    returns it as a Path."""
     path = Path(path)
     if volume_suffix(path) is None:
         raise OutputPathError(
             f"unknown output format for {path.name}; use one of {', '.join(VOLUME_SUFFIXES)}"
+        )
+    if path.is_dir():
+        raise OutputPathError(
+            f"the output {path} is a folder; give a file name (e.g. {path / 'out.nii.gz'})"
         )
     folder = path.resolve().parent
     if folder.exists() and not folder.is_dir():
@@ -290,23 +423,51 @@ def check_output_path(path: str | os.PathLike, inputs: Sequence[Path] = ()) -> P
     if not folder.is_dir():
         raise OutputPathError(f"output folder does not exist: {folder}; create it first")
     check_writable(folder)
-    for src in inputs:
-        if path.exists() and src.exists() and os.path.samefile(path, src):
-            raise OutputPathError(f"output {path} is the input file; choose another name")
+    written = output_files(path, True) + output_files(path, False)[1:]
+    check_not_inputs(path, written, inputs)
     return path
+
+
+def check_output_folder(folder: Path, src: Path | None = None) -> None:
+    """``folder`` is (or can be created as) a writable folder, other than the input folder
+    ``src``; nothing is created."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"the output {folder} is a file, not a folder; choose a folder")
+    if src is not None and folder.resolve() == src.resolve():
+        raise OutputPathError(
+            f"the output folder {folder} is the input folder: the results would replace the "
+            "inputs; choose another folder"
+        )
+    existing = next(p for p in (folder.resolve(), *folder.resolve().parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputPathError(f"cannot create the output folder {folder}: {existing} is a file")
+    check_writable(existing)
+
+
+def check_not_inputs(path: Path, written: Sequence[Path], inputs: Sequence[Path]) -> None:
+    """Refuse writing ``path`` when one of the files it writes is a file of an input."""
+    for src in inputs:
+        for src_file in input_files(src) if src.exists() else []:
+            for out in written:
+                if out.exists() and src_file.exists() and os.path.samefile(out, src_file):
+                    what = "is the input file" if out == path else f"would replace {src_file}"
+                    raise OutputPathError(f"output {path} {what}; choose another name")
 
 
 def check_writable(folder: Path) -> None:
     """Create and remove a probe file: the only test that is right for every user (root
     ignores permission bits) and file system (read-only mounts, full quotas)."""
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".sainr-probe-")
+        probe = new_temp_file(folder / "probe", "")
     except OSError as exc:
         raise OutputPathError(
             f"output folder is not writable: {folder} ({exc.strerror}); choose another folder"
         ) from exc
-    os.close(fd)
     os.unlink(probe)
+
+
+def _temp_path(folder: Path, suffix: str) -> Path:
+    return folder / f".sainr-{os.getpid()}-{secrets.token_hex(6)}{suffix}"
 
 
 def new_temp_file(target: Path, suffix: str | None = None) -> str:
@@ -315,13 +476,69 @@ def new_temp_file(target: Path, suffix: str | None = None) -> str:
     would give 0o600)."""
     suffix = suffix if suffix is not None else volume_suffix(target) or target.suffix
     for _ in range(100):
-        tmp = target.resolve().parent / f".sainr-{secrets.token_hex(6)}{suffix}"
+        tmp = _temp_path(target.resolve().parent, suffix)
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
             continue
         return str(tmp)
     raise FileExistsError(f"no free temporary name in {target.parent}")
+
+
+def _new_temp_folder(folder: Path) -> Path:
+    """A new hidden staging folder in ``folder`` (same file system: renames are atomic)."""
+    for _ in range(100):
+        stage = _temp_path(folder, "")
+        try:
+            stage.mkdir()
+        except FileExistsError:
+            continue
+        return stage
+    raise FileExistsError(f"no free temporary name in {folder}")
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Remove what a killed run (SIGKILL, power loss) left in ``folder``: temp files and
+    folders of a process that no longer runs here, once STALE_DEAD_S old, and any once
+    STALE_ANY_S old (another machine's, or where processes cannot be checked)."""
+    now = time.time()
+    for entry in folder.iterdir():
+        match = _TEMP_NAME.match(entry.name)
+        try:
+            age = now - entry.lstat().st_mtime
+        except OSError:
+            continue
+        if match and (age > STALE_ANY_S or (age > STALE_DEAD_S and not _running(int(match[1])))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (True where that cannot be checked:
+    Windows' os.kill would terminate it)."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def write_atomically(path: Path, write: Callable[[str], None], suffix: str | None = None) -> None:
+    """``write(temp)`` to a hidden temp file beside ``path``, then rename it over ``path``:
+    never a partial file, and no temp file left on failure."""
+    tmp = new_temp_file(path, suffix)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_volume(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
@@ -332,22 +549,48 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, compress: bool = Tr
 def write_volumes(
     items: Sequence[tuple[sitk.Image, str | os.PathLike]], compress: bool = True
 ) -> None:
-    """Write every image to a temp file beside its target, then rename them all: on any
-    failure (disk full, interrupt) no target is created or changed and no temp file is left."""
+    """Write every image under its final name into a hidden staging folder beside its target,
+    then move the files into place (data files before their headers, so a .mhd/.nhdr never
+    names a missing or temporary data file): on any failure (disk full, interrupt) no target
+    is created or changed and no temp file is left. A replaced header's old data file of
+    another name (``out.raw`` after ``out.zraw``) is removed, not left as an orphan."""
     targets = [check_output_path(path) for _, path in items]
-    temps: list[str] = []
+    files = [f.resolve() for t in targets for f in output_files(t, compress)]
+    if len(set(files)) < len(files):
+        raise OutputPathError(
+            f"the outputs {', '.join(map(str, targets))} would write the same file twice; "
+            "give them different names"
+        )
+    old_data = [data_file_of(t) if volume_suffix(t) in _DATA_FILES and t.is_file() else None
+                for t in targets]  # fmt: skip
+    stages: dict[Path, Path] = {}
     try:
         for (image, _), target in zip(items, targets):
-            temps.append(new_temp_file(target))
-            sitk.WriteImage(image, temps[-1], compress)
-        for tmp, target in zip(temps, targets):
-            os.replace(tmp, target)
+            folder = target.resolve().parent
+            if folder not in stages:
+                remove_stale_temps(folder)
+                stages[folder] = _new_temp_folder(folder)
+            sitk.WriteImage(image, str(stages[folder] / target.name), compress)
+        staged = [(f, folder / f.name) for folder, stage in stages.items() for f in stage.iterdir()]
+        for tmp, final in sorted(staged, key=lambda pair: volume_suffix(pair[0]) is not None):
+            os.replace(tmp, final)
     except (RuntimeError, OSError) as exc:
         raise OutputPathError(
             f"could not write {', '.join(map(str, targets))} ({_itk_reason(exc)}); "
             "check the free disk space and the folder"
         ) from exc
     finally:
-        for tmp in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        for stage in stages.values():
+            shutil.rmtree(stage, ignore_errors=True)
+    _remove_orphans(targets, old_data, set(files))
+
+
+def _remove_orphans(targets: list[Path], old_data: list[Path | None], written: set[Path]) -> None:
+    """Remove the data file a replaced header named when the new one has another name, if it
+    is one ITK writes for that header (never any other file)."""
+    for target, old in zip(targets, old_data):
+        if old is None or old.resolve() in written:
+            continue
+        own = {f.resolve() for c in (True, False) for f in output_files(target, c)[1:]}
+        if old.resolve() in own:
+            old.unlink(missing_ok=True)

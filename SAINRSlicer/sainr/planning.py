@@ -16,7 +16,7 @@ from .geometry import (
     resolve_target_spacing,
     slice_grid,
 )
-from .validation import check_image, check_output_size
+from .validation import check_forced_limits, check_image, check_output_size
 
 
 def geometry_of(image: sitk.Image) -> Geometry:
@@ -42,6 +42,7 @@ def plan_reduction(
     geom = geometry_of(image)
     ax = detect_slice_axis(geom.spacing, geom.direction, axis)
     target = resolve_target_spacing(geom, ax, spacing_mm, factor, isotropic, force)
+    check_forced_limits(geom.size, ax, geom.spacing[ax], target, image.GetSizeOfPixelComponent())
     out = output_geometry(geom, ax, slice_grid(geom.size[ax], geom.spacing[ax], target))
     check_output_size(out.size, image.GetSizeOfPixelComponent(), force)
     return ax, out

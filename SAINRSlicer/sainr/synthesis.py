@@ -43,7 +43,7 @@ from .errors import SainrError, SpacingError, WeightsError
 from .geometry import axis_label, detect_slice_axis
 from .inference import autocast, choose_device
 from .intensity import IntensityScale, robust_scale
-from .io import new_temp_file, read_volume, volume_suffix, write_volume
+from .io import read_volume, volume_suffix, write_atomically, write_volume
 from .metrics import psnr
 from .model.vae import SliceVAE, VAEConfig, kl_divergence
 from .validation import check_image, check_values
@@ -410,16 +410,6 @@ def save_reformat(syn: Synthesis, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    tmp = new_temp_file(path, path.suffix)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _jsonable(checks: dict[str, Any]) -> dict[str, Any]:
     """JSON has no infinity: an exact PSNR is written as the string "inf"."""
     return {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v
@@ -449,11 +439,11 @@ def synthesize(
     checks = {"input": str(src), "output": str(dst), **syn.checks}
     if preview:
         png = stem.with_name(stem.name + "_reformat.png")
-        _write_atomic(png, lambda tmp: save_reformat(syn, tmp))
+        write_atomically(png, lambda tmp: save_reformat(syn, tmp), png.suffix)
         checks["preview"] = str(png)
     report = stem.with_name(stem.name + "_checks.json")
     text = json.dumps(_jsonable(checks), indent=2) + "\n"
-    _write_atomic(report, lambda tmp: Path(tmp).write_text(text))
+    write_atomically(report, lambda tmp: Path(tmp).write_text(text), report.suffix)
     return checks
 
 

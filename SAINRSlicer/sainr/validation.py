@@ -25,6 +25,9 @@ MAX_RESULT_BYTES = 4 * 2**30
 #: Memory per output voxel besides the output itself: float32 result, uint8 gating mask and
 #: the float64 de-normalised copy made before the cast (see :func:`sainr.api.reduce_spacing`).
 RESULT_WORK_BYTES_PER_VOXEL = 4 + 1 + 8
+#: Not even ``force`` allows reductions beyond this factor or outputs beyond this size.
+MAX_FORCED_FACTOR = 1000.0
+MAX_FORCED_RESULT_BYTES = 256 * 2**30
 
 
 def check_image(image: sitk.Image) -> None:
@@ -44,6 +47,10 @@ def check_image(image: sitk.Image) -> None:
         )
     check_spacing(image.GetSpacing())
     check_direction(image.GetDirection())
+    if not all(math.isfinite(o) for o in image.GetOrigin()):
+        raise InputImageError(
+            f"the origin {image.GetOrigin()} is not finite; set the volume's origin first"
+        )
     size = image.GetSize()
     if min(size) < 2:
         shape = " x ".join(map(str, size))
@@ -101,6 +108,31 @@ def check_values(array: np.ndarray, nan_policy: str = "refuse") -> np.ndarray:
     return array
 
 
+def check_forced_limits(
+    size: tuple[int, ...], axis: int, current: float, target: float, bytes_per_voxel: int
+) -> None:
+    """Limits ``force`` does not lift, checked before the thin-slice grid is built (a factor
+    of 1e12 would otherwise allocate terabytes for the slice positions alone): a reduction
+    of at most MAX_FORCED_FACTOR, an output of at most MAX_FORCED_RESULT_BYTES."""
+    factor = current / target
+    if factor > MAX_FORCED_FACTOR:
+        raise SpacingError(
+            f"target spacing {target:.4g} mm is a {factor:.4g}x reduction of {current:.4g} mm; "
+            f"not even --force allows more than {MAX_FORCED_FACTOR:g}x; choose a larger target "
+            "spacing"
+        )
+    slices = math.floor((size[axis] - 1) * factor) + 1
+    voxels = math.prod(size) // size[axis] * slices
+    needed = voxels * (bytes_per_voxel + RESULT_WORK_BYTES_PER_VOXEL)
+    if needed > MAX_FORCED_RESULT_BYTES:
+        raise SpacingError(
+            f"the output would have {slices} slices ({voxels:.3g} voxels) and need "
+            f"{format_bytes(needed)} of memory; not even --force allows more than "
+            f"{format_bytes(MAX_FORCED_RESULT_BYTES)}; choose a larger target spacing or crop "
+            "the volume"
+        )
+
+
 def check_output_size(size: tuple[int, ...], bytes_per_voxel: int, force: bool = False) -> None:
     """Refuse an output whose result arrays would need more than MAX_RESULT_BYTES of memory,
     with the size it would need, unless ``force``."""
@@ -115,8 +147,8 @@ def check_output_size(size: tuple[int, ...], bytes_per_voxel: int, force: bool =
 
 
 def format_bytes(n: float) -> str:
-    """'4.0 GiB', '12.5 MiB', '900 KiB'."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+    """'2.5 TiB', '4.0 GiB', '12.5 MiB', '900 KiB'."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n / 2**10:.0f} KiB"

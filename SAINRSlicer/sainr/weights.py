@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import WeightsError
-from .io import new_temp_file
+from .errors import OutputPathError, SainrError, WeightsError
+from .io import check_writable, write_atomically
 from .model import SAINR, ModelConfig
 from .protocol import DEFAULT_MODEL
 
@@ -79,27 +81,54 @@ def load_model(weights: str | os.PathLike | None = None) -> SAINR:
         raise WeightsError(f"the weights file {path} is missing; reinstall SAINRSlicer")
     if expected is not None and sha256(path) != expected:
         raise WeightsError(f"{path.name} fails its SHA-256 check (corrupt or replaced); reinstall")
+    return build_model(read_checkpoint(path), path.name).eval()
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint dict in ``path``, loaded without executing code; a WeightsError with
+    one line for anything that is not a SA-INR checkpoint."""
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}; give a .pt file or a model name")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"{path.name} is not a SA-INR checkpoint: it holds Python objects, not only weights "
+            "(e.g. a whole pickled model), which are never loaded (they could run code); use a "
+            "checkpoint written by sainr train, adapt or export"
+        ) from exc
     except Exception as exc:  # torch raises many types for truncated/garbage files
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
             f"cannot read weights {path.name}: not a valid checkpoint, e.g. truncated ({reason})"
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise WeightsError(f"{path.name} is not a SAINRSlicer checkpoint ({FORMAT})")
+        raise WeightsError(
+            f"{path.name} is not a SA-INR checkpoint (no '{FORMAT}' format tag); use a "
+            "checkpoint written by sainr train, adapt or export"
+        )
+    return ckpt
+
+
+def build_model(ckpt: dict[str, Any], name: str) -> SAINR:
+    """The model a checkpoint declares, with its weights. The declared architecture is first
+    built without memory (torch's meta device) and compared with the stored weights, so a
+    config with absurd sizes is refused before anything is allocated."""
     try:
-        model = SAINR(ModelConfig.from_dict(ckpt["config"]))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise WeightsError(f"{path.name} declares an unknown SA-INR configuration: {exc}") from exc
-    mismatch = _state_mismatch(model, ckpt.get("state_dict"))
+        config = ModelConfig.from_dict(ckpt["config"])
+        with torch.device("meta"):
+            skeleton = SAINR(config)
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise WeightsError(f"{name} declares an unknown SA-INR configuration: {exc}") from exc
+    mismatch = _state_mismatch(skeleton, ckpt.get("state_dict"))
     if mismatch:
         raise WeightsError(
-            f"{path.name} holds weights of another architecture than the one it declares "
+            f"{name} holds weights of another architecture than the one it declares "
             f"({mismatch}); use the checkpoint that belongs to this configuration"
         )
+    model = SAINR(config)
     model.load_state_dict(ckpt["state_dict"], strict=True)
-    return model.eval()
+    return model
 
 
 def _state_mismatch(model: SAINR, state: Any) -> str:
@@ -138,29 +167,56 @@ def save_checkpoint(
 
 def save_atomically(payload: dict[str, Any], path: Path) -> None:
     """torch.save to a temp file beside ``path``, then rename (never a partial checkpoint)."""
-    tmp = new_temp_file(path, ".tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomically(path, lambda tmp: torch.save(payload, tmp), ".tmp")
+
+
+def shipped_model_folders() -> list[Path]:
+    """Folders holding shipped weights: the catalog in use and the repo/install layouts."""
+    here = Path(__file__).resolve().parent
+    folders = [here.parents[1] / "Resources" / "Models", here.parent / "Resources" / "Models"]
+    if os.environ.get("SAINR_MODELS_DIR"):
+        folders.append(Path(os.environ["SAINR_MODELS_DIR"]))
+    return [f.resolve() for f in folders if (f / CATALOG).is_file()]
+
+
+def check_not_shipped(path: Path) -> None:
+    """Refuse writing weights into a shipped models folder: a replaced file fails its
+    checksum on every later run, and the folder is reinstalled with the extension."""
+    folder = path.resolve().parent
+    for shipped in shipped_model_folders():
+        if folder == shipped or shipped in folder.parents:
+            raise OutputPathError(
+                f"{path} is in the shipped models folder {shipped}; write adapted weights "
+                "elsewhere (only sainr export adds models there)"
+            )
 
 
 def export_model(
     checkpoint: str | os.PathLike, name: str, description: str, models: str | os.PathLike | None = None
 ) -> dict[str, Any]:
     """Ship a training checkpoint: weights + config + provenance only (no optimizer state),
-    written to ``<models>/sainr_<name>.pt`` and registered with its SHA-256 in the catalog."""
+    written to ``<models>/sainr_<name>.pt`` and registered with its SHA-256 in the catalog.
+    Everything is checked before anything is written."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise SainrError(f"model name {name!r}: use letters, digits, '_', '-' and '.' only")
     folder = Path(models) if models is not None else models_dir()
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model = SAINR(ModelConfig.from_dict(ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"], strict=True)
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"the models folder {folder} is a file; give a folder")
+    if not folder.is_dir():
+        raise OutputPathError(f"models folder does not exist: {folder}; create it first")
+    check_writable(folder)
+    ckpt = read_checkpoint(Path(checkpoint))
+    model = build_model(ckpt, Path(checkpoint).name)
+    index = folder / CATALOG
+    try:
+        data = json.loads(index.read_text()) if index.is_file() else {"models": {}}
+    except (OSError, ValueError) as exc:
+        data = {"error": str(exc)}
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        raise WeightsError(f"the model catalog {index} is unreadable; fix or remove it")
     meta = {**ckpt.get("meta", {}), "step": ckpt.get("step"), "minutes": ckpt.get("elapsed", 0) / 60}
     target = folder / f"sainr_{name}.pt"
     save_checkpoint(model, target, meta=meta)
-    index = folder / CATALOG
-    data = json.loads(index.read_text()) if index.is_file() else {"models": {}}
     entry = {
         "file": target.name,
         "sha256": sha256(target),
@@ -169,5 +225,5 @@ def export_model(
         "description": description,
     }
     data["models"][name] = entry
-    index.write_text(json.dumps(data, indent=2) + "\n")
+    write_atomically(index, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"), ".json")
     return entry
