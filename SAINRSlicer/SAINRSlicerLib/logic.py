@@ -283,7 +283,7 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
             path = resourcePath("Models/models.json")
         except FileNotFoundError:
             return {}
-        return json.loads(path.read_text())["models"]
+        return json.loads(path.read_text(encoding="utf-8"))["models"]
 
     def torchInfo(self, timeout: float = 120.0) -> dict:
         """PyTorch version, GPUs and MPS as the subprocess sees them, without importing torch

@@ -230,6 +230,6 @@ def run(args) -> int:
             for n, img in volumes]  # fmt: skip
     print(format_table(rows))
     if args.json is not None:
-        args.json.write_text(json.dumps({"configuration": config, "results": rows}, indent=2))
+        args.json.write_text(json.dumps({"configuration": config, "results": rows}, indent=2), encoding="utf-8")
     return 0
 

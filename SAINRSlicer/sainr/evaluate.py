@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
             ), file=sys.stderr)  # fmt: skip
     write_csv(rows, args.out / "results.csv")
     config = configuration(cases, models, factors, args, device)
-    (args.out / "results.md").write_text(report(rows, methods, config, models, factors))
+    (args.out / "results.md").write_text(report(rows, methods, config, models, factors), encoding="utf-8")
     print(f"wrote {args.out / 'results.md'}", file=sys.stderr)
     return 0
 

@@ -443,7 +443,7 @@ def synthesize(
         checks["preview"] = str(png)
     report = stem.with_name(stem.name + "_checks.json")
     text = json.dumps(_jsonable(checks), indent=2) + "\n"
-    write_atomically(report, lambda tmp: Path(tmp).write_text(text), report.suffix)
+    write_atomically(report, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), report.suffix)
     return checks
 
 

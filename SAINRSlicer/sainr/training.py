@@ -74,7 +74,7 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
         """TOML file (optional) plus ``key=value`` overrides (``model.channels=32``)."""
-        raw: dict[str, Any] = tomllib.loads(Path(path).read_text()) if path else {}
+        raw: dict[str, Any] = tomllib.loads(Path(path).read_text(encoding="utf-8")) if path else {}
         for item in overrides:
             key, _, value = item.partition("=")
             target = raw

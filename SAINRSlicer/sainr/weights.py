@@ -48,7 +48,7 @@ def catalog() -> dict[str, dict[str, Any]]:
     """Name -> entry ({"file", "sha256", "description", ...}) of the shipped models."""
     path = models_dir() / CATALOG
     try:
-        return json.loads(path.read_text())["models"]
+        return json.loads(path.read_text(encoding="utf-8"))["models"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise WeightsError(f"the model catalog {path} is unreadable ({exc}); reinstall") from exc
 
@@ -209,7 +209,7 @@ def export_model(
     model = build_model(ckpt, Path(checkpoint).name)
     index = folder / CATALOG
     try:
-        data = json.loads(index.read_text()) if index.is_file() else {"models": {}}
+        data = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {"models": {}}
     except (OSError, ValueError) as exc:
         data = {"error": str(exc)}
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
@@ -225,5 +225,5 @@ def export_model(
         "description": description,
     }
     data["models"][name] = entry
-    write_atomically(index, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"), ".json")
+    write_atomically(index, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"), ".json")
     return entry
