@@ -295,7 +295,8 @@ def test_adapted_models_get_the_case_lr_its_spacing_and_a_copy(
     monkeypatch.setattr(sainr.adapt, "adapt", spy)
     out = tmp_path / "out"
     assert main(["evaluate", str(QDESS), "--factors", "3", "4", "--model", f"tiny={checkpoint}",
-                 "--profiles", "gaussian", "--thickness", "0.8", "--figures", "--crop", "32", "--max-slices", "1", "--device", "cpu", "--adapt-steps", "7",
+                 "--profiles", "gaussian", "--thickness", "0.8", "--figures", "--no-ungated",
+                 "--crop", "32", "--max-slices", "1", "--device", "cpu", "--adapt-steps", "7",
                  "--out", str(out)]) == 0  # fmt: skip
     hr = _normalised_crop(QDESS, 2, crop=32)
     assert len(calls) == 2
@@ -313,6 +314,7 @@ def test_adapted_models_get_the_case_lr_its_spacing_and_a_copy(
         assert rows[(f"{factor:g}", "tiny")] == pytest.approx(psnr(plain, truth), abs=1e-3)
         assert rows[(f"{factor:g}", "tiny adapted (7 steps)")] != rows[(f"{factor:g}", "tiny")]
     assert not list(out.glob("*.png"))  # --figures without a profile: tables only
+    assert not any("ungated" in r["method"] for r in _rows(out))  # --no-ungated
     md = (out / "results.md").read_text()
     assert "steps=7, minutes=None" in md and "thickness=the case's" in md
 

@@ -124,6 +124,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", default=[], metavar="NAME=WEIGHTS",
                    help="SA-INR model to evaluate (repeatable; default: the shipped "
                         "'default' model when one is installed)")  # fmt: skip
+    p.add_argument("--no-ungated", dest="ungated", action="store_false",
+                   help="skip the ungated runs (LASA on every query) of gated models")  # fmt: skip
     p.add_argument("--crop", type=int, metavar="N", help="in-plane centre crop (N x N voxels)")
     p.add_argument("--max-slices", type=int, default=16, metavar="N",
                    help="S3 is averaged over N planes containing the slice axis (default 16)")  # fmt: skip
@@ -178,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     axes = _axes_per_volume(args.axis, len(args.volumes))
     device = choose_device(args.device)
     models = _load_models(args.model)
-    methods = build_methods(models, device, args.memory_mb)
+    methods = build_methods(models, device, args.memory_mb, args.ungated)
     methods += adapted_methods(models, args.adapt_steps, args.adapt_models, device, args.memory_mb)
     if args.eclare:
         methods.append(eclare_method(EclareOptions.from_args(args, device)))
@@ -257,9 +259,11 @@ def _load_models(specs: list[str]) -> list[tuple[str, str, SAINR]]:
 
 
 def build_methods(
-    models: list[tuple[str, str, SAINR]], device: torch.device, budget_mb: float
-) -> list[Method]:
-    """Interpolators, then each model, then each gated model with its gate removed."""
+    models: list[tuple[str, str, SAINR]], device: torch.device, budget_mb: float,
+    ungated: bool = True,
+) -> list[Method]:  # fmt: skip
+    """Interpolators, then each model, then (``ungated``) each gated model with its gate
+    removed."""
 
     def interp(fn) -> RunFn:
         return lambda lr, grid, _spacing, _thickness: (fn(lr, grid), None)
@@ -269,7 +273,7 @@ def build_methods(
     for name, _, model in models:
         methods.append(Method(name, _network(model, device, budget_mb), model,
                               model.gate is not None))  # fmt: skip
-    for name, _, model in models:
+    for name, _, model in models if ungated else ():
         if model.gate is not None:
             methods.append(Method(f"{name} (ungated)",
                                   _network(model, device, budget_mb, ungated=True), model))  # fmt: skip
@@ -765,7 +769,7 @@ def report(
         "## Wall time (s)\n\n" + metric_table(scored, "seconds", names, ".2f"),
     ]
     for m in methods:
-        if m.gated:
+        if m.gated and f"{m.name} (ungated)" in names:
             parts.append(f"## Gating: `{m.name}` gated vs ungated\n\n" + gating_table(rows, m))
     attended = {
         m.name: float(np.mean([r["attended"] for r in rows if r["method"] == m.name]))
