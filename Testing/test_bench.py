@@ -19,7 +19,7 @@ from sainr.model import SAINR, ModelConfig
 def test_bench_reports_times_ratios_stages_and_configuration(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", str(KNEE_QDESS), "--spacing", "0.75", "--repeats", "1", "--json", str(out)]) == 0
-    report = json.loads(out.read_text())
+    report = json.loads(out.read_text(encoding="utf-8"))
     cfg = report["configuration"]
     assert cfg["torch"] == torch.__version__ and cfg["threads"] >= 1 and cfg["device"] == "cpu"
     (row,) = report["results"]

@@ -54,7 +54,7 @@ def test_export_ships_a_checkpoint_with_its_checksum(tmp_path, monkeypatch, capf
     models.mkdir()
     tiny = _tiny_checkpoint(tmp_path / "tiny.pt")
     assert main(["export", str(tiny), "--name", "small", "--models-dir", str(models)]) == 0
-    entry = json.loads((models / "models.json").read_text())["models"]["small"]
+    entry = json.loads((models / "models.json").read_text(encoding="utf-8"))["models"]["small"]
     assert entry["file"] == "sainr_small.pt" and sorted(p.name for p in models.iterdir()) == [
         "models.json", "sainr_small.pt"]  # fmt: skip
     monkeypatch.setenv("SAINR_MODELS_DIR", str(models))

@@ -70,7 +70,7 @@ def evaluated(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def _rows(out: Path) -> list[dict[str, str]]:
-    with open(out / "results.csv") as fh:
+    with open(out / "results.csv", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -138,7 +138,7 @@ def test_simulated_truth_lies_on_the_thin_slice_grid(profile: str) -> None:
 
 
 def test_markdown_report_states_tables_and_configuration(evaluated: Path) -> None:
-    md = (evaluated / "results.md").read_text()
+    md = (evaluated / "results.md").read_text(encoding="utf-8")
     for heading in ("## Configuration", "## PSNR (dB)", "## SSIM", "## S3 sharpness",
                     "## Wall time (s)", "## Gating: `tiny` gated vs ungated", "## GMACs"):  # fmt: skip
         assert heading in md
@@ -315,7 +315,7 @@ def test_adapted_models_get_the_case_lr_its_spacing_and_a_copy(
         assert rows[(f"{factor:g}", "tiny adapted (7 steps)")] != rows[(f"{factor:g}", "tiny")]
     assert not list(out.glob("*.png"))  # --figures without a profile: tables only
     assert not any("ungated" in r["method"] for r in _rows(out))  # --no-ungated
-    md = (out / "results.md").read_text()
+    md = (out / "results.md").read_text(encoding="utf-8")
     assert "steps=7, minutes=None" in md and "thickness=the case's" in md
 
 
@@ -337,6 +337,6 @@ def test_eclare_end_to_end_tiny_budget(checkpoint: Path, tmp_path: Path) -> None
                  "--out", str(out)]) == 0  # fmt: skip
     row = next(r for r in _rows(out) if r["method"] == "ECLARE")
     assert 5.0 < float(row["psnr"]) < 80.0 and float(row["seconds"]) > 0
-    md = (out / "results.md").read_text()
+    md = (out / "results.md").read_text(encoding="utf-8")
     assert "- ECLARE 1." in md and "16 patches in batches of 8 (2 steps" in md
     assert "| volume | profile | factor | linear | B-spline | tiny | tiny (ungated) | ECLARE |" in md

@@ -681,8 +681,8 @@ def test_internal_error_exits_1_with_a_report(tmp_path, monkeypatch, capfd):
     report = Path(match.group(1))
     assert (
         report.parent == reports
-        and "Traceback" in report.read_text()
-        and "boom" in report.read_text()
+        and "Traceback" in report.read_text(encoding="utf-8")
+        and "boom" in report.read_text(encoding="utf-8")
     )
     report.unlink()
     assert _tree(tmp_path) == before

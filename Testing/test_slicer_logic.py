@@ -279,7 +279,7 @@ def test_error_inside_the_process_reaches_the_caller_and_adds_nothing(small_scen
     garbage = tmp_path / "weights.pt"
     garbage.write_bytes(b"not a checkpoint")
     nodes = node_count(handles.scene)
-    with pytest.raises(SAINRSlicerError, match=r"cannot read weights weights\.pt"):
+    with pytest.raises(SAINRSlicerError, match=r"weights\.pt is not a SA-INR checkpoint"):
         SAINRSlicerLogic().process(volume, 1.0, weights=str(garbage))
     assert node_count(handles.scene) == nodes
 
@@ -475,7 +475,7 @@ def test_console_example_of_the_help_runs_as_written():
 
 
 def test_readme_shows_the_console_example_that_runs_above():
-    readme = (slicer_scene.REPO / "README.md").read_text()
+    readme = (slicer_scene.REPO / "README.md").read_text(encoding="utf-8")
     assert SAINRSlicer.CONSOLE_EXAMPLE in re.findall(r"```python\n(.*?)```", readme, re.S)
 
 

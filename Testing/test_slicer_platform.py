@@ -30,17 +30,20 @@ already = [name for name in MISSING if name in sys.modules]
 if already:
     raise SystemExit(f"imported before the blocker: {{already}}")
 
+import importlib.machinery
 
-class RefuseMissing:
-    \"\"\"Import hook: these modules do not exist in this Python.\"\"\"
+_find_spec = importlib.machinery.PathFinder.find_spec
 
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in MISSING:
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+def find_spec(cls, name, path=None, target=None):
+    # the path finder does not see these modules, as in a Python that lacks them:
+    # import fails, importlib.util.find_spec returns None
+    if name.partition(".")[0] in MISSING:
         return None
+    return _find_spec(name, path, target)
 
 
-sys.meta_path.insert(0, RefuseMissing())
+importlib.machinery.PathFinder.find_spec = classmethod(find_spec)
 """
 
 

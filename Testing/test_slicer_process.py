@@ -60,7 +60,7 @@ def test_cancel_through_a_launcher_leaves_no_process_and_no_files(tmp_path, monk
     while run.poll() and run.fraction == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert run.running and 0 < run.fraction < 1  # the worker is computing
-    worker = int(pidFile.read_text())
+    worker = int(pidFile.read_text(encoding="utf-8"))
     assert worker != run.pid and not gone(worker)
 
     started = time.monotonic()

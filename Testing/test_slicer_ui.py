@@ -75,7 +75,7 @@ def widgets() -> dict[str, ET.Element]:
 
 
 def used_names() -> set[str]:
-    return set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
+    return set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
 
 
 def parameter_hints() -> dict[str, object]:
@@ -320,18 +320,18 @@ print(module.SAINRSlicerLogic is not old, "SAINRSlicerLib.logic" in dropped,
 
 
 def cmake_list(name: str) -> list[str]:
-    text = (slicer_scene.MODULE_DIR / "CMakeLists.txt").read_text()
+    text = (slicer_scene.MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     block = re.search(rf"set\({name}\n(.*?)\n  \)", text, re.S).group(1)
     return [line.strip().replace("${MODULE_NAME}", "SAINRSlicer") for line in block.splitlines()]
 
 
 def extension_variables() -> dict[str, str]:
-    text = (slicer_scene.REPO / "CMakeLists.txt").read_text()
+    text = (slicer_scene.REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     return dict(re.findall(r'set\(EXTENSION_(\w+) "([^"]*)"\)', text))
 
 
 def s4ext() -> dict[str, str]:
-    lines = (slicer_scene.REPO / "SAINRSlicer.s4ext").read_text().splitlines()
+    lines = (slicer_scene.REPO / "SAINRSlicer.s4ext").read_text(encoding="utf-8").splitlines()
     pairs = (line.split(" ", 1) for line in lines if line.strip() and not line.startswith("#"))
     return {key: value for key, value in pairs}
 
@@ -354,7 +354,7 @@ def test_every_shipped_resource_exists_including_the_catalog_models():
     listed = cmake_list("MODULE_RESOURCES")
     for resource in listed:
         assert (resources / resource).is_file(), resource
-    catalog = json.loads((resources / "Models" / "models.json").read_text())["models"]
+    catalog = json.loads((resources / "Models" / "models.json").read_text(encoding="utf-8"))["models"]
     for entry in catalog.values():
         assert f"Models/{entry['file']}" in listed
     assert "Sample/knee_qdess_sag_3mm.nii.gz" in listed  # the self-test reduces it
@@ -382,7 +382,7 @@ def test_icon_and_screenshots_named_by_the_urls_exist():
 
 
 def catalog_entry() -> dict:
-    return json.loads((slicer_scene.REPO / "SAINRSlicer.json").read_text())
+    return json.loads((slicer_scene.REPO / "SAINRSlicer.json").read_text(encoding="utf-8"))
 
 
 #: Keys of the Extensions Index entry schema (Slicer/Slicer Schemas/
@@ -407,7 +407,7 @@ def test_catalog_entry_follows_the_index_schema_and_agrees_with_s4ext_and_cmake(
     assert entry["enabled"] is (index["enabled"] == "1")
     repository = entry["scm_url"].rsplit("/", 1)[-1]
     assert "slicer" in repository.lower()  # the index's repository-name check
-    project = re.search(r"project\((\w+)\)", (slicer_scene.REPO / "CMakeLists.txt").read_text())
+    project = re.search(r"project\((\w+)\)", (slicer_scene.REPO / "CMakeLists.txt").read_text(encoding="utf-8"))
     assert project.group(1) == "SAINRSlicer"  # = the entry's file name
 
 
@@ -417,7 +417,7 @@ def test_contributors_and_citation_are_the_same_everywhere():
     assert (
         parent.contributors == [extension_variables()["CONTRIBUTORS"]] == [s4ext()["contributors"]]
     )
-    readme = (slicer_scene.REPO / "README.md").read_text()
+    readme = (slicer_scene.REPO / "README.md").read_text(encoding="utf-8")
     citation = re.search(r"## How to cite\n\n(.*)", readme, re.S).group(1)
     for part in ("Spatial attention-based implicit neural representation for arbitrary reduction",
                  "Medical Image Analysis (2024)", "doi:10.1016/j.media.2024.103158"):  # fmt: skip

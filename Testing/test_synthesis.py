@@ -169,7 +169,7 @@ def test_cli_functions_train_resume_and_synthesize(tmp_path, thick_file, capsys)
     assert "(b) decimated PSNR inf dB" in capsys.readouterr().out
     out = sitk.ReadImage(str(tmp_path / "syn" / "knee_3mm.nii.gz"))
     assert out.GetSize() == (64, 64, 77) and out.GetPixelID() == sitk.sitkFloat32
-    checks = json.loads((tmp_path / "syn" / "knee_3mm_checks.json").read_text())
+    checks = json.loads((tmp_path / "syn" / "knee_3mm_checks.json").read_text(encoding="utf-8"))
     assert checks["decimated_psnr"] == "inf" and checks["recon_psnr"] > 0
     assert (tmp_path / "syn" / "knee_3mm_reformat.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((tmp_path / "syn").glob(".sainr-*"))  # no temp file left
