@@ -248,3 +248,14 @@ def test_cli_reduce_refuses_save_adapted_without_adapt_steps(tmp_path, files, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--save-adapted needs --adapt-steps" in err[0]
     assert not out.exists()
+
+
+def test_the_shipped_model_adapts_told_the_thickness(thick):
+    """The shipped default is told the acquisition: adaptation feeds it the pairs' factor and
+    slice thickness, changes its weights and leaves the loaded model as it was."""
+    shipped = load_model()
+    assert shipped.config.conditioning
+    before = _state(shipped)
+    adapted, calls, steps = _steps(shipped, thick, AdaptConfig(steps=2, size=16, queries=256))
+    assert steps == 2 and calls[-1] == (2, 2)
+    assert _same(_state(shipped), before) and not _same(_state(adapted), before)

@@ -178,7 +178,7 @@ def adapt(
             lr = lr.to(device).contiguous(memory_format=layout)
             q = type(q)(*(getattr(q, f).to(device) for f in ("b", "s", "y", "x", "t")))
             with autocast(device, precision):
-                res = net(lr, q)
+                res = net(lr, q, tgt["acquisition"].to(device))
             loss, _ = sainr_loss(res, tgt["target"].to(device), tgt["gate"].to(device),
                                  net.gate is not None, GAMMA, THETA)  # fmt: skip
             opt.zero_grad(set_to_none=True)
