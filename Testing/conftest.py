@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,15 @@ torch.set_num_threads(int(os.environ.get("SAINR_TEST_THREADS", "1")))
 
 #: A model small enough for exact-equivalence tests in milliseconds.
 TINY = ModelConfig(channels=8, blocks=1, hidden=16, window=3, dilation=2)
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_interrupts():
+    """SIGINT raises KeyboardInterrupt, as for a program in a terminal's foreground, even when
+    the suite itself runs in the background (where it starts ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture
