@@ -81,7 +81,7 @@ class AdaptConfig:
 
 def resample_axis0(volume: np.ndarray, spacing: float, target: float) -> np.ndarray:
     """``volume`` resampled along axis 0 from ``spacing`` to a coarser ``target`` mm: Gaussian
-    anti-aliasing (FWHM = the spacing ratio in voxels), then linear sampling at the new
+    anti-aliasing (FWHM = the spacing ratio in voxels) integrated over each voxel at the new
     positions. Returned as is when ``target`` is not coarser."""
     ratio = target / spacing
     if ratio <= 1:

@@ -123,13 +123,6 @@ def acquire(hr: np.ndarray, acq: Acquisition, n_lr: int, start: float = 0.0) -> 
     return out
 
 
-def blur(hr: np.ndarray, acq: Acquisition) -> np.ndarray:
-    """Every HR slice replaced by the slice the acquisition would record there (the thick
-    slices at full sampling); used to show what the slice profile removes."""
-    unit = Acquisition(1.0, acq.width, acq.profile) if acq.profile != "none" else acq
-    return acquire(hr, unit, hr.shape[0])
-
-
 @dataclass(frozen=True)
 class AcquisitionSampler:
     """Random acquisitions for training: a profile, a factor (integer for pure decimation)
