@@ -23,7 +23,7 @@ import torch
 
 from .api import plan_reduction, reduce_spacing
 from .errors import SainrError
-from .inference import choose_device, resolve_precision
+from .inference import choose_device, cpu_features, resolve_precision
 from .io import read_volume
 from .model import SAINR, gating_disabled
 from .weights import load_model
@@ -168,16 +168,31 @@ def _windows_peak_working_set() -> int:
 
 
 def configuration(model: SAINR, device: torch.device, weights: str, precision: str) -> dict:
+    """What the timings depend on: software, threads, device, the CPU's features (they
+    decide the precision ``auto`` picks) and the model."""
     return {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "cpu_features": cpu_features(),
         "precision": resolve_precision(device, precision),
         "weights": weights,
         "model": model.config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, else what ``platform`` knows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def format_table(rows: list[dict]) -> str:
