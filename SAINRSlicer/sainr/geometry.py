@@ -76,19 +76,29 @@ class SliceGrid:
         return self.spacing_lr / self.spacing_hr
 
 
+def slice_count(n: int, ratio: float) -> int:
+    """How many slices ``ratio`` times as dense as ``n`` slices fit from the first of them to
+    the last: floor((n - 1) ratio) + 1, the one count used everywhere (thin slices from
+    acquired ones with ratio c_L / c_H, acquired from thin ones with its inverse).
+
+    The floor tolerates SLICE_TOL (in units of the new slices), so that a header spacing
+    rounded to float32 (3 x 0.7 mm stored as 2.0999999 mm) keeps its last slice: the covered
+    extent never shrinks by a slice because of rounding."""
+    return int(math.floor((n - 1) * ratio + SLICE_TOL)) + 1
+
+
 def slice_grid(n_lr: int, spacing_lr: float, spacing_hr: float) -> SliceGrid:
     """Slice localisation for n_lr acquired slices at spacing_lr resampled to spacing_hr.
 
-    n_H = floor((n_L - 1) c_L / c_H) + 1; the last thin slice never lies beyond the last
-    acquired slice (up to SLICE_TOL). Floors are tolerance-safe so exact multiples of rounded
-    header spacings keep their slice.
+    n_H = :func:`slice_count` (n_L, c_L / c_H); the last thin slice never lies beyond the
+    last acquired slice (up to SLICE_TOL).
     """
     if n_lr < 2:
         raise InputImageError(f"need at least 2 slices along the slice axis, got {n_lr}")
     if not (spacing_lr > 0 and spacing_hr > 0):
         raise SpacingError(f"spacings must be positive, got {spacing_lr} and {spacing_hr} mm")
     ratio = spacing_lr / spacing_hr
-    n_hr = int(math.floor((n_lr - 1) * ratio + SLICE_TOL)) + 1
+    n_hr = slice_count(n_lr, ratio)
     pos = np.arange(n_hr, dtype=np.float64) / ratio
     lower = np.minimum(np.floor(pos + SLICE_TOL / ratio).astype(np.int64), n_lr - 1)
     frac = np.clip(pos - lower, 0.0, None)
