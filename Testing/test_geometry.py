@@ -20,6 +20,7 @@ from sainr.geometry import (
     slice_grid,
 )
 from sainr.planning import plan_reduction
+from sainr.request import Target
 
 
 @pytest.mark.parametrize(
@@ -104,16 +105,21 @@ def test_axis_label_names_the_anatomical_plane():
 
 def test_target_spacing_rules():
     geom = Geometry((64, 64, 20), (0.3, 0.35, 3.0), (0, 0, 0), tuple(np.eye(3).ravel()))
-    assert resolve_target_spacing(geom, 2, spacing=1.0) == 1.0
-    assert resolve_target_spacing(geom, 2, factor=4) == pytest.approx(0.75)
-    assert resolve_target_spacing(geom, 2, isotropic=True) == pytest.approx(0.3)
+    assert resolve_target_spacing(geom, 2, Target(spacing=1.0)) == 1.0
+    assert resolve_target_spacing(geom, 2, Target(factor=4)) == pytest.approx(0.75)
+    assert resolve_target_spacing(geom, 2, Target(isotropic=True)) == pytest.approx(0.3)
     with pytest.raises(SpacingError, match="not smaller"):
-        resolve_target_spacing(geom, 2, spacing=3.0)
+        resolve_target_spacing(geom, 2, Target(spacing=3.0))
     with pytest.raises(SpacingError, match="limit"):
-        resolve_target_spacing(geom, 2, spacing=0.1)
-    assert resolve_target_spacing(geom, 2, spacing=0.1, force=True) == 0.1
-    with pytest.raises(SpacingError, match="exactly one"):
-        resolve_target_spacing(geom, 2, spacing=1.0, factor=2.0)
+        resolve_target_spacing(geom, 2, Target(spacing=0.1))
+    assert resolve_target_spacing(geom, 2, Target(spacing=0.1, force=True)) == 0.1
+    for given in ({"spacing": 1.0, "factor": 2.0}, {}, {"factor": 2.0, "isotropic": True}):
+        with pytest.raises(SpacingError, match="exactly one"):
+            Target(**given)
+    with pytest.raises(SpacingError, match="factor must be a finite number > 1"):
+        Target(factor=float("nan"))
+    with pytest.raises(SpacingError, match="positive number of mm"):
+        Target(spacing=-1.0)
 
 
 def test_output_geometry_changes_only_the_slice_axis():

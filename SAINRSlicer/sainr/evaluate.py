@@ -31,7 +31,6 @@ configuration and a GFLOPs section) and ``figure_<volume>_x<r>.png``.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib.util
 import math
@@ -103,108 +102,90 @@ class Method:
     gated: bool = False
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``sainr evaluate`` (registered by :mod:`sainr.cli`)."""
-    p.add_argument("volumes", type=Path, nargs="*", help="HR volumes (the ground truth)")
-    p.add_argument("--out", type=Path, help="output folder (results.csv, results.md, figures)")
-    p.add_argument("--factors", type=float, nargs="+", default=list(DEFAULT_FACTORS),
-                   help="slice-spacing factors to simulate (default 2 2.5 3 4)")  # fmt: skip
-    p.add_argument("--profiles", nargs="+", choices=DEFAULT_PROFILES, default=list(DEFAULT_PROFILES),
-                   help="slice profiles to simulate (default: none gaussian box; none = pure "
-                        "decimation, integer factors only)")  # fmt: skip
-    p.add_argument("--figures", nargs="*", choices=DEFAULT_PROFILES, metavar="PROFILE",
-                   help="write figures for these profiles only (default: every simulated one; "
-                        "none given: no figures)")  # fmt: skip
-    p.add_argument("--thickness", type=float, default=1.0, metavar="T",
-                   help="slice thickness / LR spacing of the gaussian and box profiles "
-                        "(default 1: contiguous thick slices)")  # fmt: skip
-    p.add_argument("--axis", type=_axis_arg, nargs="+", metavar="AXIS",
-                   help="slice axis 0|1|2|auto, one for all volumes or one per volume "
-                        "(auto: the coarsest axis, k for near-isotropic volumes)")  # fmt: skip
-    p.add_argument("--model", action="append", default=[], metavar="NAME=WEIGHTS",
-                   help="SA-INR model to evaluate (repeatable; default: the shipped "
-                        "'default' model when one is installed)")  # fmt: skip
-    p.add_argument("--no-ungated", dest="ungated", action="store_false",
-                   help="skip the ungated runs (LASA on every query) of gated models")  # fmt: skip
-    p.add_argument("--crop", type=int, metavar="N", help="in-plane centre crop (N x N voxels)")
-    p.add_argument("--max-slices", type=int, default=16, metavar="N",
-                   help="S3 is averaged over N planes containing the slice axis (default 16)")  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto (CUDA if usable, else CPU), cpu, cuda")
-    p.add_argument("--memory-mb", type=float, default=DEFAULT_BUDGET_MB, help="inference budget")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--flops", action="store_true",
-                   help="print GMACs per 256x256x2 slab (paper's Table III accounting) and stop")  # fmt: skip
-    p.add_argument("--adapt-steps", type=int, default=0, metavar="N",
-                   help="also run each model fine-tuned on each case's own LR for N steps "
-                        "(sainr.adapt; time includes the adaptation)")  # fmt: skip
-    p.add_argument("--adapt-models", nargs="+", metavar="NAME",
-                   help="models to adapt with --adapt-steps (default: all)")  # fmt: skip
-    p.add_argument("--eclare", action="store_true",
-                   help="also run ECLARE (pip package 'eclare', benchmark environments only), "
-                        "trained per case on the LR's in-plane data")  # fmt: skip
-    p.add_argument("--eclare-patches", type=int, default=2048, metavar="N",
-                   help="ECLARE training patches per case (its --n-patches; default 2048, "
-                        "ECLARE's own default is 1000000)")  # fmt: skip
-    p.add_argument("--eclare-batch-size", type=int, default=8, metavar="B",
-                   help="ECLARE batch size (its --batch-size; default 8, ECLARE's 128); "
-                        "training steps = ceil(patches / B)")  # fmt: skip
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """What one evaluation runs (the options of ``sainr evaluate``).
+
+    ``volumes``: HR volumes (the ground truth); ``out``: folder for results.csv, results.md
+    and figures. ``factors``, ``profiles``: the simulated acquisitions; ``thickness``: slice
+    thickness / LR spacing of the gaussian and box profiles. ``figures``: profiles to draw
+    (None: all). ``axis``: one slice axis (None: auto) for all volumes or one per volume.
+    ``models``: ``NAME=WEIGHTS`` (none: the shipped default). ``ungated``: also run gated
+    models without their gate. ``crop``: in-plane centre crop; ``max_slices``: planes S3 is
+    averaged over. ``flops``: print the GMAC tables only. ``adapt_steps``, ``adapt_models``:
+    fine-tuned rows per case. ``eclare``: also run ECLARE with that budget."""
+
+    volumes: tuple[Path, ...] = ()
+    out: Path | None = None
+    factors: tuple[float, ...] = DEFAULT_FACTORS
+    profiles: tuple[str, ...] = DEFAULT_PROFILES
+    figures: tuple[str, ...] | None = None
+    thickness: float = 1.0
+    axis: tuple[int | None, ...] = ()
+    models: tuple[str, ...] = ()
+    ungated: bool = True
+    crop: int | None = None
+    max_slices: int = 16
+    device: str = "auto"
+    memory_mb: float = DEFAULT_BUDGET_MB
+    threads: int | None = None
+    flops: bool = False
+    adapt_steps: int = 0
+    adapt_models: tuple[str, ...] | None = None
+    eclare: bool = False
+    eclare_patches: int = 2048
+    eclare_batch_size: int = 8
 
 
-def _axis_arg(text: str) -> int | None:
-    """0, 1, 2 or None for 'auto'."""
-    if text == "auto":
-        return None
-    if text in ("0", "1", "2"):
-        return int(text)
-    raise argparse.ArgumentTypeError(f"axis must be 0, 1, 2 or auto, got {text!r}")
-
-
-def run(args: argparse.Namespace) -> int:
+def run(settings: EvaluationSettings) -> None:
     """Evaluate every volume at every factor and write the CSV, markdown and figures
     (or, with ``--flops``, print the GMAC tables only)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    factors = _check_factors(args.factors)
-    acquisitions = _acquisitions(args.profiles, factors, args.thickness)
-    if args.flops:
-        print(flops_report(_load_models(args.model), factors, {}))
-        return 0
-    if not args.volumes:
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    factors = _check_factors(settings.factors)
+    acquisitions = _acquisitions(settings.profiles, factors, settings.thickness)
+    if settings.flops:
+        print(flops_report(_load_models(settings.models), factors, {}))
+        return
+    if not settings.volumes:
         raise SainrError("give at least one HR volume to evaluate (or --flops)")
-    if args.out is None:
+    if settings.out is None:
         raise SainrError("give an output folder with --out")
-    check_output_folder(args.out)  # before any work: nothing is created for a bad run
-    for path in args.volumes:
+    check_output_folder(settings.out)  # before any work: nothing is created for a bad run
+    for path in settings.volumes:
         if not Path(path).exists():
             raise InputImageError(f"input not found: {path}; check the path")
-    axes = _axes_per_volume(args.axis, len(args.volumes))
-    device = choose_device(args.device)
-    models = _load_models(args.model)
-    methods = build_methods(models, device, args.memory_mb, args.ungated)
-    methods += adapted_methods(models, args.adapt_steps, args.adapt_models, device, args.memory_mb)
-    if args.eclare:
-        methods.append(eclare_method(EclareOptions.from_args(args, device)))
-    args.out.mkdir(parents=True, exist_ok=True)
+    axes = _axes_per_volume(settings.axis, len(settings.volumes))
+    device = choose_device(settings.device)
+    models = _load_models(settings.models)
+    methods = build_methods(models, device, settings.memory_mb, settings.ungated)
+    methods += adapted_methods(
+        models, settings.adapt_steps, settings.adapt_models, device, settings.memory_mb
+    )
+    if settings.eclare:
+        methods.append(eclare_method(EclareOptions.of(settings, device)))
+    settings.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     cases: list[Case] = []
-    for path, axis in zip(args.volumes, axes, strict=True):
-        case = load_case(path, axis, args.crop)
+    for path, axis in zip(settings.volumes, axes, strict=True):
+        case = load_case(path, axis, settings.crop)
         cases.append(case)
         for acq in acquisitions:
-            figure = args.figures is None or acq.profile in args.figures
-            rows += evaluate_case(case, acq, methods, args.max_slices, args.out if figure else None)
+            figure = settings.figures is None or acq.profile in settings.figures
+            folder = settings.out if figure else None
+            rows += evaluate_case(case, acq, methods, settings.max_slices, folder)
             print(f"{case.name} {acq.profile} x{acq.factor:g}: " + ", ".join(
                 f"{r['method']} {r['psnr']:.2f} dB" for r in rows[-len(methods):]
             ), file=sys.stderr)  # fmt: skip
-    write_csv(rows, args.out / "results.csv")
-    config = configuration(cases, models, factors, args, device)
-    (args.out / "results.md").write_text(report(rows, methods, config, models, factors), encoding="utf-8")
-    print(f"wrote {args.out / 'results.md'}", file=sys.stderr)
-    return 0
+    write_csv(rows, settings.out / "results.csv")
+    config = configuration(cases, models, factors, settings, device)
+    text = report(rows, methods, config, models, factors)
+    (settings.out / "results.md").write_text(text, encoding="utf-8")
+    print(f"wrote {settings.out / 'results.md'}", file=sys.stderr)
 
 
 def _acquisitions(
-    profiles: list[str], factors: tuple[float, ...], thickness: float
+    profiles: tuple[str, ...], factors: tuple[float, ...], thickness: float
 ) -> list[Acquisition]:
     """Every (profile, factor) case; pure decimation only at integer factors (its slices
     must lie on HR slices), the others with the given relative ``thickness``."""
@@ -217,24 +198,24 @@ def _acquisitions(
     return cases
 
 
-def _check_factors(factors: list[float]) -> tuple[float, ...]:
+def _check_factors(factors: tuple[float, ...]) -> tuple[float, ...]:
     bad = [f for f in factors if not (math.isfinite(f) and f > 1)]
     if bad:
         raise SainrError(f"factors must be finite numbers > 1, got {bad}")
     return tuple(dict.fromkeys(float(f) for f in factors))
 
 
-def _axes_per_volume(axes: list[int | None] | None, n: int) -> list[int | None]:
+def _axes_per_volume(axes: tuple[int | None, ...], n: int) -> list[int | None]:
     if not axes:
         return [None] * n
     if len(axes) == 1:
-        return axes * n
+        return list(axes) * n
     if len(axes) != n:
         raise SainrError(f"--axis takes one value or one per volume ({n}), got {len(axes)}")
-    return axes
+    return list(axes)
 
 
-def _load_models(specs: list[str]) -> list[tuple[str, str, SAINR]]:
+def _load_models(specs: tuple[str, ...]) -> list[tuple[str, str, SAINR]]:
     """(name, source, model) per ``NAME=WEIGHTS``; the shipped default when none is given."""
     if not specs:
         try:
@@ -302,7 +283,7 @@ def _network(
 
 
 def adapted_methods(
-    models: list[tuple[str, str, SAINR]], steps: int, names: list[str] | None,
+    models: list[tuple[str, str, SAINR]], steps: int, names: tuple[str, ...] | None,
     device: torch.device, budget_mb: float,
 ) -> list[Method]:  # fmt: skip
     """``<model> adapted (N steps)`` for each model (or each of ``names``); none for N = 0."""
@@ -356,11 +337,12 @@ class EclareOptions:
     gpu_id: int = -1
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, device: torch.device) -> EclareOptions:
-        if args.eclare_patches < 1 or args.eclare_batch_size < 1:
+    def of(cls, settings: EvaluationSettings, device: torch.device) -> EclareOptions:
+        """The ECLARE budget of ``settings``, on ``device``'s GPU (or the CPU)."""
+        if settings.eclare_patches < 1 or settings.eclare_batch_size < 1:
             raise SainrError("--eclare-patches and --eclare-batch-size must be >= 1")
         gpu = (device.index or 0) if device.type == "cuda" else -1
-        return cls(args.eclare_patches, args.eclare_batch_size, gpu)
+        return cls(settings.eclare_patches, settings.eclare_batch_size, gpu)
 
     @property
     def steps(self) -> int:
@@ -693,7 +675,7 @@ def _config_text(cfg: ModelConfig) -> str:
 
 def configuration(
     cases: list[Case], models: list[tuple[str, str, SAINR]], factors: tuple[float, ...],
-    args: argparse.Namespace, device: torch.device,
+    settings: EvaluationSettings, device: torch.device,
 ) -> list[str]:  # fmt: skip
     """Markdown bullet lines describing exactly what was run."""
     lines = [f"- volume `{c.name}`: slice axis {c.label}, HR {c.hr.shape[0]} slices × "
@@ -703,15 +685,15 @@ def configuration(
         n_params = sum(p.numel() for p in model.parameters())
         lines.append(f"- model `{name}` from {source}: {_config_text(model.config)}; "
                      f"{n_params:,} parameters")  # fmt: skip
-    crop = f"{args.crop}×{args.crop} in-plane centre crop" if args.crop else "none (full volumes)"
+    crop = f"{settings.crop}×{settings.crop} in-plane centre crop" if settings.crop else "none (full volumes)"
     lines += [
         f"- factors: {', '.join(f'×{f:g}' for f in factors)}; crop: {crop}",
         f"- device: {device}; precision: {resolve_precision(device, 'auto')} (auto); "
         f"torch threads: {torch.get_num_threads()}; torch {torch.__version__}; "
         f"sainr {__version__}; Python {platform.python_version()}",
         f"- LR simulation (sainr.degradation): slices centred at HR positions 0, r, 2r, …; "
-        f"profiles {', '.join(dict.fromkeys(args.profiles))} (none = the HR slice itself, "
-        f"integer r only; gaussian = FWHM, box = width of {args.thickness:g} × the LR "
+        f"profiles {', '.join(dict.fromkeys(settings.profiles))} (none = the HR slice itself, "
+        f"integer r only; gaussian = FWHM, box = width of {settings.thickness:g} × the LR "
         "spacing, weights integrated over each HR voxel); every method that takes it is told "
         "that thickness; output grid = HR grid, truth = HR slices 0 … n_H−1",
         "- intensities: every metric in the units of the HR volume's robust scale "
@@ -720,24 +702,24 @@ def configuration(
         "- PSNR: MAX = truth max, prediction clipped to [0, MAX]; SSIM: 3D, scikit-image "
         "defaults (7-voxel uniform window), L = max − min of the truth, prediction clipped to "
         "[min, max] of the truth",
-        f"- S3: mean over at most {args.max_slices} planes [:, :, x] containing the slice axis "
+        f"- S3: mean over at most {settings.max_slices} planes [:, :, x] containing the slice axis "
         "(x evenly spaced), intensities clipped to [0, 1]; 'ground truth' gives the reference",
         "- time: wall-clock seconds per method and volume (SA-INR: encoder + all queries)",
     ]
-    if args.adapt_steps:
+    if settings.adapt_steps:
         from dataclasses import asdict
 
         from .adapt import AdaptConfig
 
-        names = ", ".join(f"`{n}`" for n, _, _ in models if not args.adapt_models
-                          or n in args.adapt_models)  # fmt: skip
-        settings = {**asdict(AdaptConfig(steps=args.adapt_steps)), "thickness": "the case's"}
+        names = ", ".join(f"`{n}`" for n, _, _ in models if not settings.adapt_models
+                          or n in settings.adapt_models)  # fmt: skip
+        adapting = {**asdict(AdaptConfig(steps=settings.adapt_steps)), "thickness": "the case's"}
         lines.append(f"- adapted: {names} fine-tuned per case on that case's normalised LR only "
                      "(sainr.adapt, from the loaded weights each time; "
-                     f"{', '.join(f'{k}={v}' for k, v in settings.items())}; spacing = LR "
+                     f"{', '.join(f'{k}={v}' for k, v in adapting.items())}; spacing = LR "
                      "spacing, target = HR slice spacing); time includes the adaptation")  # fmt: skip
-    if args.eclare:
-        eclare = EclareOptions.from_args(args, device)
+    if settings.eclare:
+        eclare = EclareOptions.of(settings, device)
         where = f"GPU {eclare.gpu_id}" if eclare.gpu_id >= 0 else "CPU"
         lines.append(
             f"- ECLARE {require_eclare()} (PyPI `eclare`, its `run-eclare` in a subprocess, "

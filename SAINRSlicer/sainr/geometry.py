@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .errors import AxisError, InputImageError, SpacingError
+from .request import Target
 
 #: Relative tolerance for comparing spacings (never absolute: spacings may be micrometres).
 EPS = 1e-6
@@ -165,34 +166,22 @@ def detect_slice_axis(
     return int(order[0])
 
 
-def resolve_target_spacing(
-    geom: Geometry,
-    axis: int,
-    spacing: float | None = None,
-    factor: float | None = None,
-    isotropic: bool = False,
-    force: bool = False,
-) -> float:
-    """Target slice spacing (mm) from exactly one of spacing, factor or isotropic."""
-    given = sum(x is not None and x is not False for x in (spacing, factor, isotropic or None))
-    if given != 1:
-        raise SpacingError("give exactly one of a target spacing, a factor or isotropic")
+def resolve_target_spacing(geom: Geometry, axis: int, target: Target) -> float:
+    """The target slice spacing (mm) of ``target`` for slice axis ``axis`` of ``geom``: finer
+    than the current slices, by at most MAX_FACTOR unless forced."""
+    spacing = target.spacing
     current = geom.spacing[axis]
-    if isotropic:
+    if target.isotropic:
         spacing = min(s for a, s in enumerate(geom.spacing) if a != axis)
-    elif factor is not None:
-        if not (math.isfinite(factor) and factor > 1):
-            raise SpacingError(f"the factor must be a finite number > 1, got {factor}")
-        spacing = current / factor
-    assert spacing is not None
-    if not (math.isfinite(spacing) and spacing > 0):
-        raise SpacingError(f"target spacing must be a positive number of mm, got {spacing}")
+    elif target.factor is not None:
+        spacing = current / target.factor
+    assert spacing is not None  # a Target holds exactly one of the three
     if spacing >= current * (1 - EPS):  # relative: micro-scale spacings are judged alike
         raise SpacingError(
             f"target spacing {spacing:.4g} mm is not smaller than the current slice spacing "
             f"{current:.4g} mm; choose a value below {current:.4g} mm"
         )
-    if current / spacing > MAX_FACTOR and not force:
+    if current / spacing > MAX_FACTOR and not target.force:
         raise SpacingError(
             f"target spacing {spacing:.4g} mm is a {current / spacing:.1f}x reduction of "
             f"{current:.4g} mm (limit {MAX_FACTOR:g}x); use a larger spacing or force it (--force)"
