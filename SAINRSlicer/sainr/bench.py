@@ -24,17 +24,17 @@ from .errors import SainrError
 from .inference import resolve_precision
 from .model import SAINR, gating_disabled
 from .request import ReduceOptions
+from .resources import resource_path
 
 SAMPLE = "knee_qdess_sag_3mm.nii.gz"
 
 
 def sample_path() -> Path:
-    """The bundled sample: repository layout, then the Slicer install layout."""
-    here = Path(__file__).resolve().parent
-    for root in (here.parents[1], here.parent):
-        if (root / "Resources" / "Sample" / SAMPLE).is_file():
-            return root / "Resources" / "Sample" / SAMPLE
-    raise SainrError("the bundled sample volume was not found; pass volumes to benchmark")
+    """The bundled sample volume (:mod:`sainr.resources`)."""
+    try:
+        return resource_path(f"Sample/{SAMPLE}")
+    except FileNotFoundError:
+        raise SainrError("the bundled sample volume was not found; pass volumes to benchmark") from None
 
 
 def resize_in_plane(image: sitk.Image, axis: int, size: int) -> sitk.Image:

@@ -46,7 +46,6 @@ from .io import read_volume, volume_suffix, write_atomically, write_volume
 from .metrics import psnr
 from .model.vae import SliceVAE, VAEConfig, kl_divergence
 from .validation import check_image, check_values
-from .weights import save_atomically
 
 Tensorish = np.ndarray | torch.Tensor
 VAE_FORMAT = "sainr-vae-v1"
@@ -223,10 +222,11 @@ def train_vae(
         + ", ".join(f"{s.name} ({len(s.slices)} slices, axis {'ijk'[s.axis]})" for s in stacks))  # fmt: skip
 
     def checkpoint() -> None:
-        save_atomically({"format": VAE_FORMAT, "config": vae_cfg.to_dict(), "train": asdict(cfg),
-               "inputs": [s.name for s in stacks], "state_dict": vae.state_dict(),
-               "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
-               "rng": torch.get_rng_state()}, path)  # fmt: skip
+        state = {"format": VAE_FORMAT, "config": vae_cfg.to_dict(), "train": asdict(cfg),
+                 "inputs": [s.name for s in stacks], "state_dict": vae.state_dict(),
+                 "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
+                 "rng": torch.get_rng_state()}  # fmt: skip
+        write_atomically(path, lambda tmp: torch.save(state, tmp), ".tmp")
 
     t0, started, last_save = time.time() - elapsed, time.time(), time.time()
     running: list[tuple[float, float]] = []
