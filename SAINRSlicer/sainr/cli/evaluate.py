@@ -1,13 +1,13 @@
 """``sainr evaluate``: SA-INR against interpolation on HR volumes with simulated thick slices
-(:mod:`sainr.evaluate`)."""
+(:mod:`sainr.evaluation`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ..evaluate import DEFAULT_FACTORS, DEFAULT_PROFILES, EvaluationSettings
-from ..evaluate import run as evaluate
+from ..evaluation.run import run as evaluate
+from ..evaluation.settings import DEFAULT_FACTORS, DEFAULT_PROFILES, EvaluationSettings
 from ..inference import DEFAULT_BUDGET_MB
 
 
