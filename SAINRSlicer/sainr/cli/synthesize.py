@@ -1,5 +1,5 @@
 """``sainr synthesize INPUTS --vae RUN/vae.pt --out FOLDER``: thin-slice volumes by latent
-interpolation of the slice VAE (:func:`sainr.synthesis.synthesize`)."""
+interpolation of the slice VAE (:func:`sainr.selfsup.synthesis.synthesize`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..errors import SainrError
 from ..io import volume_suffix
-from ..synthesis import MODES, load_vae, synthesize
+from ..selfsup.synthesis import MODES, synthesize
+from ..selfsup.vae_training import load_vae
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
