@@ -186,6 +186,16 @@ def adapt(
     return net.eval()
 
 
+@dataclass(frozen=True)
+class Adapted:
+    """An adapted model with the settings it was adapted with and the steps it got (fewer
+    than ``config.steps`` when ``config.minutes`` ran out first)."""
+
+    model: SAINR
+    config: AdaptConfig
+    steps_done: int
+
+
 def adapt_to_image(
     model: SAINR,
     image: sitk.Image,
@@ -215,16 +225,6 @@ def adapt_to_image(
 
     net = adapt(model, normalised, spacing, out_geom.spacing[ax], config, report, cancel, log)
     return Adapted(net, config, done[0])
-
-
-@dataclass(frozen=True)
-class Adapted:
-    """An adapted model with the settings it was adapted with and the steps it got (fewer
-    than ``config.steps`` when ``config.minutes`` ran out first)."""
-
-    model: SAINR
-    config: AdaptConfig
-    steps_done: int
 
 
 def check_budget(steps: int, minutes: float | None) -> None:

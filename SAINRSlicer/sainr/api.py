@@ -92,11 +92,11 @@ def reduce_spacing(
     mm, or a :class:`~sainr.request.Target` (a factor, isotropic voxels, a named slice axis).
 
     ``options`` says how it runs (:class:`~sainr.request.ReduceOptions`: slice thickness,
-    device, precision, memory budget, NaN policy); to adapt the model to the image first,
-    pass :func:`sainr.adapt.adapt_to_image`'s result as ``model``. ``weights`` names a shipped model ("default")
-    or a checkpoint file; ``model`` passes an already loaded one. The acquired slice thickness
-    (default: the slice spacing, i.e. contiguous thick slices; smaller for slices with gaps)
-    tells the model how much to deblur.
+    device, precision, memory budget, NaN policy). ``weights`` names a shipped model
+    ("default") or a checkpoint file; ``model`` passes an already loaded one (to adapt it to
+    the image first: :func:`sainr.adapt.adapt_to_image` with the same target and options).
+    The acquired slice thickness (default: the slice spacing, i.e. contiguous thick slices;
+    smaller for slices with gaps) tells the model how much to deblur.
     """
     ax, out_geom = plan_reduction(image, target)
     geom = geometry_of(image)

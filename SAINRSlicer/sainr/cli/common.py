@@ -89,8 +89,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def target_of(args: argparse.Namespace) -> Target:
     """The parsed target options as a :class:`~sainr.request.Target` (checked there)."""
-    force = getattr(args, "force", False)
-    return Target(args.spacing, args.factor, args.isotropic, args.axis, force)
+    return Target(
+        spacing=args.spacing,
+        factor=args.factor,
+        isotropic=args.isotropic,
+        axis=args.axis,
+        force=getattr(args, "force", False),  # sainr adapt has no --force
+    )
 
 
 def options_of(args: argparse.Namespace) -> ReduceOptions:

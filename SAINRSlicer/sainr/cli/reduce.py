@@ -25,7 +25,7 @@ from ..io import (
 )
 from ..model import SAINR
 from ..protocol import ADAPT_TAG
-from ..request import Target
+from ..request import ReduceOptions, Target
 from ..weights import load_model
 from .adapt import adapt_with_progress
 from .common import (
@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", type=Path, help="also write the gating mask (uint8) here")
     p.add_argument("--series", metavar="UID", help="DICOM folder with several series: the SeriesInstanceUID to read")
     p.add_argument("--weights", default=None, help="shipped model name or checkpoint file (default: default)")
-    p.add_argument("--memory-mb", type=float, default=2048, help="working memory budget (default 2048)")
+    p.add_argument("--memory-mb", type=float, default=ReduceOptions.memory_mb,
+                   help="working memory budget (default 2048)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="allow reductions beyond 20x")
     p.add_argument("--preview", type=Path, help="also write a PNG comparison picture (single input)")
     add_run_arguments(p)
