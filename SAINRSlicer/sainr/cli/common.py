@@ -23,9 +23,6 @@ from ..protocol import PROGRESS_TAG
 from ..request import ReduceOptions, Target
 from ..validation import check_values
 
-#: Devices as the options name them.
-DEVICE_HELP = "auto (CUDA if usable, else CPU), cpu, cuda, mps"
-
 
 def progress_printer(
     mode: str, label: str, unit: str = "vox", tag: str = PROGRESS_TAG
@@ -67,7 +64,7 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """How the model runs: device, precision, NaN handling, slice thickness, progress."""
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--device", default="auto", help="auto (CUDA if usable, else CPU), cpu, cuda, mps")
     p.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16", "fp16"),

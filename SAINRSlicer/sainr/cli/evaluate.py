@@ -56,8 +56,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eclare-batch-size", type=int, default=8, metavar="B",
                    help="ECLARE batch size (its --batch-size; default 8, ECLARE's 128); "
                         "training steps = ceil(patches / B)")  # fmt: skip
-
-
     p.set_defaults(func=run)
 
 

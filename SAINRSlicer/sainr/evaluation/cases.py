@@ -21,6 +21,7 @@ from ..validation import check_image, check_values
 #: 3D SSIM's window; every evaluated axis needs at least this many voxels.
 MIN_EXTENT = 7
 
+
 @dataclass(frozen=True)
 class Case:
     """One HR volume ready for evaluation: normalised, slice axis first (S, H, W)."""
@@ -30,6 +31,7 @@ class Case:
     axis: int
     label: str
     spacing: tuple[float, float, float]  # mm along (S, H, W)
+
 
 def simulated_acquisitions(
     profiles: tuple[str, ...], factors: tuple[float, ...], thickness: float
@@ -44,11 +46,13 @@ def simulated_acquisitions(
         raise SainrError("pure decimation (profile none) needs an integer factor")
     return cases
 
+
 def check_factors(factors: tuple[float, ...]) -> tuple[float, ...]:
     bad = [f for f in factors if not (math.isfinite(f) and f > 1)]
     if bad:
         raise SainrError(f"factors must be finite numbers > 1, got {bad}")
     return tuple(dict.fromkeys(float(f) for f in factors))
+
 
 def axes_per_volume(axes: tuple[int | None, ...], n: int) -> list[int | None]:
     if not axes:
@@ -59,10 +63,12 @@ def axes_per_volume(axes: tuple[int | None, ...], n: int) -> list[int | None]:
         raise SainrError(f"--axis takes one value or one per volume ({n}), got {len(axes)}")
     return list(axes)
 
+
 def volume_name(path: Path) -> str:
     """File name without its volume suffix (.nii.gz, .nrrd, ...)."""
     suffix = volume_suffix(path)
     return path.name[: -len(suffix)] if suffix else path.name
+
 
 def load_case(path: Path, axis: int | None, crop: int | None) -> Case:
     """Read, choose the slice axis, centre-crop in-plane and normalise an HR volume."""
@@ -87,6 +93,7 @@ def load_case(path: Path, axis: int | None, crop: int | None) -> Case:
         label=axis_label(image.GetDirection(), axis),
         spacing=(spacing[axis], spacing[in_plane[0]], spacing[in_plane[1]]),
     )
+
 
 def simulate(hr: np.ndarray, acq: Acquisition) -> tuple[np.ndarray, SliceGrid, np.ndarray]:
     """(LR, thin-slice grid at the HR spacing, truth) for acquisition ``acq`` along axis 0."""

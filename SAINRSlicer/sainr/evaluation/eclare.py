@@ -27,6 +27,7 @@ from .settings import EvaluationSettings
 #: found by :func:`require_eclare` is the one that runs.
 _ECLARE_MAIN = "import sys; from eclare.main import main; main(sys.argv[1:])"
 
+
 @dataclass(frozen=True)
 class EclareOptions:
     """ECLARE's budget and device (its --n-patches, --batch-size and --gpu-id)."""
@@ -47,6 +48,7 @@ class EclareOptions:
     def steps(self) -> int:
         return math.ceil(self.patches / self.batch_size)
 
+
 def require_eclare() -> str:
     """ECLARE's version; a :class:`SainrError` when this environment does not have it."""
     if importlib.util.find_spec("eclare") is None:
@@ -64,6 +66,7 @@ def require_eclare() -> str:
     except PackageNotFoundError:
         return "unknown version"
 
+
 def eclare_method(options: EclareOptions) -> Method:
     """ECLARE as a method; refuses (before any case runs) when it is not installed."""
     require_eclare()
@@ -72,11 +75,13 @@ def eclare_method(options: EclareOptions) -> Method:
         lambda lr, grid, spacing, thickness: (run_eclare(lr, grid, spacing, thickness, options), None),
     )
 
+
 def eclare_thickness(spacing: tuple[float, float, float], grid: SliceGrid, thickness: float) -> float:
     """The simulated LR's slice thickness in ECLARE's units (finest in-plane voxels):
     ``thickness`` x the LR spacing r c_S (profile known, so ECLARE's ESPRESO estimate is
     skipped)."""
     return thickness * lr_spacing(grid, spacing)[0] / min(spacing[1], spacing[2])
+
 
 def write_lr_nifti(lr: np.ndarray, spacing: tuple[float, float, float], path: Path) -> Path:
     """``lr`` (S, H, W) as a NIfTI with voxel spacing ``spacing`` (mm along S, H, W): index axis
@@ -90,6 +95,7 @@ def write_lr_nifti(lr: np.ndarray, spacing: tuple[float, float, float], path: Pa
     image.SetSpacing((spacing[2], spacing[1], spacing[0]))
     sitk.WriteImage(image, str(path))
     return path
+
 
 def run_eclare(
     lr: np.ndarray, grid: SliceGrid, spacing: tuple[float, float, float], thickness: float,
@@ -116,6 +122,7 @@ def run_eclare(
         raise SainrError(f"ECLARE returned in-plane {volume.shape[1:]}, expected {lr.shape[1:]}")
     return same_fov_onto_grid(volume, spacing_lr[0] / out.GetSpacing()[2], grid)
 
+
 def same_fov_positions(n_in: int, n_out: int, ratio: float) -> np.ndarray:
     """Where ``n_out`` samples that resample ``n_in`` samples ``ratio`` times more densely
     with the same field of view lie, in input-sample units.
@@ -127,6 +134,7 @@ def same_fov_positions(n_in: int, n_out: int, ratio: float) -> np.ndarray:
     coincide; the first output sample lies (ratio − 1)/2 output samples before input sample 0.
     """
     return -0.5 + (n_in - n_out / ratio) / 2 + (np.arange(n_out) + 0.5) / ratio
+
 
 def same_fov_onto_grid(volume: np.ndarray, ratio: float, grid: SliceGrid) -> np.ndarray:
     """``volume`` (N, H, W), the ``grid.n_lr`` acquired slices resampled ``ratio`` times more

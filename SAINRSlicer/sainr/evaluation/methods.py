@@ -27,6 +27,7 @@ RunFn = Callable[
     tuple[np.ndarray, np.ndarray | None],
 ]
 
+
 @dataclass(frozen=True)
 class Method:
     """A named way to fill the thin-slice grid; ``model`` is set for SA-INR variants."""
@@ -35,6 +36,7 @@ class Method:
     run: RunFn
     model: SAINR | None = None
     gated: bool = False
+
 
 def load_models(specs: tuple[str, ...]) -> list[tuple[str, str, SAINR]]:
     """(name, source, model) per ``NAME=WEIGHTS``; the shipped default when none is given."""
@@ -59,6 +61,7 @@ def load_models(specs: tuple[str, ...]) -> list[tuple[str, str, SAINR]]:
         raise SainrError(f"model names must be unique, got {names}")
     return out
 
+
 def build_methods(
     models: list[tuple[str, str, SAINR]], device: torch.device, budget_mb: float,
     ungated: bool = True,
@@ -80,6 +83,7 @@ def build_methods(
                                   _network(model, device, budget_mb, ungated=True), model))  # fmt: skip
     return methods
 
+
 def _network(
     model: SAINR, device: torch.device, budget_mb: float, ungated: bool = False,
     adapt_steps: int = 0,
@@ -99,6 +103,7 @@ def _network(
         return super_resolve(net, lr, grid, device, budget_mb, thickness=thickness)
 
     return run_model
+
 
 def adapted_methods(
     models: list[tuple[str, str, SAINR]], steps: int, names: tuple[str, ...] | None,
@@ -124,6 +129,7 @@ def adapted_methods(
                    _network(model, device, budget_mb, adapt_steps=steps))
             for name, _, model in models if names is None or name in names]  # fmt: skip
 
+
 def adapt_to_case(
     model: SAINR, lr: np.ndarray, grid: SliceGrid, spacing: tuple[float, float, float],
     thickness: float, steps: int,
@@ -137,6 +143,7 @@ def adapt_to_case(
 
     config = AdaptConfig(steps=steps, thickness=thickness)
     return adapt(model, lr, lr_spacing(grid, spacing), spacing[0], config=config)
+
 
 def lr_spacing(grid: SliceGrid, spacing: tuple[float, float, float]) -> tuple[float, float, float]:
     """Spacing (mm, along S, H, W) of the simulated LR: the HR's with slices ``grid.factor``

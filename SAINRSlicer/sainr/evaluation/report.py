@@ -21,6 +21,7 @@ from .settings import EvaluationSettings
 
 _FIELDS = ("volume", "axis", "profile", "factor", "method", "psnr", "ssim", "s3", "seconds", "attended")
 
+
 def write_csv(rows: list[dict], path: Path) -> None:
     """One line per row; empty cells where a metric does not apply."""
     with open(path, "w", newline="") as fh:
@@ -29,6 +30,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
         for row in rows:
             writer.writerow({k: _csv_value(row.get(k)) for k in _FIELDS})
 
+
 def _csv_value(value) -> str:
     if value is None:
         return ""
@@ -36,12 +38,15 @@ def _csv_value(value) -> str:
         return f"{value:.6g}"
     return str(value)
 
+
 CaseKey = tuple[str, str, float]  # (volume, profile, factor)
+
 
 def _lookup(rows: list[dict]) -> tuple[list[CaseKey], dict]:
     """Case keys (volume, profile, factor) in order of appearance and (case, method) -> row."""
     keys = list(dict.fromkeys((r["volume"], r["profile"], r["factor"]) for r in rows))
     return keys, {((r["volume"], r["profile"], r["factor"]), r["method"]): r for r in rows}
+
 
 def metric_table(rows: list[dict], metric: str, columns: list[str], fmt: str,
                  gain_of: str | None = None) -> str:  # fmt: skip
@@ -76,6 +81,7 @@ def metric_table(rows: list[dict], metric: str, columns: list[str], fmt: str,
             lines.append(line(["mean", p, "all"], values([k for k in keys if k[1] == p]), True))
     return "\n".join(lines)
 
+
 def gating_table(rows: list[dict], method: Method) -> str:
     """Gated vs ungated: fraction attended, PSNR, LASA GMACs per slab (ours), wall time."""
     keys, index = _lookup(rows)
@@ -97,6 +103,7 @@ def gating_table(rows: list[dict], method: Method) -> str:
         )
     return "\n".join(lines)
 
+
 def flops_report(
     models: list[tuple[str, str, SAINR]], factors: tuple[float, ...], attended: dict[str, float]
 ) -> str:
@@ -115,8 +122,10 @@ def flops_report(
                  + flops_table(ModelConfig(), (2.0, 3.0, 4.0), 0.2))  # fmt: skip
     return "\n\n".join(parts)
 
+
 def _config_text(cfg: ModelConfig) -> str:
     return ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
+
 
 def configuration(
     cases: list[Case], models: list[tuple[str, str, SAINR]], factors: tuple[float, ...],
@@ -177,6 +186,7 @@ def configuration(
             "B-spline onto the thin-slice grid; time includes training, inference and file I/O"
         )
     return lines
+
 
 def report(
     rows: list[dict], methods: list[Method], config: list[str],

@@ -77,6 +77,7 @@ def run(settings: EvaluationSettings) -> None:
     (settings.out / "results.md").write_text(text, encoding="utf-8")
     print(f"wrote {settings.out / 'results.md'}", file=sys.stderr)
 
+
 def evaluate_case(
     case: Case, acq: Acquisition, methods: list[Method], max_slices: int | None,
     out_dir: Path | None,
@@ -107,6 +108,7 @@ def evaluate_case(
         save_figure(case, acq, lr, grid, truth, methods, preds,
                     out_dir / f"figure_{case.name}_{acq.profile}_x{factor:g}.png")  # fmt: skip
     return rows
+
 
 def _s3(vol: np.ndarray, max_slices: int | None) -> float:
     """S3 on planes [:, :, x] (containing the slice axis), intensities clipped to [0, 1]

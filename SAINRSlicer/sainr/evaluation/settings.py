@@ -11,6 +11,7 @@ DEFAULT_FACTORS = (2.0, 2.5, 3.0, 4.0)
 
 DEFAULT_PROFILES = ("none", "gaussian", "box")
 
+
 @dataclass(frozen=True)
 class EvaluationSettings:
     """What one evaluation runs (the options of ``sainr evaluate``).

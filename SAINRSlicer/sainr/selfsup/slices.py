@@ -23,6 +23,7 @@ MIN_FOREGROUND = 0.05
 
 FOREGROUND = 0.1
 
+
 @dataclass
 class SliceStack:
     """A volume's in-plane slices (slice axis first), normalised, and how to undo it."""
@@ -31,6 +32,7 @@ class SliceStack:
     slices: np.ndarray  # float32 (n, H, W), normalised
     scale: IntensityScale
     axis: int  # index axis (i, j, k) the slices are stacked along
+
 
 def volume_slices(image: sitk.Image, axis: int | None = None) -> tuple[np.ndarray, int]:
     """(slices (n, H, W) float32 in the input's units, slice index axis) of a checked
@@ -41,17 +43,20 @@ def volume_slices(image: sitk.Image, axis: int | None = None) -> tuple[np.ndarra
     array = np.asarray(check_values(sitk.GetArrayViewFromImage(image)), dtype=np.float32)
     return np.ascontiguousarray(np.moveaxis(array, 2 - ax, 0)), ax
 
+
 def slice_stack(image: sitk.Image, name: str, axis: int | None = None) -> SliceStack:
     """The in-plane slices of ``image``, normalised with the robust volume scale."""
     slices, ax = volume_slices(image, axis)
     scale = robust_scale(slices)
     return SliceStack(name, scale.normalize(slices), scale, ax)
 
+
 def load_stacks(paths: Sequence[str | os.PathLike], axis: int | None = None) -> list[SliceStack]:
     """Read and check every volume before any work starts."""
     if not paths:
         raise SainrError("no input volumes given; pass the thick-slice volumes to train on")
     return [slice_stack(read_volume(p), Path(p).name, axis) for p in paths]
+
 
 def sample_crops(
     stacks: list[SliceStack], crop: int, batch: int, rng: np.random.Generator

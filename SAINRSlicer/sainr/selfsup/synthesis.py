@@ -33,12 +33,14 @@ MODES = ("residual", "latent")
 #: Slices per encoder/decoder call at synthesis (bounds memory on large slices).
 CHUNK = 8
 
+
 @torch.no_grad()
 def _encode(vae: SliceVAE, slices: np.ndarray, device: torch.device) -> torch.Tensor:
     """Posterior means (n, latent, h, w) of slices (n, H, W), on the CPU."""
     mus = [vae.encode(torch.from_numpy(slices[s : s + CHUNK, None]).to(device))[0].cpu()
            for s in range(0, len(slices), CHUNK)]  # fmt: skip
     return torch.cat(mus).float()
+
 
 @torch.no_grad()
 def _decode(
@@ -49,11 +51,13 @@ def _decode(
            for s in range(0, len(z), CHUNK)]  # fmt: skip
     return torch.cat(out).numpy()
 
+
 def lerp_pairs(a: Tensorish, t: Tensorish) -> Tensorish:
     """(n - 1, len(t), ...) linear interpolations between consecutive entries of ``a``
     (n, ...) at fractions ``t``; works on numpy arrays and torch tensors alike."""
     t = t.reshape(1, -1, *([1] * (a.ndim - 1)))
     return (1 - t) * a[:-1, None] + t * a[1:, None]
+
 
 def interpolate_slices(
     vae: SliceVAE, slices: np.ndarray, factor: int, mode: str = "residual", device: str = "cpu"
@@ -83,6 +87,7 @@ def interpolate_slices(
     out[:, 0], out[:, 1:] = base[:-1], middle
     return np.concatenate([out.reshape(-1, *size), base[-1:]]), recon
 
+
 @dataclass
 class Synthesis:
     """Synthetic thin-slice image (float32, input units) and its sanity checks."""
@@ -92,6 +97,7 @@ class Synthesis:
     real: np.ndarray  # (n, H, W) input slices (slice axis first), float32 input units
     thin: np.ndarray  # ((n - 1) factor + 1, H, W) synthetic slices, same units
     axis: int
+
 
 def synthesize_volume(
     image: sitk.Image,
@@ -133,6 +139,7 @@ def synthesize_volume(
     }
     return Synthesis(result, checks, real, thin, ax)
 
+
 def save_reformat(syn: Synthesis, path: str | os.PathLike) -> None:
     """PNG of one plane across the slices (through the middle of the second in-plane index
     axis, at physical aspect): input nearest-upsampled, synthetic, synthetic minus linear."""
@@ -168,10 +175,12 @@ def save_reformat(syn: Synthesis, path: str | os.PathLike) -> None:
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
+
 def _jsonable(checks: dict[str, Any]) -> dict[str, Any]:
     """JSON has no infinity: an exact PSNR is written as the string "inf"."""
     return {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v
             for k, v in checks.items()}  # fmt: skip
+
 
 def synthesize(
     input_path: str | os.PathLike,
@@ -202,6 +211,7 @@ def synthesize(
     text = json.dumps(_jsonable(checks), indent=2) + "\n"
     write_atomically(report, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), report.suffix)
     return checks
+
 
 def prepare_thick(
     src: str | os.PathLike,

@@ -25,6 +25,7 @@ VAE_FORMAT = "sainr-vae-v1"
 
 CHECKPOINT = "vae.pt"
 
+
 @dataclass
 class VAETrainConfig:
     """Everything that defines a VAE run; stored in its checkpoint."""
@@ -41,16 +42,19 @@ class VAETrainConfig:
     seed: int = 0
     amp: str = "none"  # none | bf16
 
+
 def beta_at(step: int, cfg: VAETrainConfig) -> float:
     """KL weight at ``step``: linear warm-up from 0 (pure auto-encoder first, so the latent
     carries the anatomy before the prior smooths it)."""
     return cfg.beta * min(1.0, step / cfg.warmup) if cfg.warmup > 0 else cfg.beta
+
 
 def lr_at(step: int, cfg: VAETrainConfig) -> float:
     """Cosine decay to 5 % of ``cfg.lr``: a pure function of the step, so resuming (or
     extending ``steps``) needs no scheduler state."""
     progress = min(step / max(cfg.steps, 1), 1.0)
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     try:
@@ -63,6 +67,7 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         raise WeightsError(f"{path} is not a VAE checkpoint of `sainr train-vae`")
     return ckpt
 
+
 def load_vae(path: str | os.PathLike) -> SliceVAE:
     """The VAE of a ``train-vae`` checkpoint, in evaluation mode."""
     path = Path(path)
@@ -72,6 +77,7 @@ def load_vae(path: str | os.PathLike) -> SliceVAE:
     vae = SliceVAE(VAEConfig.from_dict(ckpt["config"]))
     vae.load_state_dict(ckpt["state_dict"])
     return vae.eval()
+
 
 def train_vae(
     inputs: Sequence[str | os.PathLike],
