@@ -133,3 +133,10 @@ def test_nan_voxels_can_be_replaced_on_request(knee_thick, model):
     image.CopyInformation(knee_thick)
     out = sitk.GetArrayFromImage(reduce_spacing(image, 1.0, ReduceOptions(nan_policy="zero"), model=model).image)
     assert np.isfinite(out).all()
+
+
+def test_the_torch_free_default_memory_budget_is_the_inference_default():
+    """ReduceOptions lives where PyTorch may be missing, so it repeats the budget's value."""
+    from sainr.inference import DEFAULT_BUDGET_MB
+
+    assert ReduceOptions().memory_mb == DEFAULT_BUDGET_MB
