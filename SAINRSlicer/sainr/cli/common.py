@@ -17,6 +17,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ..geometry import relative_thickness
+from ..inference import PRECISIONS
 from ..io import dicom_slice_thickness, read_volume
 from ..planning import plan_reduction
 from ..protocol import PROGRESS_TAG
@@ -67,7 +68,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if usable, else CPU), cpu, cuda, mps")
     p.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         default="auto",
         help="auto = fp16 autocast on CUDA, bf16 on CPUs with AMX, else fp32",
     )
