@@ -13,7 +13,6 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from conftest import TINY
 from sainr.adapt import (
-    ADAPT_TAG,
     AdaptConfig,
     adapt,
     adaptation_data,
@@ -28,6 +27,7 @@ from sainr.geometry import slice_grid
 from sainr.inference import Plan, super_resolve
 from sainr.intensity import robust_scale
 from sainr.model import SAINR
+from sainr.protocol import ADAPT_TAG
 from sainr.weights import load_model, save_checkpoint
 
 TARGET = 1.0

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import KNEE_FAIR, slice_points
-from sainr import reduce_spacing
+from sainr import ReduceOptions, Target, reduce_spacing
 from sainr.baselines import bspline_interpolate, linear_interpolate
 from sainr.degradation import Acquisition, acquire, lr_count
 from sainr.errors import AxisError, InputImageError, SpacingError
@@ -56,7 +56,7 @@ def _oblique_permuted(image: sitk.Image) -> sitk.Image:
 def test_oblique_permuted_volume_keeps_every_acquired_slice_in_place(knee_thick, model):
     image = _oblique_permuted(knee_thick)
     before = sitk.GetArrayFromImage(image).copy()
-    result = reduce_spacing(image, factor=4, model=model)
+    result = reduce_spacing(image, Target(factor=4), model=model)
     out = result.image
     assert result.info["axis"] == 0
     assert out.GetSize() == (77, 64, 64)  # (i, j, k) = (thin slices, old i, old j)
@@ -67,7 +67,7 @@ def test_oblique_permuted_volume_keeps_every_acquired_slice_in_place(knee_thick,
     )
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), before)  # input untouched
     # the permuted run gives the same voxels as the native one (layout is not assumed)
-    native = sitk.GetArrayFromImage(reduce_spacing(knee_thick, factor=4, model=model).image)
+    native = sitk.GetArrayFromImage(reduce_spacing(knee_thick, Target(factor=4), model=model).image)
     moved_back = np.transpose(sitk.GetArrayFromImage(out), (2, 0, 1))
     np.testing.assert_array_equal(moved_back, native)
 
@@ -76,7 +76,7 @@ def test_values_are_real_intensities_and_beat_linear_on_real_knee(knee_image, kn
     """Thin slices in the input's units and type, closer to the withheld 1.5 mm slices than
     linear interpolation is. The kept slices are the original 1.5 mm thin ones (gaps
     between them), and the model is told so."""
-    result = reduce_spacing(knee_thick, 1.5, model=model, slice_thickness_mm=1.5)
+    result = reduce_spacing(knee_thick, 1.5, ReduceOptions(slice_thickness_mm=1.5), model=model)
     out = sitk.GetArrayFromImage(result.image)
     truth = sitk.GetArrayFromImage(knee_image)[: out.shape[0]].astype(np.float64)
     assert out.dtype == np.int16 and out.shape == truth.shape
@@ -131,5 +131,12 @@ def test_nan_voxels_can_be_replaced_on_request(knee_thick, model):
     arr[5, 20, 20] = np.inf
     image = sitk.GetImageFromArray(arr)
     image.CopyInformation(knee_thick)
-    out = sitk.GetArrayFromImage(reduce_spacing(image, 1.0, model=model, nan_policy="zero").image)
+    out = sitk.GetArrayFromImage(reduce_spacing(image, 1.0, ReduceOptions(nan_policy="zero"), model=model).image)
     assert np.isfinite(out).all()
+
+
+def test_the_torch_free_default_memory_budget_is_the_inference_default():
+    """ReduceOptions lives where PyTorch may be missing, so it repeats the budget's value."""
+    from sainr.inference import DEFAULT_BUDGET_MB
+
+    assert ReduceOptions().memory_mb == DEFAULT_BUDGET_MB

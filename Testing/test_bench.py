@@ -78,12 +78,12 @@ def test_small_budget_gives_the_same_volume(tiny_model):
 def test_bf16_autocast_stays_close_to_fp32_on_a_real_knee(knee_thick):
     """Reduced precision (opt-in on CPU, fp16 by default on CUDA) changes the result by far less
     than what SA-INR adds over interpolation."""
-    from sainr import reduce_spacing
+    from sainr import ReduceOptions, reduce_spacing
     from sainr.weights import load_model
 
     model = load_model()
-    full = reduce_spacing(knee_thick, 1.0, model=model, precision="fp32")
-    half = reduce_spacing(knee_thick, 1.0, model=model, precision="bf16")
+    full = reduce_spacing(knee_thick, 1.0, ReduceOptions(precision="fp32"), model=model)
+    half = reduce_spacing(knee_thick, 1.0, ReduceOptions(precision="bf16"), model=model)
     a = sitk.GetArrayFromImage(full.image).astype(np.float64)
     b = sitk.GetArrayFromImage(half.image).astype(np.float64)
     scale = np.percentile(a, 99.5)

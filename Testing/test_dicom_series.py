@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from conftest import KNEE_QDESS, TINY
 from sainr.cli import main
@@ -233,3 +234,29 @@ def test_reduce_uses_the_series_slice_thickness_unless_told_otherwise(
     assert main(["reduce", str(bad), str(tmp_path / "bad.nrrd"), "--factor", "2",
                  "--weights", str(tiny_weights), "--progress", "none"]) == 2  # fmt: skip
     assert "limit 3x" in capfd.readouterr().err
+
+
+def test_reduce_reads_the_series_slice_thickness_once_and_adapts_with_it(
+    tmp_path, knee, tiny_weights, monkeypatch, capfd
+):
+    """Checks, adaptation and reconstruction share one reading of the SliceThickness tags
+    (each reading opens every file's header)."""
+    import sainr.cli.common
+
+    reads = []
+
+    def counted(folder, series=None):
+        reads.append(folder)
+        return dicom_slice_thickness(folder, series)
+
+    monkeypatch.setattr(sainr.cli.common, "dicom_slice_thickness", counted)
+    folder = write_series(tmp_path / "dcm", knee, thickness="1.2")
+    weights = tmp_path / "adapted.pt"
+    argv = ["reduce", str(folder), str(tmp_path / "out.nrrd"), "--factor", "2",
+            "--weights", str(tiny_weights), "--progress", "none", "--adapt-steps", "1",
+            "--save-adapted", str(weights)]  # fmt: skip
+    assert main(argv) == 0, capfd.readouterr().err
+    assert reads == [folder]
+    assert "(1.2 mm thick)" in capfd.readouterr().err
+    meta = torch.load(weights, map_location="cpu", weights_only=True)["meta"]["adapted"]
+    assert meta["thickness"] == pytest.approx(1.2 / 1.5, rel=1e-3)

@@ -17,14 +17,14 @@ from sainr.baselines import linear_interpolate
 from sainr.cli import main
 from sainr.degradation import Acquisition, acquire, lr_count
 from sainr.errors import SainrError
-from sainr.evaluate import (
+from sainr.evaluation.cases import simulate
+from sainr.evaluation.eclare import (
     eclare_thickness,
-    lr_spacing,
     same_fov_onto_grid,
     same_fov_positions,
-    simulate,
     write_lr_nifti,
 )
+from sainr.evaluation.methods import lr_spacing
 from sainr.geometry import slice_grid
 from sainr.inference import super_resolve
 from sainr.intensity import robust_scale

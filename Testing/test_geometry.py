@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
+from sainr.degradation import lr_count
 from sainr.errors import AxisError, InputImageError, SpacingError
+from sainr.flops import Slab
 from sainr.geometry import (
+    SLICE_TOL,
     Geometry,
     axis_label,
     detect_slice_axis,
     output_geometry,
     resolve_target_spacing,
+    slice_count,
     slice_grid,
 )
+from sainr.planning import plan_reduction
+from sainr.request import Target
 
 
 @pytest.mark.parametrize(
@@ -98,16 +105,21 @@ def test_axis_label_names_the_anatomical_plane():
 
 def test_target_spacing_rules():
     geom = Geometry((64, 64, 20), (0.3, 0.35, 3.0), (0, 0, 0), tuple(np.eye(3).ravel()))
-    assert resolve_target_spacing(geom, 2, spacing=1.0) == 1.0
-    assert resolve_target_spacing(geom, 2, factor=4) == pytest.approx(0.75)
-    assert resolve_target_spacing(geom, 2, isotropic=True) == pytest.approx(0.3)
+    assert resolve_target_spacing(geom, 2, Target(spacing=1.0)) == 1.0
+    assert resolve_target_spacing(geom, 2, Target(factor=4)) == pytest.approx(0.75)
+    assert resolve_target_spacing(geom, 2, Target(isotropic=True)) == pytest.approx(0.3)
     with pytest.raises(SpacingError, match="not smaller"):
-        resolve_target_spacing(geom, 2, spacing=3.0)
+        resolve_target_spacing(geom, 2, Target(spacing=3.0))
     with pytest.raises(SpacingError, match="limit"):
-        resolve_target_spacing(geom, 2, spacing=0.1)
-    assert resolve_target_spacing(geom, 2, spacing=0.1, force=True) == 0.1
-    with pytest.raises(SpacingError, match="exactly one"):
-        resolve_target_spacing(geom, 2, spacing=1.0, factor=2.0)
+        resolve_target_spacing(geom, 2, Target(spacing=0.1))
+    assert resolve_target_spacing(geom, 2, Target(spacing=0.1, force=True)) == 0.1
+    for given in ({"spacing": 1.0, "factor": 2.0}, {}, {"factor": 2.0, "isotropic": True}):
+        with pytest.raises(SpacingError, match="exactly one"):
+            Target(**given)
+    with pytest.raises(SpacingError, match="factor must be a finite number > 1"):
+        Target(factor=float("nan"))
+    with pytest.raises(SpacingError, match="positive number of mm"):
+        Target(spacing=-1.0)
 
 
 def test_output_geometry_changes_only_the_slice_axis():
@@ -119,3 +131,45 @@ def test_output_geometry_changes_only_the_slice_axis():
     pts = out.index_to_point(np.array([[0, 0, j] for j in range(58)]))
     ref = geom.index_to_point(np.array([[0, 0, j / 3] for j in range(58)]))
     np.testing.assert_allclose(pts, ref, atol=1e-9)
+
+
+#: (acquired, target) slice spacings as headers store them: float32 rounds 4.5 and 1.5 exactly,
+#: 2.1 (= 3 x 0.7), 3.5 and 0.7 not (2.0999999 mm, 3.5000000 mm, 0.69999999 mm).
+FLOAT32_SPACINGS = [
+    (np.float32(4.5), 1.5), (np.float32(4.5), np.float32(1.5)), (np.float32(1.5), 0.5),
+    (np.float32(2.1), 0.7), (np.float32(3.5), 0.7), (np.float32(4.2), np.float32(0.7)),
+    (np.float32(4.5), 0.9), (2.1, np.float32(0.7)), (np.float32(0.7 * 3), 0.7),
+]  # fmt: skip
+
+
+def _old_count(n: int, ratio: float) -> int:
+    """The count with the 1e-6 tolerance the data, flops and adaptation code used before."""
+    return int(np.floor((n - 1) * ratio + 1e-6)) + 1
+
+
+@pytest.mark.parametrize(("thick", "thin"), FLOAT32_SPACINGS)
+def test_float32_header_spacings_keep_every_slice_and_the_extent(thick, thin):
+    n = 40
+    k = round(float(thick) / float(thin))
+    grid = slice_grid(n, float(thick), float(thin))
+    assert grid.n_hr == slice_count(n, float(thick) / float(thin)) == (n - 1) * k + 1
+    # the last thin slice lies on the last acquired one: the covered extent is unchanged
+    assert (grid.n_hr - 1) * float(thin) == pytest.approx((n - 1) * float(thick), rel=1e-6)
+    assert grid.lower[-1] + grid.frac[-1] == pytest.approx(n - 1, abs=SLICE_TOL)
+    # and back: the thin slices hold exactly the n acquired ones
+    assert lr_count(grid.n_hr, float(thick) / float(thin)) == n
+    assert Slab(side=1, lr_slices=n).queries(float(thick) / float(thin)) == grid.n_hr  # FLOPs
+
+
+def test_the_float32_cases_are_ones_the_old_tolerance_lost_a_slice_on():
+    lost = [(t, h) for t, h in FLOAT32_SPACINGS if _old_count(40, float(t) / float(h)) < 39 * round(t / h) + 1]
+    assert lost  # e.g. 2.0999999 mm / 0.7 mm = 2.99999986: 117 thin slices instead of 118
+
+
+def test_a_float32_header_is_planned_with_every_slice():
+    image = sitk.Image(8, 8, 40, sitk.sitkFloat32)
+    image.SetSpacing((0.7, 0.7, float(np.float32(2.1))))
+    axis, out = plan_reduction(image, 0.7)
+    assert axis == 2 and out.size[2] == 118
+    last = out.origin[2] + (out.size[2] - 1) * out.spacing[2]
+    assert last == pytest.approx(image.GetOrigin()[2] + 39 * image.GetSpacing()[2], abs=1e-4)

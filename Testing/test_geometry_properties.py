@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import slice_points
-from sainr import reduce_spacing
+from sainr import Target, reduce_spacing
 from sainr.geometry import SLICE_TOL, slice_grid
 
 PROPERTY = settings(
@@ -65,7 +65,7 @@ def volumes(draw) -> tuple[sitk.Image, int, dict]:
     elif kind == "factor":
         target = {"factor": draw(st.floats(1.2, 6.0))}
     else:
-        target = {"spacing_mm": spacing[axis] / draw(st.floats(1.2, 6.0))}
+        target = {"spacing": spacing[axis] / draw(st.floats(1.2, 6.0))}
     return image, axis, target
 
 
@@ -75,10 +75,10 @@ def test_thin_slices_lie_on_the_slice_line_at_the_requested_spacing(
     case, tiny_model, tmp_path_factory
 ):
     image, axis, target = case
-    out = reduce_spacing(image, **target, model=tiny_model).image
+    out = reduce_spacing(image, Target(**target), model=tiny_model).image
     c_lr, n_lr = image.GetSpacing()[axis], image.GetSize()[axis]
     c_hr, n_hr = out.GetSpacing()[axis], out.GetSize()[axis]
-    expected = target.get("spacing_mm") or c_lr / target["factor"]
+    expected = target.get("spacing") or c_lr / target["factor"]
     assert math.isclose(c_hr, expected, rel_tol=1e-12)
 
     # in-plane grid untouched: origin, direction, in-plane sizes and spacings are identical

@@ -29,7 +29,7 @@ from test_reliability import (
     run_cli,
 )
 
-import sainr.cli
+import sainr.cli.reduce
 from conftest import KNEE_QDESS
 from sainr.io import STALE_DEAD_S, VOLUME_SUFFIXES, write_volume, write_volumes
 
@@ -169,7 +169,7 @@ def test_interrupting_a_batch_says_which_results_were_written(tmp_path, weights,
 
         return update, lambda: None
 
-    monkeypatch.setattr(sainr.cli, "_progress_printer", printer)
+    monkeypatch.setattr(sainr.cli.reduce, "progress_printer", printer)
     code, err = run_cli(["reduce", str(src), str(out), *FACTOR2, *weights], capfd)
     assert code == 130
     assert err[-1] == (

@@ -27,9 +27,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-import sainr.cli
+import sainr.cli.reduce
 from conftest import TINY
-from sainr import reduce_spacing
+from sainr import ReduceOptions, Target, reduce_spacing
 from sainr.api import cast_like
 from sainr.cli import build_parser, main
 from sainr.errors import (
@@ -367,11 +367,9 @@ def run_api(src: Path, opts: list[str]):
     """The API call the CLI would make for ``opts`` (parsed by the CLI's own parser)."""
     a = build_parser().parse_args(["reduce", str(src), "unused.nrrd", *opts])
     image = read_volume(a.input)
-    return reduce_spacing(
-        image, a.spacing, factor=a.factor, isotropic=a.isotropic, axis=a.axis,
-        device=a.device, weights=a.weights, force=a.force,
-        nan_policy="zero" if a.nan_to_zero else "refuse",
-    )  # fmt: skip
+    target = Target(a.spacing, a.factor, a.isotropic, a.axis, a.force)
+    options = ReduceOptions(device=a.device, nan_policy="zero" if a.nan_to_zero else "refuse")
+    return reduce_spacing(image, target, options, weights=a.weights)
 
 
 def assert_cli_refuses(folder: Path, argv: list[str], pattern: str, capfd) -> None:
@@ -554,7 +552,7 @@ def test_micro_scale_spacings_are_not_refused_by_an_absolute_tolerance(tmp_path,
     assert out.GetSize() == (12, 12, 7)
     np.testing.assert_allclose(out.GetSpacing(), (0.5e-3, 0.5e-3, 1e-3), rtol=1e-6)
     nano = _image(_array(), (0.5e-6, 0.5e-6, 2e-6))
-    result = reduce_spacing(nano, factor=2, model=SAINR(TINY).eval())
+    result = reduce_spacing(nano, Target(factor=2), model=SAINR(TINY).eval())
     assert result.image.GetSize() == (12, 12, 7)
 
 
@@ -641,7 +639,7 @@ def test_signal_mid_run_leaves_no_file(tmp_path, monkeypatch, capfd, sig):
 
         return update, lambda: None
 
-    monkeypatch.setattr(sainr.cli, "_progress_printer", printer)
+    monkeypatch.setattr(sainr.cli.reduce, "progress_printer", printer)
     code, err = run_cli(["reduce", str(src), str(tmp_path / "out.nrrd"), *opts], capfd)
     assert code == 130 and err == ["sainr: cancelled; no partial output was written"]
     assert len(calls) == 1  # stopped after the first chunk
@@ -654,7 +652,7 @@ def test_api_cancel_stops_after_the_first_chunk(tmp_path):
     model = SAINR(TINY).eval()
     done: list[int] = []
     with pytest.raises(Cancelled, match="nothing was written"):
-        reduce_spacing(image, factor=2, model=model, budget_mb=1,
+        reduce_spacing(image, Target(factor=2), ReduceOptions(memory_mb=1), model=model,
                        progress=lambda d, t: done.append(d), cancel=lambda: bool(done))  # fmt: skip
     assert len(done) == 1 and done[0] < 40 * 40 * 7
 
@@ -740,7 +738,7 @@ def test_api_refuses_a_non_finite_origin(origin):
     image = _image(_array())
     image.SetOrigin(origin)
     with pytest.raises(InputImageError, match="the origin .* is not finite"):
-        reduce_spacing(image, factor=2, model=SAINR(TINY).eval())
+        reduce_spacing(image, Target(factor=2), model=SAINR(TINY).eval())
 
 
 def test_header_checks_read_through_gzip(tmp_path):

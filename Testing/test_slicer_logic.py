@@ -385,7 +385,8 @@ def test_cancel_during_adaptation_stops_the_process_and_adds_nothing(small_scene
 
 
 def test_the_logic_speaks_the_cores_adaptation_protocol():
-    from sainr.adapt import ADAPT_TAG, AdaptConfig
+    from sainr.adapt import AdaptConfig
+    from sainr.cli.reduce import ADAPT_TAG  # the tag ``sainr reduce --adapt-steps`` prints
 
     assert SAINRSlicer.ADAPT_TAG == ADAPT_TAG
     assert SAINRSlicer.DEFAULT_ADAPT_STEPS == AdaptConfig.steps

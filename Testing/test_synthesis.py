@@ -12,23 +12,21 @@ import SimpleITK as sitk
 import torch
 
 from conftest import KNEE_QDESS, slice_points
+from sainr.cli.synthesize import add_arguments as add_arguments_synthesize
+from sainr.cli.synthesize import run as run_synthesize
+from sainr.cli.train_vae import add_arguments as add_arguments_train
+from sainr.cli.train_vae import run as run_train
 from sainr.errors import SainrError, SpacingError, WeightsError
 from sainr.intensity import robust_scale
 from sainr.model.vae import SliceVAE, VAEConfig
-from sainr.synthesis import (
-    VAETrainConfig,
-    add_arguments_synthesize,
-    add_arguments_train,
+from sainr.selfsup.slices import slice_stack
+from sainr.selfsup.synthesis import (
     interpolate_slices,
-    load_vae,
     prepare_thick,
-    run_synthesize,
-    run_train,
-    slice_stack,
     synthesize,
     synthesize_volume,
-    train_vae,
 )
+from sainr.selfsup.vae_training import VAETrainConfig, load_vae, train_vae
 
 TINY = {"widths": [8, 16, 16], "latent": 4}
 QUIET = {"log": lambda *_: None, "device": "cpu"}

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import TINY
-from sainr import reduce_spacing
+from sainr import ReduceOptions, reduce_spacing
 from sainr.cli import main
 from sainr.errors import SpacingError
 from sainr.geometry import relative_thickness
@@ -28,7 +28,7 @@ def conditioned() -> SAINR:
 
 
 def _reduce(image: sitk.Image, model: SAINR, thickness_mm: float | None) -> np.ndarray:
-    result = reduce_spacing(image, 1.0, model=model, slice_thickness_mm=thickness_mm)
+    result = reduce_spacing(image, 1.0, ReduceOptions(slice_thickness_mm=thickness_mm), model=model)
     return sitk.GetArrayFromImage(result.image).astype(np.float64)
 
 

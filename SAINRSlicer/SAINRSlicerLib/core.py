@@ -41,16 +41,14 @@ def panelWording(message: str) -> str:
 
 
 def resourcePath(relativePath: str) -> pathlib.Path:
-    """A file of the extension's Resources folder: beside the module in the install tree, at
-    the repository root in a source checkout (which Slicer can load the module from, too)."""
-    for base in (MODULE_DIR / "Resources", MODULE_DIR.parent / "Resources"):
-        if (base / relativePath).exists():
-            return base / relativePath
-    raise FileNotFoundError(f"SAINRSlicer resource not found: Resources/{relativePath}")
+    """A file of the extension's Resources folder, found as the core finds its own
+    (:func:`sainr.resources.resource_path`: install tree, then source checkout)."""
+    return coreModule("resources").resource_path(relativePath)
 
 
 def coreModule(name: str) -> types.ModuleType:
-    """A torch-free module of the core (``planning``, ``geometry``, ``errors``, ``protocol``).
+    """A torch-free module of the core (``planning``, ``geometry``, ``errors``, ``protocol``,
+    ``request``, ``resources``).
 
     The ``sainr`` package imports torch only when its inference API is used, so planning in
     the panel never loads PyTorch into Slicer's own process (which would block a later PyTorch

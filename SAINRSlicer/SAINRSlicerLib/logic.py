@@ -114,12 +114,16 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
         return self._imageCache[1]
 
     def _corePlan(self, volume, targetSpacing: float | None, axis: int | None, isotropic=False):
-        planning, errors = coreModule("planning"), coreModule("errors")
+        """(image, slice axis, output geometry) as the core plans them: to ``targetSpacing``
+        mm, or to isotropic voxels."""
+        planning, request, errors = (coreModule(n) for n in ("planning", "request", "errors"))
         image = self.coreImage(volume)
         try:
-            axis, out = planning.plan_reduction(
-                image, None if isotropic else targetSpacing, isotropic=isotropic, axis=axis
-            )
+            if isotropic:
+                target = request.Target(isotropic=True, axis=axis)
+            else:
+                target = request.Target(spacing=targetSpacing, axis=axis)
+            axis, out = planning.plan_reduction(image, target)
         except errors.SainrError as error:
             raise SAINRSlicerError(panelWording(str(error))) from None
         return image, axis, out
@@ -206,7 +210,19 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
         saveAdaptedPath: str | None = None,
         sliceThicknessMm: float | None = None,
     ) -> ReductionRun:
-        """Start a reduction in the background and return the run (see ReductionRun)."""
+        """Start reducing the slice spacing of ``inputVolume`` to ``targetSpacing`` mm in the
+        background and return the run (see ReductionRun).
+
+        outputVolume: scalar volume to overwrite; None creates ``<input>_<spacing>mm``.
+        device: "auto" (GPU if usable, else CPU), "cpu", "cuda", "cuda:N" or "mps".
+        maskVolume: labelmap for the gating mask; None reuses the output's or creates one.
+        weights: shipped model name or checkpoint file; None is the bundled default model.
+        axis: slice axis (0, 1, 2 = i, j, k); detected (largest spacing) if None.
+        adaptSteps: first fine-tune the model for this many steps on pairs made from the
+        input's own in-plane detail (0: use the model as it is).
+        saveAdaptedPath: also save the adapted weights to this .pt file (needs adaptSteps).
+        sliceThicknessMm: acquired slice thickness in mm (None: the slice spacing).
+        """
         if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
             raise SAINRSlicerError(
                 _("unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps").format(
@@ -242,38 +258,19 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
         self,
         inputVolume,
         targetSpacing: float,
-        outputVolume=None,
-        device: str = "auto",
-        maskVolume=None,
         progressCallback: Callable[[float, str], None] | None = None,
-        weights: str | None = None,
-        axis: int | None = None,
-        adaptSteps: int = 0,
-        saveAdaptedPath: str | None = None,
-        sliceThicknessMm: float | None = None,
+        **startOptions,
     ):
         """Reduce the slice spacing of ``inputVolume`` to ``targetSpacing`` mm and wait (the
-        Slicer GUI keeps repainting meanwhile).
-
-        outputVolume: scalar volume to overwrite; None creates ``<input>_<spacing>mm``.
-        device: "auto" (GPU if usable, else CPU), "cpu", "cuda", "cuda:N" or "mps".
-        maskVolume: labelmap for the gating mask; None reuses the output's or creates one.
-        progressCallback(fraction, message): called as the run progresses.
-        weights: shipped model name or checkpoint file; None is the bundled default model.
-        axis: slice axis (0, 1, 2 = i, j, k); detected (largest spacing) if None.
-        adaptSteps: first fine-tune the model for this many steps on pairs made from the
-        input's own in-plane detail (0: use the model as it is).
-        saveAdaptedPath: also save the adapted weights to this .pt file (needs adaptSteps).
-        sliceThicknessMm: acquired slice thickness in mm (None: the slice spacing).
+        Slicer GUI keeps repainting meanwhile): :meth:`start` with the same ``startOptions``
+        (outputVolume, device, maskVolume, weights, axis, adaptSteps, saveAdaptedPath,
+        sliceThicknessMm), then the run's ``wait``. ``progressCallback(fraction, message)`` is
+        called as the run progresses.
 
         Returns the output volume node; raises SAINRSlicerError with the reason on failure,
         in which case the scene is unchanged.
         """
-        run = self.start(
-            inputVolume, targetSpacing, outputVolume, device, maskVolume, weights, axis,
-            adaptSteps, saveAdaptedPath, sliceThicknessMm,
-        )  # fmt: skip
-        return run.wait(progressCallback)
+        return self.start(inputVolume, targetSpacing, **startOptions).wait(progressCallback)
 
     # Models and devices
 

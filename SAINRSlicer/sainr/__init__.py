@@ -1,7 +1,7 @@
 """SAINRSlicer core: reduce MRI slice spacing with SA-INR (no Slicer, Qt or VTK imports).
 
 The public API is imported lazily, so torch-free submodules (``sainr.geometry``,
-``sainr.errors``, ``sainr.planning``, ``sainr.protocol``) can be used without importing torch (the Slicer panel's geometry preview).
+``sainr.errors``, ``sainr.planning``, ``sainr.protocol``, ``sainr.request``) can be used without importing torch (the Slicer panel's geometry preview).
 """
 
 from __future__ import annotations
@@ -10,10 +10,20 @@ from importlib import import_module
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["ReduceResult", "SainrError", "__version__", "plan_reduction", "reduce_spacing"]
+__all__ = [
+    "ReduceOptions",
+    "ReduceResult",
+    "SainrError",
+    "Target",
+    "__version__",
+    "plan_reduction",
+    "reduce_spacing",
+]
 
 _LAZY = {
+    "ReduceOptions": ".request",
     "ReduceResult": ".api",
+    "Target": ".request",
     "plan_reduction": ".planning",
     "reduce_spacing": ".api",
     "SainrError": ".errors",

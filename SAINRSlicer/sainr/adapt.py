@@ -12,46 +12,38 @@ axis and the true slice axis), and the model is trained with the supervised loss
 fine-tuned copy; the model passed in is never changed.
 
 ``sainr adapt`` saves the adapted weights (loadable by ``sainr reduce --weights``) and can write
-the reconstruction too; ``sainr reduce --adapt-steps N`` adapts each input before reducing it.
+the reconstruction too; ``sainr reduce --adapt-steps N`` adapts each input before reducing it
+(both in :mod:`sainr.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .api import plan_reduction, reduce_spacing, slice_first
-from .cli import _checked_input, _progress_printer, _spacing_args, slice_thickness_mm
+from .api import slice_first
 from .data import PatchDataset, PatchSpec, Volume, collate, gradient_target
 from .degradation import Acquisition, acquire, lr_count
 from .errors import Cancelled, InputImageError, OutputPathError, SainrError
 from .geometry import relative_thickness
-from .inference import (
-    PRECISIONS,
-    CancelFn,
-    ProgressFn,
-    autocast,
-    choose_device,
-    memory_format,
-    resolve_precision,
-)
+from .inference import CancelFn, ProgressFn, autocast, memory_format, resolve_precision
 from .intensity import robust_scale
-from .io import check_output_path, check_writable, is_dicom_folder, write_volume
+from .io import check_writable
 from .model import SAINR
-from .protocol import ADAPT_TAG, DEFAULT_ADAPT_STEPS, PROGRESS_TAG
+from .planning import plan_reduction
+from .protocol import DEFAULT_ADAPT_STEPS, DEFAULT_MODEL
+from .request import ReduceOptions, Target
 from .training import TrainConfig, sainr_loss
-from .weights import check_not_shipped, load_model, save_checkpoint
+from .weights import check_not_shipped, save_checkpoint
 
 LogFn = Callable[[str], None]
 
@@ -101,7 +93,7 @@ def pair_volumes(
     for axis, name in ((1, "H"), (2, "W")):
         other = 3 - axis
         hr = resample_axis0(np.transpose(volume, (axis, other, 0)), spacing[axis], target_spacing)
-        if (hr.shape[0] - 1) / factor + 1e-6 < 1:
+        if lr_count(hr.shape[0], factor) < 2:
             continue
         hr = np.ascontiguousarray(hr, dtype=np.float32)
         hr_spacing = (spacing[0], spacing[other], max(spacing[axis], target_spacing))
@@ -194,33 +186,53 @@ def adapt(
     return net.eval()
 
 
+@dataclass(frozen=True)
+class Adapted:
+    """An adapted model with the settings it was adapted with and the steps it got (fewer
+    than ``config.steps`` when ``config.minutes`` ran out first)."""
+
+    model: SAINR
+    config: AdaptConfig
+    steps_done: int
+
+
 def adapt_to_image(
     model: SAINR,
     image: sitk.Image,
-    spacing_mm: float | None = None,
-    *,
-    factor: float | None = None,
-    isotropic: bool = False,
-    axis: int | None = None,
-    force: bool = False,
-    nan_policy: str = "refuse",
+    target: Target | float,
+    options: ReduceOptions = ReduceOptions(),
     config: AdaptConfig = AdaptConfig(),
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     log: LogFn | None = None,
-) -> SAINR:
-    """:func:`adapt` for a SimpleITK image and a target given as in
-    :func:`sainr.api.reduce_spacing`: same checks, slice axis and intensity normalisation as
-    the reduction that follows."""
-    ax, out_geom = plan_reduction(
-        image, spacing_mm, factor=factor, isotropic=isotropic, axis=axis, force=force
-    )
-    volume, spacing = slice_first(image, ax, nan_policy)
+) -> Adapted:
+    """:func:`adapt` for a SimpleITK image and the request of the reduction that follows
+    (:func:`sainr.api.reduce_spacing`): same checks, slice axis and intensity normalisation,
+    and the model is told the image's slice thickness (``options.slice_thickness_mm`` relative
+    to its slice spacing) and runs at ``options.precision``; the budget and seed are
+    ``config``'s."""
+    ax, out_geom = plan_reduction(image, target)
+    volume, spacing = slice_first(image, ax, options.nan_policy)
+    thickness = relative_thickness(options.slice_thickness_mm, spacing[0])
+    config = replace(config, precision=options.precision, thickness=thickness)
     normalised = robust_scale(volume).normalize(volume)
-    return adapt(model, normalised, spacing, out_geom.spacing[ax], config, progress, cancel, log)
+    done = [0]
+
+    def report(n: int, total: int) -> None:
+        done[0] = n
+        if progress is not None:
+            progress(n, total)
+
+    net = adapt(model, normalised, spacing, out_geom.spacing[ax], config, report, cancel, log)
+    return Adapted(net, config, done[0])
 
 
-# --- command line ----------------------------------------------------------------------------
+def check_budget(steps: int, minutes: float | None) -> None:
+    """Refuse an adaptation of no steps or of a non-positive time budget."""
+    if steps < 1:
+        raise SainrError(f"the number of adaptation steps must be at least 1, got {steps}")
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise SainrError(f"--minutes must be a positive number, got {minutes}")
 
 
 def check_weights_output(path: Path, base: str | None) -> Path:
@@ -239,147 +251,8 @@ def check_weights_output(path: Path, base: str | None) -> Path:
     return path
 
 
-def _save(model: SAINR, path: Path, args, name: str, config: AdaptConfig, done: int) -> None:
-    """Checkpoint with provenance: base model, input, settings and the steps actually done."""
-    adapted = {"base": args.weights or "default", "input": name, "steps_done": done}
-    save_checkpoint(model, path, meta={"adapted": {**adapted, **asdict(config)}})
-
-
-def _adapt_with_progress(
-    name: str, image: sitk.Image, model: SAINR, args, target: dict, config: AdaptConfig, tag: str
-) -> tuple[SAINR, int]:
-    """Adapt on the chosen device with the CLI's progress display; (model, steps done)."""
-    update, close = _progress_printer(args.progress, f"adapting {name}", "step", tag)
-    done = [0]
-
-    def report(n: int, total: int) -> None:
-        done[0] = n
-        update(n, total)
-
-    try:
-        adapted = adapt_to_image(
-            model.to(choose_device(args.device)), image, args.spacing, **target,
-            nan_policy="zero" if args.nan_to_zero else "refuse", config=config,
-            progress=report, log=lambda msg: print(msg, file=sys.stderr),
-        )  # fmt: skip
-    finally:
-        close()
-    return adapted, done[0]
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """``sainr adapt INPUT --spacing MM|--factor F|--isotropic --out WEIGHTS.pt [...]``."""
-    p.add_argument("input", type=Path, help="volume file (.nii.gz/.nrrd/.mha) or DICOM folder")
-    _spacing_args(p)
-    p.add_argument("--out", type=Path, required=True, metavar="WEIGHTS.pt",
-                   help="write the adapted weights here (use with sainr reduce --weights)")  # fmt: skip
-    p.add_argument(
-        "--steps", type=int, default=AdaptConfig.steps, help="optimizer steps (default 200)"
-    )
-    p.add_argument("--minutes", type=float, help="also stop after this many minutes")
-    p.add_argument(
-        "--weights",
-        default=None,
-        help="model to start from: shipped name or checkpoint (default: default)",
-    )
-    p.add_argument(
-        "--reduce", type=Path, metavar="OUTPUT", help="also reduce the input with the adapted model"
-    )
-    p.add_argument(
-        "--device", default="auto", help="auto (CUDA if usable, else CPU), cpu, cuda, mps"
-    )
-    p.add_argument(
-        "--axis", type=int, choices=(0, 1, 2), help="slice axis (i, j, k); detected if omitted"
-    )
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto = fp16 autocast on CUDA, bf16 on CPUs with AMX, else fp32")  # fmt: skip
-    p.add_argument("--seed", type=int, default=AdaptConfig.seed, help="patch and noise stream")
-    _thickness_arg(p)
-    p.add_argument(
-        "--nan-to-zero", action="store_true", help="replace NaN/Inf voxels by 0 instead of refusing"
-    )
-    p.add_argument("--progress", choices=("bar", "lines", "none"), default="bar")
-
-
-def _thickness_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--slice-thickness", type=float, metavar="MM",
-                   help="acquired slice thickness in mm (default: DICOM SliceThickness, else "
-                   "the slice spacing; give the smaller thickness when slices have gaps)")  # fmt: skip
-
-
-def _thickness_fraction(args, src: Path, image: sitk.Image, target: dict) -> float:
-    """The acquired slice thickness of ``image`` read from ``src`` (``--slice-thickness``,
-    DICOM SliceThickness or the spacing) as a fraction of its slice spacing."""
-    ax, _ = plan_reduction(image, args.spacing, **target)
-    return relative_thickness(slice_thickness_mm(args, src), image.GetSpacing()[ax])
-
-
-def _check_budget(steps: int, minutes: float | None) -> None:
-    if steps < 1:
-        raise SainrError(f"the number of adaptation steps must be at least 1, got {steps}")
-    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
-        raise SainrError(f"--minutes must be a positive number, got {minutes}")
-
-
-def run(args) -> int:
-    """``sainr adapt``: check everything, adapt, save the weights, optionally reduce."""
-    _check_budget(args.steps, args.minutes)
-    check_weights_output(args.out, args.weights)
-    if args.reduce is not None:
-        check_output_path(args.reduce, (args.input,))
-    choose_device(args.device)  # an unavailable device fails before any work
-    target = {"factor": args.factor, "isotropic": args.isotropic, "axis": args.axis, "force": False}
-    image = _checked_input(args.input, args, target)
-    model = load_model(args.weights)
-    config = AdaptConfig(steps=args.steps, minutes=args.minutes, seed=args.seed,
-                         precision=args.precision,
-                         thickness=_thickness_fraction(args, args.input, image, target))  # fmt: skip
-    name = args.input.name
-    adapted, done = _adapt_with_progress(name, image, model, args, target, config, PROGRESS_TAG)
-    _save(adapted, args.out, args, name, config, done)
-    print(f"{args.input.name}: adapted {done} steps -> {args.out}", file=sys.stderr)
-    if args.reduce is not None:
-        update, close = _progress_printer(args.progress, args.input.name)
-        try:
-            result = reduce_spacing(image, args.spacing, **target, device=args.device,
-                                    model=adapted, precision=args.precision,
-                                    slice_thickness_mm=slice_thickness_mm(args, args.input),
-                                    nan_policy="zero" if args.nan_to_zero else "refuse",
-                                    progress=update)  # fmt: skip
-        finally:
-            close()
-        write_volume(result.image, args.reduce)
-        print(f"{args.input.name}: {result.info['slices_out']} slices at "
-              f"{result.info['spacing_out']:.4g} mm -> {args.reduce}", file=sys.stderr)  # fmt: skip
-    return 0
-
-
-def add_reduce_arguments(p: argparse.ArgumentParser) -> None:
-    """``--adapt-steps N`` and ``--save-adapted W.pt`` of ``sainr reduce``."""
-    p.add_argument("--adapt-steps", type=int, default=0, metavar="N",
-                   help="first adapt the model to each input for N steps (default 0: off)")  # fmt: skip
-    p.add_argument("--save-adapted", type=Path, metavar="WEIGHTS.pt",
-                   help="also save the adapted weights (single input)")  # fmt: skip
-    _thickness_arg(p)
-
-
-def adapt_for_reduce(src: Path, image: sitk.Image, model: SAINR, args, target: dict) -> SAINR:
-    """The model ``sainr reduce`` reconstructs ``image`` (read from ``src``) with: ``model`` itself without
-    ``--adapt-steps``, else a copy adapted to ``image`` (``ADAPT done total`` lines with
-    ``--progress lines``), saved to ``--save-adapted`` when given. Option errors are raised
-    before any adaptation."""
-    if args.adapt_steps == 0:
-        if args.save_adapted is not None:
-            raise SainrError("--save-adapted needs --adapt-steps N (N > 0)")
-        return model
-    _check_budget(args.adapt_steps, None)
-    if args.save_adapted is not None:
-        if args.input.is_dir() and not is_dicom_folder(args.input):
-            raise SainrError("--save-adapted needs a single input volume, not a folder")
-        check_weights_output(args.save_adapted, args.weights)
-    config = AdaptConfig(steps=args.adapt_steps, precision=args.precision,
-                         thickness=_thickness_fraction(args, src, image, target))  # fmt: skip
-    adapted, done = _adapt_with_progress(src.name, image, model, args, target, config, ADAPT_TAG)
-    if args.save_adapted is not None:
-        _save(adapted, args.save_adapted, args, src.name, config, done)
-    return adapted
+def save_adapted(adapted: Adapted, path: Path, base: str | None, input_name: str) -> None:
+    """Checkpoint loadable as weights, with its provenance: the base model (None: the shipped
+    default), the input's name, the settings and the steps actually done."""
+    meta = {"base": base or DEFAULT_MODEL, "input": input_name, "steps_done": adapted.steps_done}
+    save_checkpoint(adapted.model, path, meta={"adapted": {**meta, **asdict(adapted.config)}})

@@ -18,7 +18,6 @@ import SimpleITK as sitk
 
 from .geometry import Geometry, axis_label, relative_thickness, slice_grid
 from .inference import (
-    DEFAULT_BUDGET_MB,
     CancelFn,
     NoticeFn,
     ProgressFn,
@@ -28,6 +27,7 @@ from .inference import (
 from .intensity import robust_scale
 from .model import SAINR
 from .planning import geometry_of, plan_reduction
+from .request import ReduceOptions, Target
 from .validation import check_values
 from .weights import load_model
 
@@ -79,44 +79,37 @@ def slice_first(
 
 def reduce_spacing(
     image: sitk.Image,
-    spacing_mm: float | None = None,
+    target: Target | float,
+    options: ReduceOptions = ReduceOptions(),
     *,
-    factor: float | None = None,
-    isotropic: bool = False,
-    axis: int | None = None,
-    device: str = "auto",
     weights: str | None = None,
     model: SAINR | None = None,
-    budget_mb: float = DEFAULT_BUDGET_MB,
-    precision: str = "auto",
-    nan_policy: str = "refuse",
-    force: bool = False,
-    slice_thickness_mm: float | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     notice: NoticeFn | None = None,
 ) -> ReduceResult:
-    """Reduce the slice spacing of ``image`` to ``spacing_mm`` (or by ``factor``, or to the
-    in-plane spacing with ``isotropic``) with SA-INR.
+    """Reduce the slice spacing of ``image`` to ``target`` with SA-INR: a target spacing in
+    mm, or a :class:`~sainr.request.Target` (a factor, isotropic voxels, a named slice axis).
 
-    ``weights`` names a shipped model ("default") or a checkpoint file; ``model`` passes an
-    already loaded one. ``axis`` (0, 1, 2 = i, j, k) overrides slice-axis detection.
-    ``slice_thickness_mm`` is the acquired slice thickness (default: the slice spacing, i.e.
-    contiguous thick slices; smaller for slices with gaps); the model deblurs accordingly.
+    ``options`` says how it runs (:class:`~sainr.request.ReduceOptions`: slice thickness,
+    device, precision, memory budget, NaN policy). ``weights`` names a shipped model
+    ("default") or a checkpoint file; ``model`` passes an already loaded one (to adapt it to
+    the image first: :func:`sainr.adapt.adapt_to_image` with the same target and options).
+    The acquired slice thickness (default: the slice spacing, i.e. contiguous thick slices;
+    smaller for slices with gaps) tells the model how much to deblur.
     """
-    ax, out_geom = plan_reduction(
-        image, spacing_mm, factor=factor, isotropic=isotropic, axis=axis, force=force
-    )
+    ax, out_geom = plan_reduction(image, target)
     geom = geometry_of(image)
-    thickness = relative_thickness(slice_thickness_mm, geom.spacing[ax])
+    thickness = relative_thickness(options.slice_thickness_mm, geom.spacing[ax])
     grid = slice_grid(geom.size[ax], geom.spacing[ax], out_geom.spacing[ax])
-    volume, _ = slice_first(image, ax, nan_policy)
+    volume, _ = slice_first(image, ax, options.nan_policy)
     scale = robust_scale(volume)
     net = model if model is not None else load_model(weights)
-    dev = choose_device(device)
+    dev = choose_device(options.device)
     hr, mask = super_resolve_with_fallback(
-        net, scale.normalize(volume), grid, dev, budget_mb,
-        notice=notice, progress=progress, cancel=cancel, precision=precision, thickness=thickness,
+        net, scale.normalize(volume), grid, dev, options.memory_mb,
+        notice=notice, progress=progress, cancel=cancel, precision=options.precision,
+        thickness=thickness,
     )  # fmt: skip
     hr = scale.denormalize(np.maximum(hr, 0.0))
     dtype = sitk.GetArrayViewFromImage(image).dtype

@@ -10,8 +10,6 @@ forced to attend every query, which is what gating is meant to save.
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import time
 from collections import defaultdict
@@ -23,21 +21,20 @@ import torch
 
 from .api import plan_reduction, reduce_spacing
 from .errors import SainrError
-from .inference import choose_device, cpu_features, resolve_precision
-from .io import read_volume
+from .inference import cpu_features, resolve_precision
 from .model import SAINR, gating_disabled
-from .weights import load_model
+from .request import ReduceOptions
+from .resources import resource_path
 
 SAMPLE = "knee_qdess_sag_3mm.nii.gz"
 
 
 def sample_path() -> Path:
-    """The bundled sample: repository layout, then the Slicer install layout."""
-    here = Path(__file__).resolve().parent
-    for root in (here.parents[1], here.parent):
-        if (root / "Resources" / "Sample" / SAMPLE).is_file():
-            return root / "Resources" / "Sample" / SAMPLE
-    raise SainrError("the bundled sample volume was not found; pass volumes to benchmark")
+    """The bundled sample volume (:mod:`sainr.resources`)."""
+    try:
+        return resource_path(f"Sample/{SAMPLE}")
+    except FileNotFoundError:
+        raise SainrError("the bundled sample volume was not found; pass volumes to benchmark") from None
 
 
 def resize_in_plane(image: sitk.Image, axis: int, size: int) -> sitk.Image:
@@ -104,8 +101,8 @@ def time_sainr(image, spacing, model, device, budget_mb, precision) -> dict[str,
     with stage_timer(model, device) as stages:
         _sync(device)
         t0 = time.perf_counter()
-        result = reduce_spacing(image, spacing, model=model, device=str(device),
-                                budget_mb=budget_mb, precision=precision)  # fmt: skip
+        options = ReduceOptions(device=str(device), memory_mb=budget_mb, precision=precision)
+        result = reduce_spacing(image, spacing, options, model=model)
         _sync(device)
         total = time.perf_counter() - t0
     return {"total_s": total, **{f"{k}_s": v for k, v in stages.items()},
@@ -209,42 +206,3 @@ def format_table(rows: list[dict]) -> str:
             f"| {r['peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="*", type=Path, help="volumes (default: the bundled sample, "
-                   "as is and resized in-plane to --in-plane)")  # fmt: skip
-    p.add_argument("--spacing", type=float, default=1.0, help="target slice spacing (mm)")
-    p.add_argument("--in-plane", type=int, default=384, help="in-plane size of the resized sample")
-    p.add_argument("--weights", default=None, help="model name or checkpoint (default: default)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    p.add_argument("--memory-mb", type=float, default=2048)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
-    p.add_argument("--repeats", type=int, default=3, help="best-of for the SimpleITK timings")
-    p.add_argument("--json", type=Path, help="write the results here")
-
-
-def run(args) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = choose_device(args.device)
-    model = load_model(args.weights)
-    if args.inputs:
-        volumes = [(p.name, read_volume(p)) for p in args.inputs]
-    else:
-        sample = read_volume(sample_path())
-        axis = plan_reduction(sample, args.spacing)[0]
-        volumes = [
-            (SAMPLE, sample),
-            (f"{SAMPLE} resized to {args.in_plane}²", resize_in_plane(sample, axis, args.in_plane)),
-        ]
-    config = configuration(model, device, args.weights or "default", args.precision)
-    print("configuration: " + json.dumps(config))
-    rows = [bench_volume(n, img, args.spacing, model, device, args.memory_mb, args.precision, args.repeats)
-            for n, img in volumes]  # fmt: skip
-    print(format_table(rows))
-    if args.json is not None:
-        args.json.write_text(json.dumps({"configuration": config, "results": rows}, indent=2), encoding="utf-8")
-    return 0
-

@@ -10,7 +10,6 @@ inference, and its gradient-magnitude target for the gating mask (top 20 %) is c
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .degradation import Acquisition, AcquisitionSampler, acquire, lr_count, margin
-from .geometry import MIN_ANISOTROPY
+from .geometry import MIN_ANISOTROPY, slice_count, slice_grid
 from .intensity import robust_scale
 from .model import Queries
 
@@ -181,7 +180,7 @@ def sample_patch(
     thin-slice queries, their targets and the acquisition row (1 / r, relative thickness)."""
     vol = volumes[int(rng.integers(len(volumes)))]
     axis = int(rng.choice(_patch_axes(vol, spec.size)))
-    n_hr = int(math.floor((spec.lr_slices - 1) * acq.factor + 1e-6)) + 1
+    n_hr = slice_count(spec.lr_slices, acq.factor)
     padded, gate, lead = _crop(vol, axis, spec, n_hr, margin(acq), rng)
     padded, gate = _augment((padded, gate), rng)
     padded = _intensity(padded, spec, rng)
@@ -190,12 +189,12 @@ def sample_patch(
     if spec.noise > 0:
         lr = lr + rng.normal(0, rng.uniform(0, spec.noise), lr.shape).astype(np.float32)
     hr = padded[lead:]
-    n_hr = min(hr.shape[0], int(math.floor((n_lr - 1) * acq.factor + 1e-6)) + 1)
+    grid = slice_grid(n_lr, acq.factor, 1.0)
+    n_hr = min(hr.shape[0], grid.n_hr)
     flat = rng.choice(n_hr * hr.shape[1] * hr.shape[2], size=spec.queries, replace=True)
     j, y, x = np.unravel_index(flat, (n_hr, hr.shape[1], hr.shape[2]))
-    pos = j / acq.factor
-    lower = np.minimum(np.floor(pos + 1e-6).astype(np.int64), n_lr - 1)
-    t = np.clip(pos - lower, 0, None).astype(np.float32)
+    lower = grid.lower[j]
+    t = grid.frac[j].astype(np.float32)
     return {
         "lr": torch.from_numpy(lr[None].astype(np.float32)),
         "acquisition": torch.tensor([1.0 / acq.factor, acq.relative_thickness], dtype=torch.float32),

@@ -26,6 +26,8 @@ from math import erf
 
 import numpy as np
 
+from .geometry import slice_count
+
 PROFILES = ("none", "gaussian", "box")
 #: Gaussian weights are kept out to this many standard deviations (< 0.3 % of the weight lost).
 _GAUSS_REACH = 3.0
@@ -103,7 +105,7 @@ def margin(acq: Acquisition) -> int:
 
 def lr_count(n_hr: int, factor: float) -> int:
     """LR slices at positions 0, r, 2r, ... that fit in ``n_hr`` HR slices."""
-    return int(math.floor((n_hr - 1) / factor + 1e-6)) + 1
+    return slice_count(n_hr, 1 / factor)
 
 
 def acquire(hr: np.ndarray, acq: Acquisition, n_lr: int, start: float = 0.0) -> np.ndarray:

@@ -15,9 +15,9 @@ Two accountings of LASA per attended query (n = 2 l^2 neighbours, C channels):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
+from .geometry import slice_count
 from .model import ModelConfig
 
 ACCOUNTINGS = ("paper", "ours")
@@ -37,7 +37,7 @@ class Slab:
 
     def queries(self, factor: float) -> int:
         """Thin-slice queries of the slab at reduction ``factor``: side^2 per thin slice."""
-        return self.side**2 * (math.floor((self.lr_slices - 1) * factor + 1e-6) + 1)
+        return self.side**2 * slice_count(self.lr_slices, factor)
 
 
 def encoder_macs_per_voxel(cfg: ModelConfig) -> int:

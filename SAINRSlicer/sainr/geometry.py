@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .errors import AxisError, InputImageError, SpacingError
+from .request import Target
 
 #: Relative tolerance for comparing spacings (never absolute: spacings may be micrometres).
 EPS = 1e-6
@@ -76,19 +77,29 @@ class SliceGrid:
         return self.spacing_lr / self.spacing_hr
 
 
+def slice_count(n: int, ratio: float) -> int:
+    """How many slices ``ratio`` times as dense as ``n`` slices fit from the first of them to
+    the last: floor((n - 1) ratio) + 1, the one count used everywhere (thin slices from
+    acquired ones with ratio c_L / c_H, acquired from thin ones with its inverse).
+
+    The floor tolerates SLICE_TOL (in units of the new slices), so that a header spacing
+    rounded to float32 (3 x 0.7 mm stored as 2.0999999 mm) keeps its last slice: the covered
+    extent never shrinks by a slice because of rounding."""
+    return int(math.floor((n - 1) * ratio + SLICE_TOL)) + 1
+
+
 def slice_grid(n_lr: int, spacing_lr: float, spacing_hr: float) -> SliceGrid:
     """Slice localisation for n_lr acquired slices at spacing_lr resampled to spacing_hr.
 
-    n_H = floor((n_L - 1) c_L / c_H) + 1; the last thin slice never lies beyond the last
-    acquired slice (up to SLICE_TOL). Floors are tolerance-safe so exact multiples of rounded
-    header spacings keep their slice.
+    n_H = :func:`slice_count` (n_L, c_L / c_H); the last thin slice never lies beyond the
+    last acquired slice (up to SLICE_TOL).
     """
     if n_lr < 2:
         raise InputImageError(f"need at least 2 slices along the slice axis, got {n_lr}")
     if not (spacing_lr > 0 and spacing_hr > 0):
         raise SpacingError(f"spacings must be positive, got {spacing_lr} and {spacing_hr} mm")
     ratio = spacing_lr / spacing_hr
-    n_hr = int(math.floor((n_lr - 1) * ratio + SLICE_TOL)) + 1
+    n_hr = slice_count(n_lr, ratio)
     pos = np.arange(n_hr, dtype=np.float64) / ratio
     lower = np.minimum(np.floor(pos + SLICE_TOL / ratio).astype(np.int64), n_lr - 1)
     frac = np.clip(pos - lower, 0.0, None)
@@ -155,34 +166,22 @@ def detect_slice_axis(
     return int(order[0])
 
 
-def resolve_target_spacing(
-    geom: Geometry,
-    axis: int,
-    spacing: float | None = None,
-    factor: float | None = None,
-    isotropic: bool = False,
-    force: bool = False,
-) -> float:
-    """Target slice spacing (mm) from exactly one of spacing, factor or isotropic."""
-    given = sum(x is not None and x is not False for x in (spacing, factor, isotropic or None))
-    if given != 1:
-        raise SpacingError("give exactly one of a target spacing, a factor or isotropic")
+def resolve_target_spacing(geom: Geometry, axis: int, target: Target) -> float:
+    """The target slice spacing (mm) of ``target`` for slice axis ``axis`` of ``geom``: finer
+    than the current slices, by at most MAX_FACTOR unless forced."""
+    spacing = target.spacing
     current = geom.spacing[axis]
-    if isotropic:
+    if target.isotropic:
         spacing = min(s for a, s in enumerate(geom.spacing) if a != axis)
-    elif factor is not None:
-        if not (math.isfinite(factor) and factor > 1):
-            raise SpacingError(f"the factor must be a finite number > 1, got {factor}")
-        spacing = current / factor
-    assert spacing is not None
-    if not (math.isfinite(spacing) and spacing > 0):
-        raise SpacingError(f"target spacing must be a positive number of mm, got {spacing}")
+    elif target.factor is not None:
+        spacing = current / target.factor
+    assert spacing is not None  # a Target holds exactly one of the three
     if spacing >= current * (1 - EPS):  # relative: micro-scale spacings are judged alike
         raise SpacingError(
             f"target spacing {spacing:.4g} mm is not smaller than the current slice spacing "
             f"{current:.4g} mm; choose a value below {current:.4g} mm"
         )
-    if current / spacing > MAX_FACTOR and not force:
+    if current / spacing > MAX_FACTOR and not target.force:
         raise SpacingError(
             f"target spacing {spacing:.4g} mm is a {current / spacing:.1f}x reduction of "
             f"{current:.4g} mm (limit {MAX_FACTOR:g}x); use a larger spacing or force it (--force)"

@@ -16,10 +16,12 @@ from .geometry import (
     resolve_target_spacing,
     slice_grid,
 )
+from .request import Target
 from .validation import check_forced_limits, check_image, check_output_size
 
 
 def geometry_of(image: sitk.Image) -> Geometry:
+    """The grid of a SimpleITK image as a :class:`~sainr.geometry.Geometry`."""
     return Geometry(
         tuple(image.GetSize()),
         tuple(image.GetSpacing()),
@@ -28,21 +30,15 @@ def geometry_of(image: sitk.Image) -> Geometry:
     )
 
 
-def plan_reduction(
-    image: sitk.Image,
-    spacing_mm: float | None = None,
-    *,
-    factor: float | None = None,
-    isotropic: bool = False,
-    axis: int | None = None,
-    force: bool = False,
-) -> tuple[int, Geometry]:
-    """Validate and return (slice axis, output geometry) without running the model."""
+def plan_reduction(image: sitk.Image, target: Target | float) -> tuple[int, Geometry]:
+    """Validate and return (slice axis, output geometry) without running the model;
+    ``target`` is a :class:`~sainr.request.Target` or a target spacing in mm."""
+    target = Target.of(target)
     check_image(image)
     geom = geometry_of(image)
-    ax = detect_slice_axis(geom.spacing, geom.direction, axis)
-    target = resolve_target_spacing(geom, ax, spacing_mm, factor, isotropic, force)
-    check_forced_limits(geom.size, ax, geom.spacing[ax], target, image.GetSizeOfPixelComponent())
-    out = output_geometry(geom, ax, slice_grid(geom.size[ax], geom.spacing[ax], target))
-    check_output_size(out.size, image.GetSizeOfPixelComponent(), force)
+    ax = detect_slice_axis(geom.spacing, geom.direction, target.axis)
+    spacing = resolve_target_spacing(geom, ax, target)
+    check_forced_limits(geom.size, ax, geom.spacing[ax], spacing, image.GetSizeOfPixelComponent())
+    out = output_geometry(geom, ax, slice_grid(geom.size[ax], geom.spacing[ax], spacing))
+    check_output_size(out.size, image.GetSizeOfPixelComponent(), target.force)
     return ax, out

@@ -36,6 +36,7 @@ from .data import PatchDataset, PatchSpec, Volume, collate, load_volume
 from .degradation import Acquisition, acquire, lr_count
 from .geometry import slice_grid
 from .inference import Plan, autocast, memory_format, super_resolve
+from .io import write_atomically
 from .metrics import psnr
 from .model import SAINR, ModelConfig, QueryOutput
 from .weights import load_model, save_checkpoint
@@ -227,17 +228,20 @@ class History:
     def __init__(self, out: Path) -> None:
         self.path, self.rows = out / "history.csv", []
         if self.path.is_file():
-            with open(self.path) as fh:
+            with open(self.path, encoding="utf-8") as fh:
                 self.rows = [dict(r) for r in csv.DictReader(fh)]
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
+        write_atomically(self.path, self._write_csv, ".csv")  # a kill never loses the history
+        self.plot()
+
+    def _write_csv(self, path: str) -> None:
         keys = list(dict.fromkeys(k for r in self.rows for k in r))
-        with open(self.path, "w", newline="") as fh:
+        with open(path, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, keys)
             writer.writeheader()
             writer.writerows(self.rows)
-        self.plot()
 
     def plot(self) -> None:
         import matplotlib

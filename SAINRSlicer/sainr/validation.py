@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, SpacingError
-from .geometry import check_direction, check_spacing
+from .geometry import check_direction, check_spacing, slice_count
 
 #: Pixel types SA-INR accepts (scalar, real-valued).
 SUPPORTED_TYPES = {
@@ -121,7 +121,7 @@ def check_forced_limits(
             f"not even --force allows more than {MAX_FORCED_FACTOR:g}x; choose a larger target "
             "spacing"
         )
-    slices = math.floor((size[axis] - 1) * factor) + 1
+    slices = slice_count(size[axis], factor)
     voxels = math.prod(size) // size[axis] * slices
     needed = voxels * (bytes_per_voxel + RESULT_WORK_BYTES_PER_VOXEL)
     if needed > MAX_FORCED_RESULT_BYTES:

@@ -21,6 +21,7 @@ from .errors import OutputPathError, SainrError, WeightsError
 from .io import check_writable, write_atomically
 from .model import SAINR, ModelConfig
 from .protocol import DEFAULT_MODEL
+from .resources import resource_folders
 
 FORMAT = "sainr-checkpoint-v1"
 CATALOG = "models.json"
@@ -28,14 +29,13 @@ CATALOG = "models.json"
 
 def models_dir() -> Path:
     """Folder with the shipped weights: ``$SAINR_MODELS_DIR`` when set (it must hold the
-    catalog), else the repo layout, then the Slicer install layout."""
+    catalog), else ``Resources/Models`` (:mod:`sainr.resources`)."""
     env = os.environ.get("SAINR_MODELS_DIR")
     if env:
         if not (Path(env) / CATALOG).is_file():
             raise WeightsError(f"SAINR_MODELS_DIR={env} has no {CATALOG}; fix or unset it")
         return Path(env)
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parents[1] / "Resources" / "Models", here.parent / "Resources" / "Models"):
+    for candidate in resource_folders("Models"):
         if (candidate / CATALOG).is_file():
             return candidate
     raise WeightsError(
@@ -162,18 +162,12 @@ def save_checkpoint(
         "meta": meta or {},
         **extra,
     }
-    save_atomically(payload, path)
-
-
-def save_atomically(payload: dict[str, Any], path: Path) -> None:
-    """torch.save to a temp file beside ``path``, then rename (never a partial checkpoint)."""
     write_atomically(path, lambda tmp: torch.save(payload, tmp), ".tmp")
 
 
 def shipped_model_folders() -> list[Path]:
     """Folders holding shipped weights: the catalog in use and the repo/install layouts."""
-    here = Path(__file__).resolve().parent
-    folders = [here.parents[1] / "Resources" / "Models", here.parent / "Resources" / "Models"]
+    folders = resource_folders("Models")
     if os.environ.get("SAINR_MODELS_DIR"):
         folders.append(Path(os.environ["SAINR_MODELS_DIR"]))
     return [f.resolve() for f in folders if (f / CATALOG).is_file()]

@@ -1,0 +1,102 @@
+"""``sainr adapt INPUT --spacing MM|--factor F|--isotropic --out WEIGHTS.pt``: fine-tune the
+model on one volume's own in-plane detail (:mod:`sainr.adapt`), save the weights, and
+optionally reduce the volume with them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..adapt import (
+    AdaptConfig,
+    Adapted,
+    adapt_to_image,
+    check_budget,
+    check_weights_output,
+    save_adapted,
+)
+from ..api import reduce_spacing
+from ..inference import choose_device
+from ..io import check_output_path, write_volume
+from ..model import SAINR
+from ..protocol import PROGRESS_TAG
+from ..request import Target
+from ..weights import load_model
+from .common import (
+    CheckedInput,
+    add_run_arguments,
+    add_target_arguments,
+    checked_input,
+    options_of,
+    progress_printer,
+    target_of,
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``sainr adapt``."""
+    p.add_argument("input", type=Path, help="volume file (.nii.gz/.nrrd/.mha) or DICOM folder")
+    add_target_arguments(p)
+    p.add_argument("--out", type=Path, required=True, metavar="WEIGHTS.pt",
+                   help="write the adapted weights here (use with sainr reduce --weights)")  # fmt: skip
+    p.add_argument(
+        "--steps", type=int, default=AdaptConfig.steps, help="optimizer steps (default 200)"
+    )
+    p.add_argument("--minutes", type=float, help="also stop after this many minutes")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="model to start from: shipped name or checkpoint (default: default)",
+    )
+    p.add_argument(
+        "--reduce", type=Path, metavar="OUTPUT", help="also reduce the input with the adapted model"
+    )
+    p.add_argument("--seed", type=int, default=AdaptConfig.seed, help="patch and noise stream")
+    add_run_arguments(p)
+    p.set_defaults(func=run)
+
+
+def adapt_with_progress(
+    name: str, checked: CheckedInput, model: SAINR, target: Target, config: AdaptConfig,
+    progress_mode: str, tag: str,
+) -> Adapted:  # fmt: skip
+    """Adapt ``model`` to the checked input ``name`` on its run's device, showing progress
+    as ``progress_mode`` says (``<tag> done total`` lines with ``lines``)."""
+    update, close = progress_printer(progress_mode, f"adapting {name}", "step", tag)
+    try:
+        return adapt_to_image(
+            model.to(choose_device(checked.options.device)), checked.image, target,
+            checked.options, config, progress=update, log=lambda msg: print(msg, file=sys.stderr),
+        )  # fmt: skip
+    finally:
+        close()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check everything, adapt, save the weights, optionally reduce."""
+    check_budget(args.steps, args.minutes)
+    check_weights_output(args.out, args.weights)
+    if args.reduce is not None:
+        check_output_path(args.reduce, (args.input,))
+    target, options = target_of(args), options_of(args)
+    choose_device(options.device)  # an unavailable device fails before any work
+    checked = checked_input(args.input, None, target, options)
+    model = load_model(args.weights)
+    config = AdaptConfig(steps=args.steps, minutes=args.minutes, seed=args.seed)
+    name = args.input.name
+    adapted = adapt_with_progress(name, checked, model, target, config, args.progress, PROGRESS_TAG)
+    save_adapted(adapted, args.out, args.weights, name)
+    print(f"{name}: adapted {adapted.steps_done} steps -> {args.out}", file=sys.stderr)
+    if args.reduce is not None:
+        update, close = progress_printer(args.progress, name)
+        try:
+            result = reduce_spacing(
+                checked.image, target, checked.options, model=adapted.model, progress=update
+            )
+        finally:
+            close()
+        write_volume(result.image, args.reduce)
+        print(f"{name}: {result.info['slices_out']} slices at "
+              f"{result.info['spacing_out']:.4g} mm -> {args.reduce}", file=sys.stderr)  # fmt: skip
+    return 0

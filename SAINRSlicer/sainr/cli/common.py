@@ -1,0 +1,146 @@
+"""What several ``sainr`` commands share: their target and run options, progress display, and
+reading an input with every check that needs no model.
+
+Only the command modules of :mod:`sainr.cli` use this; the library below never sees argparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from ..geometry import relative_thickness
+from ..inference import PRECISIONS
+from ..io import dicom_slice_thickness, read_volume
+from ..planning import plan_reduction
+from ..protocol import PROGRESS_TAG
+from ..request import ReduceOptions, Target
+from ..validation import check_values
+
+
+def progress_printer(
+    mode: str, label: str, unit: str = "vox", tag: str = PROGRESS_TAG
+) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """(callback, close) reporting progress as a tqdm bar counting ``unit`` or as
+    ``<tag> done total`` lines (``PROGRESS`` for the reconstruction; adaptation inside a
+    reduce run uses its own tag so that drivers tell the phases apart)."""
+    if mode == "lines":
+
+        def emit(done: int, total: int) -> None:
+            print(f"{tag} {done} {total}", flush=True)
+
+        return emit, lambda: None
+    if mode == "none":
+        return (lambda done, total: None), lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, desc=label, unit=unit, unit_scale=True, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)  # redraws at most every mininterval
+
+    return update, bar.close
+
+
+def add_target_arguments(p: argparse.ArgumentParser) -> None:
+    """``--spacing MM | --factor F | --isotropic`` (one required) and ``--axis``."""
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--spacing", type=float, metavar="MM", help="target slice spacing in mm")
+    target.add_argument("--factor", type=float, help="reduce the slice spacing by this factor")
+    target.add_argument(
+        "--isotropic", action="store_true", help="target = the finest in-plane spacing"
+    )
+    p.add_argument(
+        "--axis", type=int, choices=(0, 1, 2), help="slice axis (i, j, k); detected if omitted"
+    )
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """How the model runs: device, precision, NaN handling, slice thickness, progress."""
+    p.add_argument("--device", default="auto", help="auto (CUDA if usable, else CPU), cpu, cuda, mps")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto = fp16 autocast on CUDA, bf16 on CPUs with AMX, else fp32",
+    )
+    p.add_argument(
+        "--nan-to-zero", action="store_true", help="replace NaN/Inf voxels by 0 instead of refusing"
+    )
+    p.add_argument(
+        "--slice-thickness",
+        type=float,
+        metavar="MM",
+        help="acquired slice thickness in mm (default: DICOM SliceThickness, else the slice "
+        "spacing; give the smaller thickness when slices have gaps)",
+    )
+    p.add_argument("--progress", choices=("bar", "lines", "none"), default="bar")
+
+
+def target_of(args: argparse.Namespace) -> Target:
+    """The parsed target options as a :class:`~sainr.request.Target` (checked there)."""
+    return Target(
+        spacing=args.spacing,
+        factor=args.factor,
+        isotropic=args.isotropic,
+        axis=args.axis,
+        force=getattr(args, "force", False),  # sainr adapt has no --force
+    )
+
+
+def options_of(args: argparse.Namespace) -> ReduceOptions:
+    """The parsed run options as :class:`~sainr.request.ReduceOptions` (checked there)."""
+    return ReduceOptions(
+        slice_thickness_mm=args.slice_thickness,
+        device=args.device,
+        precision=args.precision,
+        memory_mb=getattr(args, "memory_mb", ReduceOptions.memory_mb),
+        nan_policy="zero" if args.nan_to_zero else "refuse",
+    )
+
+
+@dataclass(frozen=True)
+class CheckedInput:
+    """An input read and checked, with the options of its run: the slice thickness is the
+    one given, else its DICOM SliceThickness, resolved once here."""
+
+    image: sitk.Image
+    options: ReduceOptions
+
+
+def checked_input(
+    src: Path, series: str | None, target: Target, options: ReduceOptions
+) -> CheckedInput:
+    """Read ``src`` (one ``series`` of a DICOM folder) and run every check that needs no
+    model: grid, target, slice thickness, voxel values."""
+    with native_stderr_silenced():
+        image = read_volume(src, series)
+    axis, _ = plan_reduction(image, target)
+    if options.slice_thickness_mm is None:
+        options = replace(options, slice_thickness_mm=dicom_slice_thickness(src, series))
+    relative_thickness(options.slice_thickness_mm, image.GetSpacing()[axis])
+    check_values(sitk.GetArrayViewFromImage(image), options.nan_policy)
+    return CheckedInput(image, options)
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Discard what C++ code (MetaIO, VNL) prints on stderr meanwhile: the CLI's stderr holds
+    only its own lines; the failure itself still arrives as an exception."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -1,0 +1,244 @@
+"""``sainr reduce INPUT OUTPUT --spacing MM|--factor F|--isotropic``: one volume, a DICOM
+series, or a folder of them (batch mode), with every input and output checked before the
+first result is written."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..adapt import AdaptConfig, check_budget, check_weights_output, save_adapted
+from ..api import reduce_spacing
+from ..errors import OutputPathError, SainrError
+from ..inference import choose_device
+from ..io import (
+    check_not_inputs,
+    check_output_folder,
+    check_output_path,
+    check_writable,
+    is_dicom_folder,
+    output_files,
+    volume_suffix,
+    write_atomically,
+    write_volumes,
+)
+from ..model import SAINR
+from ..protocol import ADAPT_TAG
+from ..request import ReduceOptions, Target
+from ..weights import load_model
+from .adapt import adapt_with_progress
+from .common import (
+    CheckedInput,
+    add_run_arguments,
+    add_target_arguments,
+    checked_input,
+    options_of,
+    progress_printer,
+    target_of,
+)
+
+#: (input, output, mask output or None) of one volume of a run.
+Pair = tuple[Path, Path, Path | None]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``sainr reduce``."""
+    p.add_argument("input", type=Path, help="volume file (.nii.gz/.nrrd/.mha), DICOM folder, or folder of volumes")
+    p.add_argument("output", type=Path, help="output file, or folder in batch mode")
+    add_target_arguments(p)
+    p.add_argument("--mask", type=Path, help="also write the gating mask (uint8) here")
+    p.add_argument("--series", metavar="UID", help="DICOM folder with several series: the SeriesInstanceUID to read")
+    p.add_argument("--weights", default=None, help="shipped model name or checkpoint file (default: default)")
+    p.add_argument("--memory-mb", type=float, default=ReduceOptions.memory_mb,
+                   help="working memory budget (default 2048)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="allow reductions beyond 20x")
+    p.add_argument("--preview", type=Path, help="also write a PNG comparison picture (single input)")
+    add_run_arguments(p)
+    p.add_argument("--adapt-steps", type=int, default=0, metavar="N",
+                   help="first adapt the model to each input for N steps (default 0: off)")  # fmt: skip
+    p.add_argument("--save-adapted", type=Path, metavar="WEIGHTS.pt",
+                   help="also save the adapted weights (single input)")  # fmt: skip
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check every input, output and option, then reduce the inputs one by one."""
+    pairs = _batch_pairs(args.input, args.output, args.mask)
+    target, options = target_of(args), options_of(args)
+    _check_options(args)
+    choose_device(options.device)  # an unavailable device fails before any work
+    # Every input is checked before the model loads (batch: before the first result is
+    # written); only the first image is kept, the others are read again in turn, with the
+    # slice thickness resolved by the check.
+    first = checked_input(pairs[0][0], args.series, target, options)
+    resolved = [first.options]
+    resolved += [checked_input(src, args.series, target, options).options for src, _, _ in pairs[1:]]
+    if len(pairs) > 1 and (skipped := _skipped_folders(args.input)):
+        print(f"note: skipped subfolders without a DICOM series: {', '.join(skipped)}", file=sys.stderr)
+    model = load_model(args.weights)
+    written: list[Path] = []
+    try:
+        for n, (src, dst, mask_dst) in enumerate(pairs):
+            one = first if n == 0 else checked_input(src, args.series, target, resolved[n])
+            net = _model_for(src, one, model, target, args)
+            _reduce_one(src, one, dst, mask_dst, net, target, args, written)
+    except KeyboardInterrupt as exc:
+        if written:
+            raise KeyboardInterrupt(
+                f"{len(written)} of {len(pairs)} results were written (the last: {written[-1]}); "
+                "the one in progress was not"
+            ) from exc
+        raise
+    return 0
+
+
+def _model_for(
+    src: Path, checked: CheckedInput, model: SAINR, target: Target, args: argparse.Namespace
+) -> SAINR:
+    """``model`` itself without ``--adapt-steps``, else a copy adapted to the input
+    (``ADAPT done total`` lines with ``--progress lines``), saved to ``--save-adapted``."""
+    if args.adapt_steps == 0:
+        return model
+    config = AdaptConfig(steps=args.adapt_steps)
+    adapted = adapt_with_progress(src.name, checked, model, target, config, args.progress, ADAPT_TAG)
+    if args.save_adapted is not None:
+        save_adapted(adapted, args.save_adapted, args.weights, src.name)
+    return adapted.model
+
+
+def _reduce_one(
+    src: Path, checked: CheckedInput, dst: Path, mask_dst: Path | None, net: SAINR,
+    target: Target, args: argparse.Namespace, written: list[Path],
+) -> None:  # fmt: skip
+    """Reconstruct one checked input, write its result (and mask, and --preview; ``dst`` is
+    added to ``written`` as soon as it exists) and say so."""
+    update, close = progress_printer(args.progress, src.name)
+    try:
+        result = reduce_spacing(
+            checked.image, target, checked.options, model=net, progress=update,
+            notice=lambda msg: print(f"note: {msg}", file=sys.stderr),
+        )  # fmt: skip
+    finally:
+        close()
+    for path in (dst, mask_dst):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    outputs = [(result.image, dst)] + ([(result.mask, mask_dst)] if mask_dst else [])
+    write_volumes(outputs)  # image and mask together, or neither
+    written.append(dst)
+    if args.preview is not None:
+        from ..preview import save_comparison
+
+        write_atomically(args.preview, lambda tmp: save_comparison(
+            checked.image, result.image, result.mask, result.info["axis"], tmp), ".png")  # fmt: skip
+    info = result.info
+    print(
+        f"{src.name}: axis {info['axis_label']}, {info['slices_in']} slices at "
+        f"{info['spacing_in']:.4g} mm ({info['slice_thickness']:.4g} mm thick) -> "
+        f"{info['slices_out']} at {info['spacing_out']:.4g} mm, "
+        f"gated {100 * info['gated_fraction']:.0f} % ({info['device']}) -> {dst}",
+        file=sys.stderr,
+    )
+
+
+def _batch_pairs(src: Path, output: Path, mask: Path | None) -> list[Pair]:
+    """(input, output, mask) triples with every output path checked; a folder that is not a
+    DICOM series means batch mode: its volume files and DICOM series subfolders (a series is
+    written as ``<folder name>.nii.gz``). Nothing is created here."""
+    if mask is not None and mask.resolve() == output.resolve():
+        raise OutputPathError(f"--mask {mask} is the output path; give it another name")
+    if not src.is_dir() or is_dicom_folder(src):
+        check_output_path(output, (src,))
+        if mask is not None:
+            check_output_path(mask, (src,))
+        return [(src, output, mask)]
+    for folder in (output, mask):
+        if folder is not None:
+            check_output_folder(folder, src)
+    pairs = [
+        (f, output / _batch_name(f), mask / _batch_name(f) if mask else None)
+        for f in _batch_inputs(src)
+    ]
+    _check_batch_outputs(pairs)
+    return pairs
+
+
+def _batch_inputs(src: Path) -> list[Path]:
+    """Volume files and DICOM series folders in ``src``, by name. Hidden files are never
+    inputs: temp files a killed run left (``.sainr-*``), macOS ``._*`` metadata."""
+    entries = sorted(p for p in src.iterdir() if not p.name.startswith("."))
+    inputs = [p for p in entries if (p.is_file() and volume_suffix(p)) or is_dicom_folder(p)]
+    if not inputs:
+        raise SainrError(
+            f"no volume files (.nii.gz, .nrrd, .mha, ...) or DICOM series folders in {src}"
+        )
+    return inputs
+
+
+def _skipped_folders(src: Path) -> list[str]:
+    """Batch mode: the subfolders of ``src`` that are neither read nor searched (no DICOM)."""
+    return sorted(
+        p.name for p in src.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and not is_dicom_folder(p)
+    )  # fmt: skip
+
+
+def _batch_name(src: Path) -> str:
+    """The output name of a batch input: its own, a DICOM folder's plus ``.nii.gz``."""
+    return src.name + ".nii.gz" if src.is_dir() else src.name
+
+
+def _check_batch_outputs(pairs: list[Pair]) -> None:
+    """Batch mode, before anything is read: no output is a folder or a file of an input, and
+    no two outputs (images, masks, .mhd data files) are the same file."""
+    inputs = [src for src, _, _ in pairs]
+    owner: dict[Path, str] = {}
+    for src, image, mask in pairs:
+        for out, kind in ((image, "result"), (mask, "mask")):
+            if out is None:
+                continue
+            if out.is_dir():
+                raise OutputPathError(
+                    f"the output {out} is a folder; move it away or choose another output folder"
+                )
+            check_not_inputs(out, output_files(out), inputs)
+            for f in output_files(out):
+                if f.resolve() in owner:
+                    raise OutputPathError(
+                        f"the {owner[f.resolve()]} and the {kind} of {src.name} would both be "
+                        f"written to {f}; give --mask its own folder, or rename an input"
+                    )
+                owner[f.resolve()] = f"{kind} of {src.name}"
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Every option that needs no input read: the DICOM series choice, the picture and the
+    adaptation (its steps, the weights output: never into the shipped models, single input)."""
+    if args.series is not None and not is_dicom_folder(args.input):
+        raise SainrError("--series picks a series of a DICOM folder; the input is not one")
+    if args.preview is not None:
+        _check_picture_path(args.preview, args.input)
+    if args.adapt_steps != 0:
+        check_budget(args.adapt_steps, None)
+    if args.save_adapted is not None:
+        if args.adapt_steps == 0:
+            raise SainrError("--save-adapted needs --adapt-steps N (N > 0)")
+        if args.input.is_dir() and not is_dicom_folder(args.input):
+            raise SainrError("--save-adapted needs a single input volume, not a folder")
+        check_weights_output(args.save_adapted, args.weights)
+
+
+def _check_picture_path(path: Path, src: Path) -> None:
+    """--preview: a .png file (so never an input or a volume output) in a writable folder, for
+    a single input."""
+    if src.is_dir() and not is_dicom_folder(src):
+        raise SainrError("--preview needs a single input volume, not a folder")
+    if path.suffix.lower() != ".png":
+        raise OutputPathError(f"--preview writes a PNG picture; give a .png file name, not {path.name}")
+    if path.is_dir():
+        raise OutputPathError(f"--preview {path} is a folder; give a .png file name")
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise OutputPathError(f"--preview folder does not exist: {folder}; create it first")
+    check_writable(folder)

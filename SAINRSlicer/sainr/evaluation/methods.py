@@ -1,0 +1,151 @@
+"""The methods that fill a thin-slice grid: linear and B-spline interpolation, each SA-INR model
+(gated, ungated, adapted per case) and the shipped-model loading."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..baselines import bspline_interpolate, linear_interpolate
+from ..errors import SainrError, WeightsError
+from ..geometry import SliceGrid
+from ..inference import super_resolve
+from ..model import SAINR, gating_disabled
+from ..weights import DEFAULT_MODEL, catalog, load_model, resolve
+
+TRUTH = "ground truth"
+
+#: (normalised LR (S, H, W), thin-slice grid, HR spacing in mm along (S, H, W), slice
+#: thickness / LR spacing) -> (thin-slice volume, gating mask or None)
+RunFn = Callable[
+    [np.ndarray, SliceGrid, tuple[float, float, float], float],
+    tuple[np.ndarray, np.ndarray | None],
+]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named way to fill the thin-slice grid; ``model`` is set for SA-INR variants."""
+
+    name: str
+    run: RunFn
+    model: SAINR | None = None
+    gated: bool = False
+
+
+def load_models(specs: tuple[str, ...]) -> list[tuple[str, str, SAINR]]:
+    """(name, source, model) per ``NAME=WEIGHTS``; the shipped default when none is given."""
+    if not specs:
+        try:
+            if DEFAULT_MODEL in catalog():
+                shipped = f"{resolve(None)[0].name} (shipped as '{DEFAULT_MODEL}')"
+                return [(DEFAULT_MODEL, shipped, load_model(None))]
+        except WeightsError as exc:
+            print(f"note: no shipped model ({exc}); evaluating interpolation only", file=sys.stderr)
+        return []
+    out = []
+    for spec in specs:
+        name, sep, weights = spec.partition("=")
+        if not sep:
+            name, weights = Path(spec).stem, spec
+        if not name or not weights:
+            raise SainrError(f"--model expects NAME=WEIGHTS, got {spec!r}")
+        out.append((name, weights, load_model(weights)))
+    names = [n for n, _, _ in out]
+    if len(set(names)) != len(names):
+        raise SainrError(f"model names must be unique, got {names}")
+    return out
+
+
+def build_methods(
+    models: list[tuple[str, str, SAINR]], device: torch.device, budget_mb: float,
+    ungated: bool = True,
+) -> list[Method]:  # fmt: skip
+    """Interpolators, then each model, then (``ungated``) each gated model with its gate
+    removed."""
+
+    def interp(fn) -> RunFn:
+        return lambda lr, grid, _spacing, _thickness: (fn(lr, grid), None)
+
+    methods = [Method("linear", interp(linear_interpolate)),
+               Method("B-spline", interp(bspline_interpolate))]  # fmt: skip
+    for name, _, model in models:
+        methods.append(Method(name, _network(model, device, budget_mb), model,
+                              model.gate is not None))  # fmt: skip
+    for name, _, model in models if ungated else ():
+        if model.gate is not None:
+            methods.append(Method(f"{name} (ungated)",
+                                  _network(model, device, budget_mb, ungated=True), model))  # fmt: skip
+    return methods
+
+
+def _network(
+    model: SAINR, device: torch.device, budget_mb: float, ungated: bool = False,
+    adapt_steps: int = 0,
+) -> RunFn:  # fmt: skip
+    """SA-INR on the case's LR; with ``adapt_steps``, a copy of the model is first fine-tuned
+    on that LR alone (:func:`adapt_to_case`)."""
+
+    def run_model(
+        lr: np.ndarray, grid: SliceGrid, spacing: tuple[float, float, float], thickness: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        net = model
+        if adapt_steps:
+            net = adapt_to_case(model, lr, grid, spacing, thickness, adapt_steps)
+        if ungated:
+            with gating_disabled(net):
+                return super_resolve(net, lr, grid, device, budget_mb, thickness=thickness)
+        return super_resolve(net, lr, grid, device, budget_mb, thickness=thickness)
+
+    return run_model
+
+
+def adapted_methods(
+    models: list[tuple[str, str, SAINR]], steps: int, names: tuple[str, ...] | None,
+    device: torch.device, budget_mb: float,
+) -> list[Method]:  # fmt: skip
+    """``<model> adapted (N steps)`` for each model (or each of ``names``); none for N = 0."""
+    if steps < 0:
+        raise SainrError(f"--adapt-steps must be >= 0, got {steps}")
+    if not steps:
+        return []
+    known = [name for name, _, _ in models]
+    unknown = sorted(set(names or ()) - set(known))
+    if not models or unknown:
+        raise SainrError(f"--adapt-steps: no SA-INR model {unknown or ''} to adapt; models: "
+                         f"{known} (name them with --model NAME=WEIGHTS)")  # fmt: skip
+    try:
+        from ..adapt import AdaptConfig, adapt  # noqa: F401  (fail before any case runs)
+    except ImportError as exc:
+        raise SainrError(
+            f"--adapt-steps needs sainr.adapt, which cannot be imported: {exc}"
+        ) from exc
+    return [Method(f"{name} adapted ({steps} steps)",
+                   _network(model, device, budget_mb, adapt_steps=steps))
+            for name, _, model in models if names is None or name in names]  # fmt: skip
+
+
+def adapt_to_case(
+    model: SAINR, lr: np.ndarray, grid: SliceGrid, spacing: tuple[float, float, float],
+    thickness: float, steps: int,
+) -> SAINR:  # fmt: skip
+    """A fine-tuned copy of ``model`` (:func:`sainr.adapt.adapt` leaves ``model`` unchanged),
+    trained on this case's LR only: ``lr`` is the normalised array SA-INR receives (the HR's
+    robust scale, slice axis first), its spacing (r c_S, c_H, c_W), the target the HR slice
+    spacing c_S, told the simulated slice ``thickness`` (relative to the LR spacing) as
+    ECLARE is."""
+    from ..adapt import AdaptConfig, adapt
+
+    config = AdaptConfig(steps=steps, thickness=thickness)
+    return adapt(model, lr, lr_spacing(grid, spacing), spacing[0], config=config)
+
+
+def lr_spacing(grid: SliceGrid, spacing: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Spacing (mm, along S, H, W) of the simulated LR: the HR's with slices ``grid.factor``
+    times further apart."""
+    return (grid.factor * spacing[0], spacing[1], spacing[2])

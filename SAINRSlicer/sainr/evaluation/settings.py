@@ -1,0 +1,47 @@
+"""What one evaluation runs: the simulated acquisitions, the methods and where results go."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..inference import DEFAULT_BUDGET_MB
+
+DEFAULT_FACTORS = (2.0, 2.5, 3.0, 4.0)
+
+DEFAULT_PROFILES = ("none", "gaussian", "box")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """What one evaluation runs (the options of ``sainr evaluate``).
+
+    ``volumes``: HR volumes (the ground truth); ``out``: folder for results.csv, results.md
+    and figures. ``factors``, ``profiles``: the simulated acquisitions; ``thickness``: slice
+    thickness / LR spacing of the gaussian and box profiles. ``figures``: profiles to draw
+    (None: all). ``axis``: one slice axis (None: auto) for all volumes or one per volume.
+    ``models``: ``NAME=WEIGHTS`` (none: the shipped default). ``ungated``: also run gated
+    models without their gate. ``crop``: in-plane centre crop; ``max_slices``: planes S3 is
+    averaged over. ``flops``: print the GMAC tables only. ``adapt_steps``, ``adapt_models``:
+    fine-tuned rows per case. ``eclare``: also run ECLARE with that budget."""
+
+    volumes: tuple[Path, ...] = ()
+    out: Path | None = None
+    factors: tuple[float, ...] = DEFAULT_FACTORS
+    profiles: tuple[str, ...] = DEFAULT_PROFILES
+    figures: tuple[str, ...] | None = None
+    thickness: float = 1.0
+    axis: tuple[int | None, ...] = ()
+    models: tuple[str, ...] = ()
+    ungated: bool = True
+    crop: int | None = None
+    max_slices: int = 16
+    device: str = "auto"
+    memory_mb: float = DEFAULT_BUDGET_MB
+    threads: int | None = None
+    flops: bool = False
+    adapt_steps: int = 0
+    adapt_models: tuple[str, ...] | None = None
+    eclare: bool = False
+    eclare_patches: int = 2048
+    eclare_batch_size: int = 8
