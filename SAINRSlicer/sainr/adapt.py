@@ -67,7 +67,7 @@ class AdaptConfig:
     size: int = 48  # in-plane patch size
     queries: int = 4096
     seed: int = 0
-    precision: str = "auto"  # as sainr.inference.resolve_precision (bf16 autocast on AMX CPUs)
+    precision: str = "auto"  # as sainr.inference.resolve_precision (bf16 on CPUs with bf16 hardware)
     thickness: float = 1.0  # acquired slice thickness / slice spacing (1 = contiguous slices)
 
 

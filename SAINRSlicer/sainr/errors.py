@@ -42,3 +42,8 @@ class ResourceError(SainrError):
 
 class Cancelled(SainrError):
     """The run was cancelled by the user; nothing was written."""
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: messages from torch or ITK may span several, a user sees one."""
+    return " ".join(text.split())

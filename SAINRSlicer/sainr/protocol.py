@@ -10,6 +10,10 @@ from __future__ import annotations
 PROGRESS_TAG = "PROGRESS"
 #: ``--progress lines`` with ``--adapt-steps N``: ``ADAPT done total`` while it adapts first.
 ADAPT_TAG = "ADAPT"
+#: Exit status of a run stopped by a problem the user can fix (one line on stderr).
+EXIT_USER = 2
+#: Exit status of an internal error (the traceback is in a report file).
+EXIT_INTERNAL = 1
 #: Optimizer steps of a per-volume adaptation when none are given.
 DEFAULT_ADAPT_STEPS = 200
 #: Name of the shipped model used when no weights are given.

@@ -23,10 +23,8 @@ from importlib import import_module
 import SimpleITK as sitk
 
 from .. import __version__
-from ..errors import SainrError
-
-EXIT_USER = 2
-EXIT_INTERNAL = 1
+from ..errors import SainrError, one_line
+from ..protocol import EXIT_INTERNAL, EXIT_USER
 
 #: Subcommands in ``--help`` order: name -> (one-line help, module of :mod:`sainr.cli` with
 #: its ``add_arguments``). Only the module of the command being run is imported, so a run
@@ -59,17 +57,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(text: str) -> str:
-    """``text`` on one line (messages from torch or ITK may span several)."""
-    return " ".join(text.split())
-
-
 def _report_internal(exc: BaseException) -> int:
     """Write the traceback to a report file; one line on stderr points to it."""
     fd, path = tempfile.mkstemp(prefix="sainr-error-", suffix=".txt")
     with os.fdopen(fd, "w") as fh:
         traceback.print_exception(exc, file=fh)
-    reason = _one_line(f"{type(exc).__name__}: {exc}")[:200]
+    reason = one_line(f"{type(exc).__name__}: {exc}")[:200]
     print(f"sainr: internal error ({reason}); report: {path}", file=sys.stderr)
     return EXIT_INTERNAL
 
@@ -91,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
         return args.func(args)
     except SainrError as exc:
-        print(f"sainr: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"sainr: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt as exc:
         print(f"sainr: cancelled; {str(exc) or 'no partial output was written'}", file=sys.stderr)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from .. import cohort
 from ..adapt import AdaptConfig, check_budget, check_weights_output, save_adapted
 from ..api import reduce_spacing
 from ..errors import OutputPathError, SainrError
@@ -24,7 +26,7 @@ from ..io import (
     write_volumes,
 )
 from ..model import SAINR
-from ..protocol import ADAPT_TAG
+from ..protocol import ADAPT_TAG, EXIT_USER
 from ..request import ReduceOptions, Target
 from ..weights import load_model
 from .adapt import adapt_with_progress
@@ -68,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     target, options = target_of(args), options_of(args)
     _check_options(args)
     choose_device(options.device)  # an unavailable device fails before any work
+    if (launch := cohort.launch_from_env()) is not None:  # under torchrun: this process's share
+        ok = cohort.run(launch, pairs, options.device, lambda: _pair_reducer(target, options, args))
+        return 0 if ok else EXIT_USER
     # Every input is checked before the model loads (batch: before the first result is
     # written); only the first image is kept, the others are read again in turn, with the
     # slice thickness resolved by the check.
@@ -91,6 +96,21 @@ def run(args: argparse.Namespace) -> int:
             ) from exc
         raise
     return 0
+
+
+def _pair_reducer(
+    target: Target, options: ReduceOptions, args: argparse.Namespace
+) -> Callable[[Path, Path, Path | None], None]:
+    """Under torchrun: load the model once and return what reduces one input of the share
+    (read and checked as it comes, not all first: a bad one fails alone)."""
+    model = load_model(args.weights)
+
+    def reduce_pair(src: Path, dst: Path, mask_dst: Path | None) -> None:
+        one = checked_input(src, args.series, target, options)
+        net = _model_for(src, one, model, target, args)
+        _reduce_one(src, one, dst, mask_dst, net, target, args, [])
+
+    return reduce_pair
 
 
 def _model_for(

@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--latent", type=int, default=VAEConfig.latent, help="latent channels")
     p.add_argument(
-        "--amp", choices=("none", "bf16"), default=d.amp, help="bf16 autocast (CPUs with AMX, GPUs)"
+        "--amp", choices=("none", "bf16"), default=d.amp, help="bf16 autocast (CPUs with AMX or AVX-512 BF16, GPUs)"
     )
     p.add_argument(
         "--axis",

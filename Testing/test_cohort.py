@@ -1,0 +1,201 @@
+"""Cohorts: ``torchrun ... -m sainr reduce IN_DIR OUT_DIR`` shares a folder between processes.
+
+The end-to-end test starts two real processes on the CPU through PyTorch's launcher on crops
+of the repository's knee; the others check the pieces (shares, completeness, the environment,
+per-input failures, the summary) directly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import sainr
+from sainr import cohort
+from sainr.cohort import Launch, Report
+from sainr.errors import InputImageError, SainrError
+
+CROPS = ["a.nii.gz", "b.nrrd", "c.nii.gz", "d.mha"]  # sorted: a, c -> rank 0; b, d -> rank 1
+
+
+def _torchrun(src: Path, dst: Path, mask: Path) -> subprocess.CompletedProcess:
+    """``sainr reduce`` on two CPU processes started by torchrun, their stderr lines prefixed
+    with their rank (``--tee 2``), running this checkout's ``sainr``."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(sainr.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        env.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "--tee", "2", "-m", "sainr", "reduce", str(src), str(dst), "--factor", "2",
+         "--mask", str(mask), "--weights", "fast", "--device", "cpu", "--progress", "none"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+
+
+def _by_rank(stderr: str) -> dict[int, list[str]]:
+    """The lines each rank printed (torchrun's ``[<role><local rank>]:`` prefixes)."""
+    lines: dict[int, list[str]] = {}
+    for line in stderr.splitlines():
+        if match := re.match(r"\[[A-Za-z_]*(\d+)\]:(.*)", line):
+            lines.setdefault(int(match[1]), []).append(match[2])
+    return lines
+
+
+def _reduced(lines: dict[int, list[str]]) -> dict[str, list[int]]:
+    """Input name -> the ranks that printed its result line."""
+    done: dict[str, list[int]] = {}
+    for rank, texts in lines.items():
+        for text in texts:
+            if " -> " in text and not text.startswith("sainr:"):
+                done.setdefault(text.split(":")[0], []).append(rank)
+    return done
+
+
+def test_two_processes_reduce_a_folder_once_skip_complete_results_and_report_a_bad_input(
+    tmp_path, knee_thick
+):
+    src, dst, mask = tmp_path / "in", tmp_path / "out", tmp_path / "mask"
+    src.mkdir()
+    corners = [(0, 0), (32, 0), (0, 32), (32, 32)]
+    for name, (x, y) in zip(CROPS, corners):
+        sitk.WriteImage(knee_thick[x : x + 32, y : y + 32, :], str(src / name))
+
+    first = _torchrun(src, dst, mask)
+    assert first.returncode == 0, first.stderr
+    lines = _by_rank(first.stderr)
+    assert _reduced(lines) == {"a.nii.gz": [0], "b.nrrd": [1], "c.nii.gz": [0], "d.mha": [1]}
+    assert lines[0][-1] == ("sainr: cohort of 4 input(s) on 2 process(es): "
+                            "4 done, 0 skipped (already complete), 0 failed")  # fmt: skip
+    assert not any("cohort of" in text for text in lines[1])  # one summary, from rank 0
+    assert (
+        sorted(p.name for p in dst.iterdir())
+        == sorted(p.name for p in mask.iterdir())
+        == sorted(CROPS)
+    )
+    for name, (x, y) in zip(CROPS, corners):
+        result, gate = sitk.ReadImage(str(dst / name)), sitk.ReadImage(str(mask / name))
+        assert result.GetSize() == gate.GetSize() == (32, 32, 39)
+        np.testing.assert_allclose(result.GetSpacing(), (0.3125, 0.3125, 1.5), atol=1e-5)
+        corner = knee_thick.TransformIndexToPhysicalPoint((x, y, 0))
+        np.testing.assert_allclose(result.GetOrigin(), corner, atol=1e-4)
+        np.testing.assert_allclose(result.GetDirection(), knee_thick.GetDirection(), atol=1e-6)
+    stamps = {p: p.stat().st_mtime_ns for p in [*dst.iterdir(), *mask.iterdir()]}
+
+    again = _torchrun(src, dst, mask)
+    assert again.returncode == 0, again.stderr
+    assert _reduced(_by_rank(again.stderr)) == {}
+    assert "0 done, 4 skipped (already complete), 0 failed" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing rewritten
+
+    (dst / "a.nii.gz").unlink()  # cut short: a without result, d with its result but no mask
+    (mask / "d.mha").unlink()
+    (src / "a2.nii.gz").write_bytes(b"not a volume")  # sorted second: rank 1's
+    rest = _torchrun(src, dst, mask)
+    assert rest.returncode != 0  # rank 0 exits with 2 for the failed input; torchrun says so
+    lines = _by_rank(rest.stderr)
+    assert _reduced(lines) == {"a.nii.gz": [0], "d.mha": [0]}  # d is 5th of 5 now: rank 0's
+    assert any(t.startswith("sainr: error: a2.nii.gz: cannot read") for t in lines[1])
+    summary = [t for t in lines[0] if t.startswith("sainr: ")][-2:]
+    assert summary[0].endswith("2 done, 2 skipped (already complete), 1 failed")
+    assert summary[1].startswith("sainr: failed: a2.nii.gz (rank 1): cannot read")
+    assert (dst / "a.nii.gz").is_file() and (mask / "d.mha").is_file()
+    untouched = {p for p in stamps if p.name in ("b.nrrd", "c.nii.gz")}
+    assert {p: p.stat().st_mtime_ns for p in untouched} == {p: stamps[p] for p in untouched}
+    assert not list(dst.glob(".sainr-*")) and not list(mask.glob(".sainr-*"))
+
+
+@pytest.mark.parametrize("count, world", [(4, 2), (7, 3), (2, 4), (0, 2), (5, 1)])
+def test_shares_are_disjoint_cover_every_input_and_differ_by_at_most_one(count, world):
+    items = [f"in{i:02d}.nii.gz" for i in range(count)]
+    shares = [cohort.share(items, rank, world) for rank in range(world)]
+    assert sorted(x for s in shares for x in s) == items
+    assert len({x for s in shares for x in s}) == count
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    assert shares == [cohort.share(list(items), rank, world) for rank in range(world)]
+
+
+def test_launch_is_read_from_torchrun_environment_and_absent_without_it():
+    assert cohort.launch_from_env({}) is None
+    assert cohort.launch_from_env({"WORLD_SIZE": "2"}) is None
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    assert cohort.launch_from_env(env) == Launch(3, 4, 1, 2)
+    assert cohort.launch_from_env({"RANK": "0", "WORLD_SIZE": "1"}) == Launch(0, 1, 0, 1)
+    with pytest.raises(SainrError, match="whole numbers"):
+        cohort.launch_from_env({"RANK": "one", "WORLD_SIZE": "2"})
+    with pytest.raises(SainrError, match="no place in a launch"):
+        cohort.launch_from_env({"RANK": "2", "WORLD_SIZE": "2"})
+
+
+def test_an_output_is_complete_only_when_all_its_final_files_exist(tmp_path):
+    result, gate = tmp_path / "r.mhd", tmp_path / "m.nii.gz"
+    pair = (tmp_path / "in.nii.gz", result, gate)
+    assert not cohort.is_complete(pair)
+    result.write_text("header")  # a .mhd header without its data file
+    gate.write_bytes(b"mask")
+    assert not cohort.is_complete(pair)
+    (tmp_path / "r.zraw").write_bytes(b"data")
+    assert cohort.is_complete(pair)
+    gate.unlink()  # result written, mask not (yet)
+    assert not cohort.is_complete(pair)
+    assert cohort.is_complete(pair[:2] + (None,))
+
+
+def test_a_bad_input_fails_alone_and_complete_ones_are_kept(tmp_path, capsys):
+    (tmp_path / "kept.nii.gz").write_bytes(b"result")
+    pairs = [(tmp_path / n, tmp_path / n, None) for n in ("bad.nrrd", "good.nrrd", "kept.nii.gz")]
+    reduced, prepared = [], []
+
+    def prepare() -> cohort.ReduceFn:
+        prepared.append(True)
+
+        def reduce_one(src: Path, dst: Path, mask: Path | None) -> None:
+            if src.name == "bad.nrrd":
+                raise InputImageError("bad.nrrd has\nNaN voxels")
+            reduced.append(src.name)
+
+        return reduce_one
+
+    report = cohort.reduce_share(1, pairs, prepare)
+    assert report == Report(1, done=["good.nrrd"], kept=["kept.nii.gz"],
+                            failed=[("bad.nrrd", "bad.nrrd has NaN voxels")])  # fmt: skip
+    assert reduced == ["good.nrrd"] and prepared == [True]  # the model is loaded once
+    assert capsys.readouterr().err == "sainr: error: bad.nrrd: bad.nrrd has NaN voxels\n"
+
+
+def test_nothing_to_do_loads_no_model(tmp_path):
+    (tmp_path / "kept.nii.gz").write_bytes(b"result")
+    pair = (tmp_path / "in.nii.gz", tmp_path / "kept.nii.gz", None)
+    report = cohort.reduce_share(0, [pair], lambda: pytest.fail("the model was loaded"))
+    assert report == Report(0, kept=["in.nii.gz"])
+
+
+def test_summary_counts_every_process_and_names_each_failure():
+    reports = [
+        Report(0, done=["a"], kept=["c"]),
+        Report(1, done=["b"], failed=[("d", "bad volume")]),
+    ]
+    assert cohort.summary(reports).splitlines() == [
+        "sainr: cohort of 4 input(s) on 2 process(es): 2 done, 1 skipped (already complete), 1 failed",
+        "sainr: failed: d (rank 1): bad volume",
+    ]
+
+
+def test_each_cpu_process_gets_its_share_of_the_cores():
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        assert cohort.bind_device(Launch(1, 2, 1, 2), "cpu") == torch.device("cpu")
+        assert torch.get_num_threads() == max(1, cores // 2)
+        cohort.bind_device(Launch(0, 64, 0, 64), "cpu")
+        assert torch.get_num_threads() == max(1, cores // 64)
+    finally:
+        torch.set_num_threads(before)
