@@ -47,11 +47,26 @@ from SAINRSlicerLib.views import COMPARE_VIEWS
 from slicer.util import VTKObservationMixin
 
 __all__ = [
-    "ADAPT_PROGRESS_SHARE", "ADAPT_TAG", "COMPARE_VIEWS", "CONSOLE_EXAMPLE", "DEFAULT_ADAPT_STEPS",
-    "MASK_REFERENCE_ROLE", "MAX_ADAPT_STEPS", "SAINRSlicer", "SAINRSlicerError", "SAINRSlicerLogic",
-    "SAINRSlicerParameterNode", "SAINRSlicerTest", "SAINRSlicerWidget", "WEIGHTS_FILE",
-    "describeTorch", "formatDuration", "formatMillimetres", "helpText", "resourcePath",
-]  # fmt: skip
+    "ADAPT_PROGRESS_SHARE",
+    "ADAPT_TAG",
+    "COMPARE_VIEWS",
+    "CONSOLE_EXAMPLE",
+    "DEFAULT_ADAPT_STEPS",
+    "MASK_REFERENCE_ROLE",
+    "MAX_ADAPT_STEPS",
+    "SAINRSlicer",
+    "SAINRSlicerError",
+    "SAINRSlicerLogic",
+    "SAINRSlicerParameterNode",
+    "SAINRSlicerTest",
+    "SAINRSlicerWidget",
+    "WEIGHTS_FILE",
+    "describeTorch",
+    "formatDuration",
+    "formatMillimetres",
+    "helpText",
+    "resourcePath",
+]
 
 #: Packages that Reload must import afresh with this file (Slicer reloads only this file).
 RELOADED_PACKAGES = ("SAINRSlicerLib", "sainr")

@@ -45,8 +45,9 @@ def _steps(model: SAINR, thick, config: AdaptConfig, **kwargs) -> tuple[SAINR, l
     calls, steps = [], [0]
     hook = register_optimizer_step_post_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))
     try:
-        adapted = adapt(model, *thick, TARGET, config, progress=lambda d, n: calls.append((d, n)),
-                        **kwargs)  # fmt: skip
+        adapted = adapt(
+            model, *thick, TARGET, config, progress=lambda d, n: calls.append((d, n)), **kwargs
+        )
     finally:
         hook.remove()
     return adapted, calls, steps[0]
@@ -120,8 +121,14 @@ def test_cancel_raises_and_leaves_the_input_model_unchanged(tiny_model, thick):
     before = _state(tiny_model)
     calls = []
     with pytest.raises(Cancelled):
-        adapt(tiny_model, *thick, TARGET, AdaptConfig(steps=50, size=16, queries=512),
-              progress=lambda d, n: calls.append(d), cancel=lambda: len(calls) >= 2)  # fmt: skip
+        adapt(
+            tiny_model,
+            *thick,
+            TARGET,
+            AdaptConfig(steps=50, size=16, queries=512),
+            progress=lambda d, n: calls.append(d),
+            cancel=lambda: len(calls) >= 2,
+        )
     assert calls == [1, 2]
     assert _same(before, _state(tiny_model)) and not tiny_model.training
 
@@ -183,16 +190,46 @@ def _lines(text: str, tag: str) -> list[tuple[int, int]]:
 def test_cli_adapt_writes_weights_that_reduce_loads(tmp_path, files, capsys):
     thick_file, base = files
     weights, out = tmp_path / "adapted.pt", tmp_path / "adapted_1mm.nii.gz"
-    code = main(["adapt", str(thick_file), "--spacing", "1", "--out", str(weights), "--steps", "2",
-                 "--weights", str(base), "--reduce", str(out), "--progress", "lines"])  # fmt: skip
+    code = main(
+        [
+            "adapt",
+            str(thick_file),
+            "--spacing",
+            "1",
+            "--out",
+            str(weights),
+            "--steps",
+            "2",
+            "--weights",
+            str(base),
+            "--reduce",
+            str(out),
+            "--progress",
+            "lines",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert _lines(printed, "PROGRESS")[:2] == [(1, 2), (2, 2)]
     meta = torch.load(weights, weights_only=True)["meta"]["adapted"]
     assert (meta["steps_done"], meta["base"], meta["input"]) == (2, str(base), thick_file.name)
     again = tmp_path / "again.nii.gz"
-    assert main(["reduce", str(thick_file), str(again), "--spacing", "1", "--weights",
-                 str(weights), "--progress", "none"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "reduce",
+                str(thick_file),
+                str(again),
+                "--spacing",
+                "1",
+                "--weights",
+                str(weights),
+                "--progress",
+                "none",
+            ]
+        )
+        == 0
+    )
     assert sitk.ReadImage(str(out)).GetSize() == (64, 64, 58)
     np.testing.assert_array_equal(
         sitk.GetArrayFromImage(sitk.ReadImage(str(out))),
@@ -204,8 +241,23 @@ def test_cli_adapt_writes_weights_that_reduce_loads(tmp_path, files, capsys):
 def test_cli_reduce_adapts_first_with_tagged_progress_and_saves(tmp_path, files, capsys):
     thick_file, base = files
     out, weights = tmp_path / "out.nii.gz", tmp_path / "adapted.pt"
-    code = main(["reduce", str(thick_file), str(out), "--spacing", "1", "--weights", str(base),
-                 "--adapt-steps", "3", "--save-adapted", str(weights), "--progress", "lines"])  # fmt: skip
+    code = main(
+        [
+            "reduce",
+            str(thick_file),
+            str(out),
+            "--spacing",
+            "1",
+            "--weights",
+            str(base),
+            "--adapt-steps",
+            "3",
+            "--save-adapted",
+            str(weights),
+            "--progress",
+            "lines",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert _lines(printed, ADAPT_TAG) == [(1, 3), (2, 3), (3, 3)]
@@ -243,8 +295,24 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(
 def test_cli_reduce_refuses_save_adapted_without_adapt_steps(tmp_path, files, capsys):
     thick_file, base = files
     out = tmp_path / "out.nii.gz"
-    assert main(["reduce", str(thick_file), str(out), "--spacing", "1", "--weights", str(base),
-                 "--save-adapted", str(tmp_path / "w.pt"), "--progress", "none"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "reduce",
+                str(thick_file),
+                str(out),
+                "--spacing",
+                "1",
+                "--weights",
+                str(base),
+                "--save-adapted",
+                str(tmp_path / "w.pt"),
+                "--progress",
+                "none",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--save-adapted needs --adapt-steps" in err[0]
     assert not out.exists()

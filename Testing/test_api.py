@@ -97,10 +97,14 @@ def test_thick_slices_are_sharpened_where_acquired_and_between(knee_image, model
     thick = acquire(sharp, acq, lr_count(len(sharp), 2.0))
     image = sitk.GetImageFromArray(thick)
     image.SetSpacing((*knee_image.GetSpacing()[:2], 2 * knee_image.GetSpacing()[2]))
-    out = sitk.GetArrayFromImage(reduce_spacing(image, knee_image.GetSpacing()[2], model=model).image)
+    out = sitk.GetArrayFromImage(
+        reduce_spacing(image, knee_image.GetSpacing()[2], model=model).image
+    )
     truth = sharp[: out.shape[0]]
     grid = slice_grid(len(thick), 2.0, 1.0)
-    best = max(psnr(linear_interpolate(thick, grid), truth), psnr(bspline_interpolate(thick, grid), truth))
+    best = max(
+        psnr(linear_interpolate(thick, grid), truth), psnr(bspline_interpolate(thick, grid), truth)
+    )
     assert psnr(out, truth) > best + 0.3
     assert psnr(out[0::2], truth[0::2]) > psnr(thick[: len(out[0::2])], truth[0::2]) + 0.3
 
@@ -131,7 +135,9 @@ def test_nan_voxels_can_be_replaced_on_request(knee_thick, model):
     arr[5, 20, 20] = np.inf
     image = sitk.GetImageFromArray(arr)
     image.CopyInformation(knee_thick)
-    out = sitk.GetArrayFromImage(reduce_spacing(image, 1.0, ReduceOptions(nan_policy="zero"), model=model).image)
+    out = sitk.GetArrayFromImage(
+        reduce_spacing(image, 1.0, ReduceOptions(nan_policy="zero"), model=model).image
+    )
     assert np.isfinite(out).all()
 
 

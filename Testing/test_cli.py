@@ -28,8 +28,19 @@ def thick_file(tmp_path, knee_thick) -> Path:
 def test_reduce_round_trip_keeps_input_and_geometry(tmp_path, thick_file, knee_thick, capsys):
     before = _sha(thick_file)
     out, mask = tmp_path / "knee_1mm.nii.gz", tmp_path / "mask.nrrd"
-    code = main(["reduce", str(thick_file), str(out), "--spacing", "1.0", "--mask", str(mask),
-                 "--progress", "lines"])  # fmt: skip
+    code = main(
+        [
+            "reduce",
+            str(thick_file),
+            str(out),
+            "--spacing",
+            "1.0",
+            "--mask",
+            str(mask),
+            "--progress",
+            "lines",
+        ]
+    )
     assert code == 0
     assert _sha(thick_file) == before
     result = sitk.ReadImage(str(out))
@@ -55,7 +66,9 @@ def test_reduce_round_trip_keeps_input_and_geometry(tmp_path, thick_file, knee_t
         (["--spacing", "1", "--device", "cuda"], "CUDA was requested"),
     ],
 )
-def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, thick_file, capsys, args, message):
+def test_user_errors_exit_2_with_one_line_and_write_nothing(
+    tmp_path, thick_file, capsys, args, message
+):
     import torch
 
     if "cuda" in args and torch.cuda.is_available():
@@ -68,7 +81,12 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, thick_file
 
 
 def test_missing_input_and_bad_output_folder(tmp_path, thick_file, capsys):
-    assert main(["reduce", str(tmp_path / "nope.nii.gz"), str(tmp_path / "o.nii.gz"), "--spacing", "1"]) == 2
+    assert (
+        main(
+            ["reduce", str(tmp_path / "nope.nii.gz"), str(tmp_path / "o.nii.gz"), "--spacing", "1"]
+        )
+        == 2
+    )
     assert "input not found" in capsys.readouterr().err
     bad = tmp_path / "no" / "such" / "dir" / "o.nii.gz"
     assert main(["reduce", str(thick_file), str(bad), "--spacing", "1"]) == 2
@@ -88,10 +106,20 @@ def test_batch_mode_processes_every_volume_in_a_folder(tmp_path, knee_thick):
 
 def test_module_entry_point_exit_code_without_traceback(tmp_path, thick_file):
     proc = subprocess.run(
-        [sys.executable, "-m", "sainr", "reduce", str(thick_file), str(tmp_path / "o.nrrd"),
-         "--spacing", "4"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "sainr",
+            "reduce",
+            str(thick_file),
+            str(tmp_path / "o.nrrd"),
+            "--spacing",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("sainr: error:")
 

@@ -29,16 +29,45 @@ CROPS = ["a.nii.gz", "b.nrrd", "c.nii.gz", "d.mha"]  # sorted: a, c -> rank 0; b
 def _torchrun(src: Path, dst: Path, mask: Path) -> subprocess.CompletedProcess:
     """``sainr reduce`` on two CPU processes started by torchrun, their stderr lines prefixed
     with their rank (``--tee 2``), running this checkout's ``sainr``."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(Path(sainr.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(Path(sainr.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    )
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         env.pop(name, None)
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "--tee", "2", "-m", "sainr", "reduce", str(src), str(dst), "--factor", "2",
-         "--mask", str(mask), "--weights", "fast", "--device", "cpu", "--progress", "none"],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "--tee",
+            "2",
+            "-m",
+            "sainr",
+            "reduce",
+            str(src),
+            str(dst),
+            "--factor",
+            "2",
+            "--mask",
+            str(mask),
+            "--weights",
+            "fast",
+            "--device",
+            "cpu",
+            "--progress",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def _by_rank(stderr: str) -> dict[int, list[str]]:
@@ -73,8 +102,10 @@ def test_two_processes_reduce_a_folder_once_skip_complete_results_and_report_a_b
     assert first.returncode == 0, first.stderr
     lines = _by_rank(first.stderr)
     assert _reduced(lines) == {"a.nii.gz": [0], "b.nrrd": [1], "c.nii.gz": [0], "d.mha": [1]}
-    assert lines[0][-1] == ("sainr: cohort of 4 input(s) on 2 process(es): "
-                            "4 done, 0 skipped (already complete), 0 failed")  # fmt: skip
+    assert lines[0][-1] == (
+        "sainr: cohort of 4 input(s) on 2 process(es): "
+        "4 done, 0 skipped (already complete), 0 failed"
+    )
     assert not any("cohort of" in text for text in lines[1])  # one summary, from rank 0
     assert (
         sorted(p.name for p in dst.iterdir())
@@ -165,8 +196,12 @@ def test_a_bad_input_fails_alone_and_complete_ones_are_kept(tmp_path, capsys):
         return reduce_one
 
     report = cohort.reduce_share(1, pairs, prepare)
-    assert report == Report(1, done=["good.nrrd"], kept=["kept.nii.gz"],
-                            failed=[("bad.nrrd", "bad.nrrd has NaN voxels")])  # fmt: skip
+    assert report == Report(
+        1,
+        done=["good.nrrd"],
+        kept=["kept.nii.gz"],
+        failed=[("bad.nrrd", "bad.nrrd has NaN voxels")],
+    )
     assert reduced == ["good.nrrd"] and prepared == [True]  # the model is loaded once
     assert capsys.readouterr().err == "sainr: error: bad.nrrd: bad.nrrd has NaN voxels\n"
 

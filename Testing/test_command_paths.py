@@ -23,9 +23,25 @@ def test_adapted_weights_never_go_into_the_shipped_models_folder(tmp_path, monke
     src = _volume(tmp_path)
     for out in (tmp_path / "models" / "sainr_default.pt", tmp_path / "models" / "mine.pt"):
         argv = ["adapt", str(src), "--factor", "2", "--out", str(out), "--steps", "1"]
-        assert_cli_refuses(tmp_path, argv, "is in the shipped models folder .*models; write adapted weights elsewhere", capfd)
-        argv = ["reduce", str(src), str(tmp_path / "o.nrrd"), "--factor", "2", "--adapt-steps", "1",
-                "--save-adapted", str(out), "--progress", "none"]  # fmt: skip
+        assert_cli_refuses(
+            tmp_path,
+            argv,
+            "is in the shipped models folder .*models; write adapted weights elsewhere",
+            capfd,
+        )
+        argv = [
+            "reduce",
+            str(src),
+            str(tmp_path / "o.nrrd"),
+            "--factor",
+            "2",
+            "--adapt-steps",
+            "1",
+            "--save-adapted",
+            str(out),
+            "--progress",
+            "none",
+        ]
         assert_cli_refuses(tmp_path, argv, "is in the shipped models folder", capfd)
 
 
@@ -43,10 +59,14 @@ def test_export_refuses_bad_paths_and_writes_nothing(tmp_path, capfd):
         ([tiny, "--name", "../escape"], "model name '../escape': use letters, digits"),
     ]
     for extra, pattern in cases:
-        argv = ["export", *extra] + ([] if "--models-dir" in extra else ["--models-dir", str(models)])
+        argv = ["export", *extra] + (
+            [] if "--models-dir" in extra else ["--models-dir", str(models)]
+        )
         assert_cli_refuses(tmp_path, argv, pattern, capfd)
     (models / "models.json").write_text("{ broken")
-    assert_cli_refuses(tmp_path, ["export", tiny, "--models-dir", str(models)], "catalog .* is unreadable", capfd)
+    assert_cli_refuses(
+        tmp_path, ["export", tiny, "--models-dir", str(models)], "catalog .* is unreadable", capfd
+    )
 
 
 def test_export_ships_a_checkpoint_with_its_checksum(tmp_path, monkeypatch, capfd):
@@ -56,7 +76,9 @@ def test_export_ships_a_checkpoint_with_its_checksum(tmp_path, monkeypatch, capf
     assert main(["export", str(tiny), "--name", "small", "--models-dir", str(models)]) == 0
     entry = json.loads((models / "models.json").read_text(encoding="utf-8"))["models"]["small"]
     assert entry["file"] == "sainr_small.pt" and sorted(p.name for p in models.iterdir()) == [
-        "models.json", "sainr_small.pt"]  # fmt: skip
+        "models.json",
+        "sainr_small.pt",
+    ]
     monkeypatch.setenv("SAINR_MODELS_DIR", str(models))
     assert load_model("small").config == load_model(tiny).config
 
@@ -67,8 +89,14 @@ def test_evaluate_refuses_bad_paths_before_creating_anything(tmp_path, case, cap
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
     argv, pattern = {
-        "output is a file": (["evaluate", str(src), "--out", str(a_file)], "the output .*notes.txt is a file, not a folder"),
-        "input missing": (["evaluate", str(tmp_path / "nope.nrrd"), "--out", str(tmp_path / "new")], "input not found: .*nope.nrrd"),
-    }[case]  # fmt: skip
+        "output is a file": (
+            ["evaluate", str(src), "--out", str(a_file)],
+            "the output .*notes.txt is a file, not a folder",
+        ),
+        "input missing": (
+            ["evaluate", str(tmp_path / "nope.nrrd"), "--out", str(tmp_path / "new")],
+            "input not found: .*nope.nrrd",
+        ),
+    }[case]
     assert_cli_refuses(tmp_path, argv, pattern, capfd)
     assert not (tmp_path / "new").exists()

@@ -104,8 +104,14 @@ def _ramp_volume(n: int = 120, size: int = 24) -> Volume:
     return Volume("ramp", ramp, (1.0, 1.0, 1.0), np.zeros(ramp.shape, bool), (2,))
 
 
-@pytest.mark.parametrize("acq", [Acquisition(3.0, 1.2, "gaussian"), Acquisition(2.5, 1.0, "box"),
-                                 Acquisition(4.0, 1.0, "none")])  # fmt: skip
+@pytest.mark.parametrize(
+    "acq",
+    [
+        Acquisition(3.0, 1.2, "gaussian"),
+        Acquisition(2.5, 1.0, "box"),
+        Acquisition(4.0, 1.0, "none"),
+    ],
+)
 def test_patches_have_no_invented_edge_slices(acq: Acquisition) -> None:
     spec = PatchSpec(lr_slices=8, size=16, queries=512, min_foreground=0.0)
     for seed in range(5):
@@ -115,7 +121,9 @@ def test_patches_have_no_invented_edge_slices(acq: Acquisition) -> None:
         on_slice = item["t"].numpy() == 0  # queries on acquired slices: their HR voxel
         s, y, x = (item[k].numpy()[on_slice] for k in ("s", "y", "x"))
         np.testing.assert_allclose(lr[s, y, x], item["target"].numpy()[on_slice], atol=1e-3)
-        assert item["acquisition"].tolist() == pytest.approx([1 / acq.factor, acq.relative_thickness])
+        assert item["acquisition"].tolist() == pytest.approx(
+            [1 / acq.factor, acq.relative_thickness]
+        )
 
 
 def test_sampler_draws_integer_factors_for_decimation_and_thickness_in_range() -> None:

@@ -59,11 +59,16 @@ def write_series(
         position = (positions or {}).get(k, position)
         orientation = (orientations or {}).get(k, np.concatenate([cosines[:, 0], cosines[:, 1]]))
         tags = {
-            "0008|0016": "1.2.840.10008.5.1.4.1.1.4", "0008|0060": "MR",
-            "0008|103e": description, "0020|000d": "1.2.826.0.1.3680043.2.1125.0",
-            "0020|000e": uid, "0020|0013": str(k + 1), "0020|0032": _ds(position),
-            "0020|0037": _ds(orientation), "0018|0050": thickness,
-        }  # fmt: skip
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
+            "0008|0060": "MR",
+            "0008|103e": description,
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.0",
+            "0020|000e": uid,
+            "0020|0013": str(k + 1),
+            "0020|0032": _ds(position),
+            "0020|0037": _ds(orientation),
+            "0018|0050": thickness,
+        }
         for key, value in tags.items():
             image.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"{prefix}{k:04d}.dcm"))
@@ -134,7 +139,9 @@ BROKEN = {
         r"misses 1 slice: the gap between IM0003.dcm and IM0005.dcm is 3 mm, the slice spacing 1.5 mm; export the complete series",
     ),
     "uneven spacing (1.5 then 2 mm)": (
-        lambda f, v: write_series(f, v, positions={k: _position(v, 4 + (k - 4) * 4 / 3) for k in range(5, SLICES)}),
+        lambda f, v: write_series(
+            f, v, positions={k: _position(v, 4 + (k - 4) * 4 / 3) for k in range(5, SLICES)}
+        ),
         r"slice spacing is not uniform: it varies from 1.5 to 2 mm \(first change between IM0004.dcm and IM0005.dcm\); resample",
     ),
     "duplicate position": (
@@ -142,18 +149,33 @@ BROKEN = {
         r"1 pair of DICOM images lies at the same position, e.g. IM000[45].dcm and IM000[45].dcm .*one image per slice position",
     ),
     "gantry tilt (1 mm per slice)": (
-        lambda f, v: write_series(f, v, positions={k: _position(v, k) + k * np.array(v.GetDirection()).reshape(3, 3)[:, 1] for k in range(SLICES)}),
+        lambda f, v: write_series(
+            f,
+            v,
+            positions={
+                k: _position(v, k) + k * np.array(v.GetDirection()).reshape(3, 3)[:, 1]
+                for k in range(SLICES)
+            },
+        ),
         r"shifted in-plane by 1 mm per slice \(a gantry tilt of about 33.7 degrees; .*IM0007.dcm is 7 mm off.*regularization",
     ),
     "mixed orientation (half turned 20 degrees)": (
-        lambda f, v: write_series(f, v, orientations={k: _rotated(v, 20) for k in range(4, SLICES)}),
+        lambda f, v: write_series(
+            f, v, orientations={k: _rotated(v, 20) for k in range(4, SLICES)}
+        ),
         r"mixes slice orientations: 4 of its 8 images \(IM0004.dcm, IM0005.dcm, IM0006.dcm and 1 more\) are turned by 20.0 degrees",
     ),
     "two series in one folder": (
-        lambda f, v: write_series(write_series(f, v[:, :, :4]), v[:, :, 4:], uid="1.2.826.0.1.3680043.2.1125.2", description="COR PD", prefix="CO"),
+        lambda f, v: write_series(
+            write_series(f, v[:, :, :4]),
+            v[:, :, 4:],
+            uid="1.2.826.0.1.3680043.2.1125.2",
+            description="COR PD",
+            prefix="CO",
+        ),
         r'holds 2 DICOM series: 1.2.826.0.1.3680043.2.1125.1 \(4 images, "SAG qDESS"\); 1.2.826.0.1.3680043.2.1125.2 \(4 images, "COR PD"\); choose one with --series UID',
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", BROKEN)
@@ -175,8 +197,19 @@ def test_a_broken_series_is_refused_by_the_cli(tmp_path, knee, name, tiny_weight
     make, pattern = BROKEN[name]
     folder = make(tmp_path / "dcm", knee)
     before = _tree(tmp_path)
-    code = main(["reduce", str(folder), str(tmp_path / "out.nrrd"), "--factor", "2",
-                 "--weights", str(tiny_weights), "--progress", "none"])  # fmt: skip
+    code = main(
+        [
+            "reduce",
+            str(folder),
+            str(tmp_path / "out.nrrd"),
+            "--factor",
+            "2",
+            "--weights",
+            str(tiny_weights),
+            "--progress",
+            "none",
+        ]
+    )
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("sainr: error: "), err
     assert re.search(pattern, err[0]), err[0]
@@ -191,8 +224,19 @@ def test_series_option_picks_one_of_several(tmp_path, knee, tiny_weights, capfd)
         assert image.GetSize() == (16, 16, 4)
         np.testing.assert_allclose(image.GetOrigin(), _position(knee, first), atol=1e-5)
     out = tmp_path / "out.nrrd"
-    argv = ["reduce", str(folder), str(out), "--factor", "2", "--weights", str(tiny_weights),
-            "--progress", "none", "--series", "1.2.826.0.1.3680043.2.1125.2"]  # fmt: skip
+    argv = [
+        "reduce",
+        str(folder),
+        str(out),
+        "--factor",
+        "2",
+        "--weights",
+        str(tiny_weights),
+        "--progress",
+        "none",
+        "--series",
+        "1.2.826.0.1.3680043.2.1125.2",
+    ]
     assert main(argv) == 0, capfd.readouterr().err
     result = sitk.ReadImage(str(out))
     assert result.GetSize() == (16, 16, 7)
@@ -224,15 +268,38 @@ def test_reduce_uses_the_series_slice_thickness_unless_told_otherwise(
     tmp_path, knee, tiny_weights, capfd
 ):
     folder = write_series(tmp_path / "dcm", knee, thickness="1.2")  # 1.5 mm spacing: gaps
-    argv = ["reduce", str(folder), str(tmp_path / "out.nrrd"), "--factor", "2",
-            "--weights", str(tiny_weights), "--progress", "none"]  # fmt: skip
+    argv = [
+        "reduce",
+        str(folder),
+        str(tmp_path / "out.nrrd"),
+        "--factor",
+        "2",
+        "--weights",
+        str(tiny_weights),
+        "--progress",
+        "none",
+    ]
     assert main(argv) == 0
     assert "(1.2 mm thick)" in capfd.readouterr().err
     assert main([*argv, "--slice-thickness", "1.5"]) == 0
     assert "(1.5 mm thick)" in capfd.readouterr().err
     bad = write_series(tmp_path / "bad", knee, thickness="12")  # 8x the spacing: a typo
-    assert main(["reduce", str(bad), str(tmp_path / "bad.nrrd"), "--factor", "2",
-                 "--weights", str(tiny_weights), "--progress", "none"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "reduce",
+                str(bad),
+                str(tmp_path / "bad.nrrd"),
+                "--factor",
+                "2",
+                "--weights",
+                str(tiny_weights),
+                "--progress",
+                "none",
+            ]
+        )
+        == 2
+    )
     assert "limit 3x" in capfd.readouterr().err
 
 
@@ -252,9 +319,21 @@ def test_reduce_reads_the_series_slice_thickness_once_and_adapts_with_it(
     monkeypatch.setattr(sainr.cli.common, "dicom_slice_thickness", counted)
     folder = write_series(tmp_path / "dcm", knee, thickness="1.2")
     weights = tmp_path / "adapted.pt"
-    argv = ["reduce", str(folder), str(tmp_path / "out.nrrd"), "--factor", "2",
-            "--weights", str(tiny_weights), "--progress", "none", "--adapt-steps", "1",
-            "--save-adapted", str(weights)]  # fmt: skip
+    argv = [
+        "reduce",
+        str(folder),
+        str(tmp_path / "out.nrrd"),
+        "--factor",
+        "2",
+        "--weights",
+        str(tiny_weights),
+        "--progress",
+        "none",
+        "--adapt-steps",
+        "1",
+        "--save-adapted",
+        str(weights),
+    ]
     assert main(argv) == 0, capfd.readouterr().err
     assert reads == [folder]
     assert "(1.2 mm thick)" in capfd.readouterr().err

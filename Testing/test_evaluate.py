@@ -60,11 +60,32 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def evaluated(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("eval")
-    rc = main([
-        "evaluate", str(QDESS), str(FAIR), "--axis", "auto", "1", "--factors", "2", "2.5",
-        "--profiles", "none", "gaussian", "--model", f"tiny={checkpoint}", "--crop", str(CROP), "--max-slices", "2",
-        "--device", "cpu", "--out", str(out),
-    ])  # fmt: skip
+    rc = main(
+        [
+            "evaluate",
+            str(QDESS),
+            str(FAIR),
+            "--axis",
+            "auto",
+            "1",
+            "--factors",
+            "2",
+            "2.5",
+            "--profiles",
+            "none",
+            "gaussian",
+            "--model",
+            f"tiny={checkpoint}",
+            "--crop",
+            str(CROP),
+            "--max-slices",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     return out
 
@@ -119,9 +140,14 @@ def test_scores_match_an_independent_computation(
     truth = hr[: grid.n_hr]
     net = load_model(checkpoint)
     model, _ = super_resolve(net, lr, grid, torch.device("cpu"), thickness=acq.relative_thickness)
-    scores = {r["method"]: float(r["psnr"]) for r in _rows(evaluated)
-              if r["volume"] == path.name[:-7] and float(r["factor"]) == factor
-              and r["profile"] == profile and r["method"] != "ground truth"}  # fmt: skip
+    scores = {
+        r["method"]: float(r["psnr"])
+        for r in _rows(evaluated)
+        if r["volume"] == path.name[:-7]
+        and float(r["factor"]) == factor
+        and r["profile"] == profile
+        and r["method"] != "ground truth"
+    }
     assert scores["linear"] == pytest.approx(psnr(linear_interpolate(lr, grid), truth), abs=1e-4)
     assert scores["tiny"] == pytest.approx(psnr(model, truth), abs=1e-3)
 
@@ -139,15 +165,24 @@ def test_simulated_truth_lies_on_the_thin_slice_grid(profile: str) -> None:
 
 def test_markdown_report_states_tables_and_configuration(evaluated: Path) -> None:
     md = (evaluated / "results.md").read_text(encoding="utf-8")
-    for heading in ("## Configuration", "## PSNR (dB)", "## SSIM", "## S3 sharpness",
-                    "## Wall time (s)", "## Gating: `tiny` gated vs ungated", "## GMACs"):  # fmt: skip
+    for heading in (
+        "## Configuration",
+        "## PSNR (dB)",
+        "## SSIM",
+        "## S3 sharpness",
+        "## Wall time (s)",
+        "## Gating: `tiny` gated vs ungated",
+        "## GMACs",
+    ):
         assert heading in md
     assert (
         "| volume | profile | factor | linear | B-spline | tiny | tiny (ungated) | "
         "tiny − best interp. | min |" in md
     )
     assert "| knee_fair_crop_1mm | gaussian | ×2.5 |" in md
-    assert "| **mean** | **gaussian** | **×2** |" in md and "| **mean** | **none** | **all** |" in md
+    assert (
+        "| **mean** | **gaussian** | **×2** |" in md and "| **mean** | **none** | **all** |" in md
+    )
     assert "profiles none, gaussian" in md
     assert f"torch {torch.__version__}" in md and "device: cpu" in md
     assert f"{CROP}×{CROP} in-plane centre crop" in md and "channels=8" in md
@@ -186,8 +221,10 @@ def test_flops_flag_prints_tables_without_volumes(checkpoint: Path, capsys) -> N
         (["evaluate", "--out", "x"], "at least one HR volume"),
         (["evaluate", str(QDESS), str(FAIR), "--axis", "0", "1", "2", "--out", "x"], "--axis"),
         (["evaluate", str(QDESS), "--factors", "0.5", "--out", "x"], "factors"),
-        (["evaluate", str(QDESS), "--factors", "2.5", "--profiles", "none", "--out", "x"],
-         "integer factor"),
+        (
+            ["evaluate", str(QDESS), "--factors", "2.5", "--profiles", "none", "--out", "x"],
+            "integer factor",
+        ),
         (["evaluate", str(QDESS), "--thickness", "0", "--out", "x"], "--thickness"),
         (["evaluate", str(QDESS), "--model", "=w.pt", "--out", "x"], "NAME=WEIGHTS"),
         (
@@ -287,17 +324,42 @@ def test_adapted_models_get_the_case_lr_its_spacing_and_a_copy(
     calls = []
     real_adapt = sainr.adapt.adapt
 
-    def spy(model, volume, spacing, target_spacing, config, progress=None, cancel=None,
-            log=None):  # fmt: skip
+    def spy(model, volume, spacing, target_spacing, config, progress=None, cancel=None, log=None):
         calls.append((volume.copy(), spacing, target_spacing, config))
         return real_adapt(model, volume, spacing, target_spacing, config, progress, cancel, log)
 
     monkeypatch.setattr(sainr.adapt, "adapt", spy)
     out = tmp_path / "out"
-    assert main(["evaluate", str(QDESS), "--factors", "3", "4", "--model", f"tiny={checkpoint}",
-                 "--profiles", "gaussian", "--thickness", "0.8", "--figures", "--no-ungated",
-                 "--crop", "32", "--max-slices", "1", "--device", "cpu", "--adapt-steps", "7",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                str(QDESS),
+                "--factors",
+                "3",
+                "4",
+                "--model",
+                f"tiny={checkpoint}",
+                "--profiles",
+                "gaussian",
+                "--thickness",
+                "0.8",
+                "--figures",
+                "--no-ungated",
+                "--crop",
+                "32",
+                "--max-slices",
+                "1",
+                "--device",
+                "cpu",
+                "--adapt-steps",
+                "7",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     hr = _normalised_crop(QDESS, 2, crop=32)
     assert len(calls) == 2
     for (volume, spacing, target, config), factor in zip(calls, (3, 4), strict=True):
@@ -319,8 +381,11 @@ def test_adapted_models_get_the_case_lr_its_spacing_and_a_copy(
     assert "steps=7, minutes=None" in md and "thickness=the case's" in md
 
 
-@pytest.mark.skipif(not HAS_ECLARE, reason="ECLARE is not installed here (benchmark env only: "
-                    "scripts/compare_eclare.sh sets up .venv-bench)")  # fmt: skip
+@pytest.mark.skipif(
+    not HAS_ECLARE,
+    reason="ECLARE is not installed here (benchmark env only: "
+    "scripts/compare_eclare.sh sets up .venv-bench)",
+)
 def test_eclare_end_to_end_tiny_budget(checkpoint: Path, tmp_path: Path) -> None:
     import eclare  # noqa: F401
     import torch as _torch
@@ -331,12 +396,40 @@ def test_eclare_end_to_end_tiny_budget(checkpoint: Path, tmp_path: Path) -> None
     index = (coords[0, :, 0, 1].double().numpy() + 1) / 2 * 21
     np.testing.assert_allclose(index, same_fov_positions(22, 64, 2.906), atol=1e-5)
     out = tmp_path / "out"
-    assert main(["evaluate", str(FAIR), "--axis", "1", "--factors", "3", "--crop", "16",
-                 "--profiles", "gaussian", "--model", f"tiny={checkpoint}", "--max-slices", "1", "--device", "cpu",
-                 "--eclare", "--eclare-patches", "16", "--eclare-batch-size", "8",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                str(FAIR),
+                "--axis",
+                "1",
+                "--factors",
+                "3",
+                "--crop",
+                "16",
+                "--profiles",
+                "gaussian",
+                "--model",
+                f"tiny={checkpoint}",
+                "--max-slices",
+                "1",
+                "--device",
+                "cpu",
+                "--eclare",
+                "--eclare-patches",
+                "16",
+                "--eclare-batch-size",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     row = next(r for r in _rows(out) if r["method"] == "ECLARE")
     assert 5.0 < float(row["psnr"]) < 80.0 and float(row["seconds"]) > 0
     md = (out / "results.md").read_text(encoding="utf-8")
     assert "- ECLARE 1." in md and "16 patches in batches of 8 (2 steps" in md
-    assert "| volume | profile | factor | linear | B-spline | tiny | tiny (ungated) | ECLARE |" in md
+    assert (
+        "| volume | profile | factor | linear | B-spline | tiny | tiny (ungated) | ECLARE |" in md
+    )

@@ -123,7 +123,9 @@ def test_target_spacing_rules():
 
 
 def test_output_geometry_changes_only_the_slice_axis():
-    geom = Geometry((64, 48, 20), (0.3, 0.35, 3.0), (1.0, -2.0, 5.0), tuple(_rotation(0.1, 0.2, 0.3).ravel()))
+    geom = Geometry(
+        (64, 48, 20), (0.3, 0.35, 3.0), (1.0, -2.0, 5.0), tuple(_rotation(0.1, 0.2, 0.3).ravel())
+    )
     out = output_geometry(geom, 2, slice_grid(20, 3.0, 1.0))
     assert out.size == (64, 48, 58) and out.spacing == (0.3, 0.35, 1.0)
     assert out.origin == geom.origin and out.direction == geom.direction
@@ -136,10 +138,16 @@ def test_output_geometry_changes_only_the_slice_axis():
 #: (acquired, target) slice spacings as headers store them: float32 rounds 4.5 and 1.5 exactly,
 #: 2.1 (= 3 x 0.7), 3.5 and 0.7 not (2.0999999 mm, 3.5000000 mm, 0.69999999 mm).
 FLOAT32_SPACINGS = [
-    (np.float32(4.5), 1.5), (np.float32(4.5), np.float32(1.5)), (np.float32(1.5), 0.5),
-    (np.float32(2.1), 0.7), (np.float32(3.5), 0.7), (np.float32(4.2), np.float32(0.7)),
-    (np.float32(4.5), 0.9), (2.1, np.float32(0.7)), (np.float32(0.7 * 3), 0.7),
-]  # fmt: skip
+    (np.float32(4.5), 1.5),
+    (np.float32(4.5), np.float32(1.5)),
+    (np.float32(1.5), 0.5),
+    (np.float32(2.1), 0.7),
+    (np.float32(3.5), 0.7),
+    (np.float32(4.2), np.float32(0.7)),
+    (np.float32(4.5), 0.9),
+    (2.1, np.float32(0.7)),
+    (np.float32(0.7 * 3), 0.7),
+]
 
 
 def _old_count(n: int, ratio: float) -> int:
@@ -162,7 +170,11 @@ def test_float32_header_spacings_keep_every_slice_and_the_extent(thick, thin):
 
 
 def test_the_float32_cases_are_ones_the_old_tolerance_lost_a_slice_on():
-    lost = [(t, h) for t, h in FLOAT32_SPACINGS if _old_count(40, float(t) / float(h)) < 39 * round(t / h) + 1]
+    lost = [
+        (t, h)
+        for t, h in FLOAT32_SPACINGS
+        if _old_count(40, float(t) / float(h)) < 39 * round(t / h) + 1
+    ]
     assert lost  # e.g. 2.0999999 mm / 0.7 mm = 2.99999986: 117 thin slices instead of 118
 
 

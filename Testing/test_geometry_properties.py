@@ -89,7 +89,9 @@ def test_thin_slices_lie_on_the_slice_line_at_the_requested_spacing(
 
     # thin slice j lies at acquired position j * c_hr / c_lr, on the acquired slice line
     pts = slice_points(out, axis, range(n_hr))
-    np.testing.assert_allclose(pts, slice_points(image, axis, np.arange(n_hr) * c_hr / c_lr), atol=1e-9)
+    np.testing.assert_allclose(
+        pts, slice_points(image, axis, np.arange(n_hr) * c_hr / c_lr), atol=1e-9
+    )
     line = np.asarray(image.GetDirection()).reshape(3, 3)[:, axis]
     offsets = pts - np.asarray(image.GetOrigin())
     np.testing.assert_allclose(offsets, np.outer(np.arange(n_hr) * c_hr, line), atol=1e-9)
@@ -101,7 +103,9 @@ def test_thin_slices_lie_on_the_slice_line_at_the_requested_spacing(
     factor = target.get("factor")
     if isinstance(factor, int):  # every acquired slice is reproduced at thin slice factor * i
         np.testing.assert_allclose(
-            slice_points(out, axis, range(0, n_hr, factor)), slice_points(image, axis, range(n_lr)), atol=1e-9
+            slice_points(out, axis, range(0, n_hr, factor)),
+            slice_points(image, axis, range(n_lr)),
+            atol=1e-9,
         )
 
     _check_nifti_round_trip(out, tmp_path_factory.mktemp("nifti") / "out.nii.gz")

@@ -46,7 +46,9 @@ def weights(tmp_path) -> list[str]:
 def test_every_output_opens_from_its_final_name_after_being_moved(tmp_path, suffix, weights, capfd):
     src = _volume(tmp_path)
     out, mask = tmp_path / f"out{suffix}", tmp_path / f"mask{suffix}"
-    code, err = run_cli(["reduce", str(src), str(out), "--mask", str(mask), *FACTOR2, *weights], capfd)
+    code, err = run_cli(
+        ["reduce", str(src), str(out), "--mask", str(mask), *FACTOR2, *weights], capfd
+    )
     assert code == 0, err
     expected = {"in.nrrd", "tiny.pt", out.name, mask.name}
     if suffix in DATA_FILE:  # the data files under their final names, next to the headers
@@ -106,8 +108,10 @@ def test_temp_files_of_a_killed_run_are_ignored_and_removed(tmp_path, weights, c
     _volume(src, "a.nrrd")
     _leftover(src, _dead_pid(), "0a1b2c.nii.gz", 10)  # not an input: batch mode ignores it
     old = 2 * STALE_DEAD_S
-    stale = [_leftover(out, _dead_pid(), "0a1b2c.nii.gz", old),
-             _leftover(out, _dead_pid(), "3d4e5f", old, is_dir=True)]  # fmt: skip
+    stale = [
+        _leftover(out, _dead_pid(), "0a1b2c.nii.gz", old),
+        _leftover(out, _dead_pid(), "3d4e5f", old, is_dir=True),
+    ]
     live = _leftover(out, os.getpid(), "6a7b8c.nrrd", old)  # a running process's: kept
     recent = _leftover(out, _dead_pid(), "9d0e1f.nrrd", 10)  # maybe still in use elsewhere
     code, err = run_cli(["reduce", str(src), str(out), *FACTOR2, *weights], capfd)
@@ -146,7 +150,15 @@ def test_batch_mode_checks_every_output_before_writing_anything(tmp_path, weight
     (out / "b.nrrd").mkdir(parents=True)  # the second output cannot be written
     argv = ["reduce", str(src), str(out), *FACTOR2, *weights]
     assert_cli_refuses(tmp_path, argv, "the output .*out/b.nrrd is a folder", capfd)
-    argv = ["reduce", str(src), str(tmp_path / "o"), "--mask", str(tmp_path / "o"), *FACTOR2, *weights]
+    argv = [
+        "reduce",
+        str(src),
+        str(tmp_path / "o"),
+        "--mask",
+        str(tmp_path / "o"),
+        *FACTOR2,
+        *weights,
+    ]
     assert_cli_refuses(tmp_path, argv, "--mask .* is the output path", capfd)
     (out / "b.nrrd").rmdir()
     _volume(src, "s.nii.gz")
@@ -158,7 +170,9 @@ def test_batch_mode_checks_every_output_before_writing_anything(tmp_path, weight
     )
 
 
-def test_interrupting_a_batch_says_which_results_were_written(tmp_path, weights, monkeypatch, capfd):
+def test_interrupting_a_batch_says_which_results_were_written(
+    tmp_path, weights, monkeypatch, capfd
+):
     src = _batch(tmp_path)
     out = tmp_path / "out"
 
@@ -186,17 +200,32 @@ def _mhd_input(folder: Path) -> Path:
 
 
 OPTIONS = {  # extra arguments (DIR = the test folder, IN = the input), message
-    "preview onto the input": (["--preview", "IN"], "--preview writes a PNG picture; give a .png file name, not in.mhd"),
-    "preview onto the input's data file": (["--preview", "DIR/in.raw"], "give a .png file name, not in.raw"),
+    "preview onto the input": (
+        ["--preview", "IN"],
+        "--preview writes a PNG picture; give a .png file name, not in.mhd",
+    ),
+    "preview onto the input's data file": (
+        ["--preview", "DIR/in.raw"],
+        "give a .png file name, not in.raw",
+    ),
     "preview is a folder": (["--preview", "DIR/pic.png/"], "--preview .*pic.png is a folder"),
     "preview folder missing": (["--preview", "DIR/no/pic.png"], "--preview folder does not exist"),
     "memory -1": (["--memory-mb", "-1"], "--memory-mb must be a positive number of MB, got -1.0"),
     "memory nan": (["--memory-mb", "nan"], "--memory-mb must be a positive number of MB, got nan"),
     "memory inf": (["--memory-mb", "inf"], "--memory-mb must be a positive number of MB, got inf"),
-    "series of a file": (["--series", "1.2.3"], "--series picks a series of a DICOM folder; the input is not one"),
-    "output is a folder": (["--output", "DIR/sub.nii.gz/"], "the output .*sub.nii.gz is a folder; give a file name"),
-    "output would replace the input's data file": (["--output", "DIR/in.nhdr"], "output .*in.nhdr would replace .*in.raw; choose another name"),
-}  # fmt: skip
+    "series of a file": (
+        ["--series", "1.2.3"],
+        "--series picks a series of a DICOM folder; the input is not one",
+    ),
+    "output is a folder": (
+        ["--output", "DIR/sub.nii.gz/"],
+        "the output .*sub.nii.gz is a folder; give a file name",
+    ),
+    "output would replace the input's data file": (
+        ["--output", "DIR/in.nhdr"],
+        "output .*in.nhdr would replace .*in.raw; choose another name",
+    ),
+}
 
 
 @pytest.mark.parametrize("name", OPTIONS)
@@ -218,12 +247,22 @@ def test_preview_is_written_with_the_result(tmp_path, weights, capfd):
     pytest.importorskip("matplotlib")
     src = _volume(tmp_path)
     pic = tmp_path / "pic.png"
-    code, err = run_cli(["reduce", str(src), str(tmp_path / "o.nrrd"), "--preview", str(pic),
-                         *FACTOR2, *weights], capfd)  # fmt: skip
+    code, err = run_cli(
+        ["reduce", str(src), str(tmp_path / "o.nrrd"), "--preview", str(pic), *FACTOR2, *weights],
+        capfd,
+    )
     assert code == 0, err
     assert pic.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    argv = ["reduce", str(tmp_path), str(tmp_path / "out"), "--preview", str(pic), *FACTOR2, *weights]
+    argv = [
+        "reduce",
+        str(tmp_path),
+        str(tmp_path / "out"),
+        "--preview",
+        str(pic),
+        *FACTOR2,
+        *weights,
+    ]
     assert_cli_refuses(tmp_path, argv, "--preview needs a single input volume, not a folder", capfd)
 
 

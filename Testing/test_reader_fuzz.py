@@ -69,8 +69,9 @@ class Header:
             scales = [self("spacing", SANE_FLOATS, ODD_FLOATS) for _ in range(3)]
             with np.errstate(invalid="ignore"):  # inf * 0 off the diagonal: NaN, as intended
                 return np.eye(3)[list(perm)] * np.array(signs)[:, None] * np.array(scales)[:, None]
-        return np.array([[self.draw(st.one_of(SANE_FLOATS, ODD_FLOATS)) for _ in range(3)]
-                         for _ in range(n)])  # fmt: skip
+        return np.array(
+            [[self.draw(st.one_of(SANE_FLOATS, ODD_FLOATS)) for _ in range(3)] for _ in range(n)]
+        )
 
 
 def assert_valid_or_refused(path: Path) -> None:
@@ -103,17 +104,25 @@ def nrrd_files(draw) -> bytes:
     encoding = h(
         "encoding", st.sampled_from(["raw", "gzip"]), st.sampled_from(["ascii", "hex", "zip?"])
     )
-    lines = ["NRRD0004", f"type: {kind}", f"dimension: {dimension}",
-             f"sizes: {' '.join(map(str, sizes))}", f"encoding: {encoding}",
-             f"endian: {draw(st.sampled_from(['little', 'big']))}"]  # fmt: skip
+    lines = [
+        "NRRD0004",
+        f"type: {kind}",
+        f"dimension: {dimension}",
+        f"sizes: {' '.join(map(str, sizes))}",
+        f"encoding: {encoding}",
+        f"endian: {draw(st.sampled_from(['little', 'big']))}",
+    ]
     if draw(st.booleans()):
         spacings = (h("spacing", SANE_FLOATS, ODD_FLOATS) for _ in range(dimension))
         lines.append(f"spacings: {' '.join(map(str, spacings))}")
     else:
         vectors = " ".join("({},{},{})".format(*v) for v in h.axes(dimension))
         origin = ",".join(str(h("origin", st.floats(-99, 99), ODD_FLOATS)) for _ in range(3))
-        lines += ["space: left-posterior-superior", f"space directions: {vectors}",
-                  f"space origin: ({origin})"]  # fmt: skip
+        lines += [
+            "space: left-posterior-superior",
+            f"space directions: {vectors}",
+            f"space origin: ({origin})",
+        ]
     header = ("\n".join(lines) + "\n\n").encode()
     n_bytes = math.prod(max(s, 0) for s in sizes) * NRRD_TYPES.get(kind, 1)
     return header + h.payload(n_bytes, compress=encoding == "gzip")
@@ -130,10 +139,37 @@ def test_nrrd_headers(content, tmp_path_factory):
 # --- NIfTI-1 ---------------------------------------------------------------------------------
 
 #: datatype -> bitpix: the scalar types, then complex, RGB, binary and unknown codes.
-NIFTI_TYPES = {2: 8, 4: 16, 8: 32, 16: 32, 64: 64, 256: 8, 512: 16, 768: 32,
-               32: 64, 128: 24, 1: 1, 0: 0, 9999: 16}  # fmt: skip
-NIFTI_FIELDS = ["sizeof_hdr", "ndim", "dims", "datatype", "spacing", "pixdim_sign", "vox_offset",
-                "scl_slope", "codes", "quatern", "axes", "origin", "magic", "data"]  # fmt: skip
+NIFTI_TYPES = {
+    2: 8,
+    4: 16,
+    8: 32,
+    16: 32,
+    64: 64,
+    256: 8,
+    512: 16,
+    768: 32,
+    32: 64,
+    128: 24,
+    1: 1,
+    0: 0,
+    9999: 16,
+}
+NIFTI_FIELDS = [
+    "sizeof_hdr",
+    "ndim",
+    "dims",
+    "datatype",
+    "spacing",
+    "pixdim_sign",
+    "vox_offset",
+    "scl_slope",
+    "codes",
+    "quatern",
+    "axes",
+    "origin",
+    "magic",
+    "data",
+]
 
 
 @st.composite
@@ -142,11 +178,16 @@ def nifti_files(draw) -> bytes:
     hdr = bytearray(352)
     struct.pack_into("<i", hdr, 0, h("sizeof_hdr", st.just(348), st.sampled_from([540, 0, -348])))
     ndim = h("ndim", st.just(3), st.sampled_from([2, 4, 5, 0, -1, 8]))
-    dims = [h("dims", SANE_SIZES, ODD_SIZES) if a < 3 else h("dims", st.just(1), ODD_SIZES)
-            for a in range(7)]  # fmt: skip
+    dims = [
+        h("dims", SANE_SIZES, ODD_SIZES) if a < 3 else h("dims", st.just(1), ODD_SIZES)
+        for a in range(7)
+    ]
     struct.pack_into("<8h", hdr, 40, ndim, *(min(d, 32767) for d in dims))
-    datatype = h("datatype", st.sampled_from([2, 4, 8, 16, 64, 256, 512, 768]),
-                 st.sampled_from([32, 128, 1, 0, 9999]))  # fmt: skip
+    datatype = h(
+        "datatype",
+        st.sampled_from([2, 4, 8, 16, 64, 256, 512, 768]),
+        st.sampled_from([32, 128, 1, 0, 9999]),
+    )
     struct.pack_into("<hh", hdr, 70, datatype, NIFTI_TYPES[datatype])
     axes = h.axes(3)  # rows: i, j, k axis vectors (RAS), scaled by the spacing
     pixdim = np.linalg.norm(axes, axis=1) * h("pixdim_sign", st.just(1.0), st.just(-1.0))
@@ -251,8 +292,19 @@ def test_cli_on_fuzzed_files_exits_cleanly(content, tmp_path_factory, capfd):
     src = folder / "fuzz.nii"
     src.write_bytes(content)
     out = folder / "out.nrrd"
-    code = main(["reduce", str(src), str(out), "--factor", "2", "--weights", "missing.pt",
-                 "--progress", "none"])  # fmt: skip
+    code = main(
+        [
+            "reduce",
+            str(src),
+            str(out),
+            "--factor",
+            "2",
+            "--weights",
+            "missing.pt",
+            "--progress",
+            "none",
+        ]
+    )
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("sainr: error: "), err
     assert src.read_bytes() == content and not out.exists()

@@ -140,10 +140,14 @@ def _other_architecture(path: Path) -> Path:
     """Declares the tiny config but holds the state of a narrower model."""
     other = SAINR(ModelConfig(channels=4, blocks=1, hidden=8, window=3, dilation=2))
     torch.save(
-        {"format": "sainr-checkpoint-v1", "config": TINY.to_dict(),
-         "state_dict": other.state_dict(), "meta": {}},
+        {
+            "format": "sainr-checkpoint-v1",
+            "config": TINY.to_dict(),
+            "state_dict": other.state_dict(),
+            "meta": {},
+        },
         path,
-    )  # fmt: skip
+    )
     return path
 
 
@@ -212,55 +216,243 @@ def _catalog_file_missing(folder: Path, mp: pytest.MonkeyPatch) -> tuple[Path, l
 
 FACTOR2 = ["--factor", "2"]
 CASES = {
-    "missing file": Case(_with(FACTOR2, lambda d: d / "nope.nii.gz"), InputImageError, "input not found"),
-    "empty file": Case(_with(FACTOR2, lambda d: _touch(d / "in.nii.gz")), InputImageError, "empty \\(0 bytes\\)"),
-    "not a volume": Case(_with(FACTOR2, lambda d: _bytes(d / "in.nii.gz", b"hello " * 200)), InputImageError, "cannot read in.nii.gz as a volume: corrupt"),
-    "corrupt header": Case(_with(FACTOR2, lambda d: _bytes(d / "in.nrrd", b"NRRD0004\ntype: banana\n\n")), InputImageError, "cannot read in.nrrd as a volume: corrupt"),
-    "truncated data": Case(_with(FACTOR2, lambda d: _nrrd(d, "spacings: 0.5 0.5 2", data=b"\0" * 100)), InputImageError, "cannot read in.nrrd.*corrupt"),
-    "truncated NIfTI": Case(_with(FACTOR2, lambda d: _cut(_volume(d, "in.nii"))), InputImageError, "in.nii: the file is truncated: its header needs 2656 bytes, it holds 1328"),
-    "truncated gzip": Case(_with(FACTOR2, lambda d: _cut(_volume(d, "in.nii.gz"))), InputImageError, "in.nii.gz: the compressed data is corrupt or truncated"),
-    "truncated MetaImage": Case(_with(FACTOR2, lambda d: _cut(_volume(d, "in.mha"))), InputImageError, "cannot read in.mha.*corrupt.*File cannot be read"),
-    "absurd header size": Case(_with(FACTOR2, lambda d: _nrrd(d, "spacings: 0.5 0.5 2", sizes=(2000, 2000, 300), data=b"\0" * 64)), InputImageError, "header declares 2000 x 2000 x 300 voxels"),
-    "2D image": Case(_with(FACTOR2, lambda d: _write(d, "in.nrrd", _image(_array((12, 12))))), InputImageError, "is a 2D image"),
-    "4D time series": Case(_with(FACTOR2, lambda d: _write(d, "in.nii.gz", sitk.JoinSeries([_image(_array())] * 3))), InputImageError, "4D \\(3 frames.*extract one 3D frame"),
-    "RGB volume": Case(_with(FACTOR2, lambda d: _write(d, "in.nrrd", _rgb())), InputImageError, "RGB colour volume \\(3 components.*extract one scalar component"),
-    "vector volume": Case(_with(FACTOR2, lambda d: _write(d, "in.nrrd", sitk.Compose([_image(_array())] * 2))), InputImageError, "a vector volume \\(2 components.*extract one scalar component"),
-    "single slice": Case(_with(FACTOR2, lambda d: _volume(d, shape=(1, 12, 12))), InputImageError, "single slice \\(12 x 12 x 1 voxels\\).*needs at least 2 slices"),
-    "all-zero volume": Case(_with(FACTOR2, lambda d: _write(d, "in.nrrd", _image(np.zeros((4, 12, 12), np.int16)))), InputImageError, "every voxel of the volume is 0"),
-    "constant volume": Case(_with(FACTOR2, lambda d: _write(d, "in.nrrd", _image(np.full((4, 12, 12), 7.0, np.float32)))), InputImageError, "every voxel of the volume is 7"),
-    "NaN voxels": Case(_with(FACTOR2, lambda d: _write(d, "in.nrrd", _image(_nan_array()))), InputImageError, "2 NaN/Inf voxels.*--nan-to-zero"),
-    "zero spacing (NIfTI)": Case(_with(FACTOR2, lambda d: _nifti_pixdim(d, 0.0)), InputImageError, "in.nii: voxel spacing must be positive and finite, got \\(0.5, 0.5, 0.0\\)"),
-    "negative spacing (NIfTI)": Case(_with(FACTOR2, lambda d: _nifti_pixdim(d, -2.0)), InputImageError, "spacing must be positive.*-2.0"),
-    "single slice, zero spacing (NIfTI)": Case(_with(FACTOR2, lambda d: _nifti_pixdim(d, 0.0, slices=1)), InputImageError, "the input is a single slice"),
-    "infinite spacing (NIfTI)": Case(_with(FACTOR2, lambda d: _nifti_pixdim(d, float("inf"))), InputImageError, "spacing must be positive.*inf"),
-    "NaN spacing (NRRD)": Case(_with(FACTOR2, lambda d: _nrrd(d, "spacings: 0.5 0.5 nan")), InputImageError, "in.nrrd: voxel spacing must be positive.*nan"),
-    "zero spacing (NRRD)": Case(_with(FACTOR2, lambda d: _nrrd(d, "spacings: 0.5 0.5 0")), InputImageError, "spacing must be positive.*0.0"),
-    "negative spacing (MHA)": Case(_with(FACTOR2, lambda d: _meta(d, "0.5 0.5 -2")), InputImageError, "in.mha: voxel spacing must be positive.*-2.0"),
-    "sheared direction (NRRD)": Case(_with(FACTOR2, lambda d: _nrrd(d, "space: left-posterior-superior\nspace directions: (0.5,0,0) (0.2,0.5,0) (0,0,2)")), InputImageError, "not orthonormal \\(sheared.*resample"),
-    "sheared sform (NIfTI)": Case(_with(FACTOR2, _nifti_sheared), InputImageError, "in.nii: the direction matrix is not orthonormal"),
-    "target >= current spacing": Case(_with(["--spacing", "2.5"], _volume), SpacingError, "2.5 mm is not smaller than the current slice spacing 2 mm"),
-    "factor > 20": Case(_with(["--factor", "25"], _volume), SpacingError, "25.0x reduction.*limit 20x"),
-    "output over memory limit": Case(_small_memory_limit, SpacingError, "12 x 12 x 13 voxels and need 31 KiB of memory \\(limit 10 KiB\\).*--force"),
-    "ambiguous slice axis": Case(_with(FACTOR2, lambda d: _write(d, "in.nrrd", _image(_array(), (1.0, 1.0, 1.1)))), AxisError, "nearly isotropic.*--axis 0\\|1\\|2"),
+    "missing file": Case(
+        _with(FACTOR2, lambda d: d / "nope.nii.gz"), InputImageError, "input not found"
+    ),
+    "empty file": Case(
+        _with(FACTOR2, lambda d: _touch(d / "in.nii.gz")), InputImageError, "empty \\(0 bytes\\)"
+    ),
+    "not a volume": Case(
+        _with(FACTOR2, lambda d: _bytes(d / "in.nii.gz", b"hello " * 200)),
+        InputImageError,
+        "cannot read in.nii.gz as a volume: corrupt",
+    ),
+    "corrupt header": Case(
+        _with(FACTOR2, lambda d: _bytes(d / "in.nrrd", b"NRRD0004\ntype: banana\n\n")),
+        InputImageError,
+        "cannot read in.nrrd as a volume: corrupt",
+    ),
+    "truncated data": Case(
+        _with(FACTOR2, lambda d: _nrrd(d, "spacings: 0.5 0.5 2", data=b"\0" * 100)),
+        InputImageError,
+        "cannot read in.nrrd.*corrupt",
+    ),
+    "truncated NIfTI": Case(
+        _with(FACTOR2, lambda d: _cut(_volume(d, "in.nii"))),
+        InputImageError,
+        "in.nii: the file is truncated: its header needs 2656 bytes, it holds 1328",
+    ),
+    "truncated gzip": Case(
+        _with(FACTOR2, lambda d: _cut(_volume(d, "in.nii.gz"))),
+        InputImageError,
+        "in.nii.gz: the compressed data is corrupt or truncated",
+    ),
+    "truncated MetaImage": Case(
+        _with(FACTOR2, lambda d: _cut(_volume(d, "in.mha"))),
+        InputImageError,
+        "cannot read in.mha.*corrupt.*File cannot be read",
+    ),
+    "absurd header size": Case(
+        _with(
+            FACTOR2,
+            lambda d: _nrrd(d, "spacings: 0.5 0.5 2", sizes=(2000, 2000, 300), data=b"\0" * 64),
+        ),
+        InputImageError,
+        "header declares 2000 x 2000 x 300 voxels",
+    ),
+    "2D image": Case(
+        _with(FACTOR2, lambda d: _write(d, "in.nrrd", _image(_array((12, 12))))),
+        InputImageError,
+        "is a 2D image",
+    ),
+    "4D time series": Case(
+        _with(FACTOR2, lambda d: _write(d, "in.nii.gz", sitk.JoinSeries([_image(_array())] * 3))),
+        InputImageError,
+        "4D \\(3 frames.*extract one 3D frame",
+    ),
+    "RGB volume": Case(
+        _with(FACTOR2, lambda d: _write(d, "in.nrrd", _rgb())),
+        InputImageError,
+        "RGB colour volume \\(3 components.*extract one scalar component",
+    ),
+    "vector volume": Case(
+        _with(FACTOR2, lambda d: _write(d, "in.nrrd", sitk.Compose([_image(_array())] * 2))),
+        InputImageError,
+        "a vector volume \\(2 components.*extract one scalar component",
+    ),
+    "single slice": Case(
+        _with(FACTOR2, lambda d: _volume(d, shape=(1, 12, 12))),
+        InputImageError,
+        "single slice \\(12 x 12 x 1 voxels\\).*needs at least 2 slices",
+    ),
+    "all-zero volume": Case(
+        _with(FACTOR2, lambda d: _write(d, "in.nrrd", _image(np.zeros((4, 12, 12), np.int16)))),
+        InputImageError,
+        "every voxel of the volume is 0",
+    ),
+    "constant volume": Case(
+        _with(
+            FACTOR2, lambda d: _write(d, "in.nrrd", _image(np.full((4, 12, 12), 7.0, np.float32)))
+        ),
+        InputImageError,
+        "every voxel of the volume is 7",
+    ),
+    "NaN voxels": Case(
+        _with(FACTOR2, lambda d: _write(d, "in.nrrd", _image(_nan_array()))),
+        InputImageError,
+        "2 NaN/Inf voxels.*--nan-to-zero",
+    ),
+    "zero spacing (NIfTI)": Case(
+        _with(FACTOR2, lambda d: _nifti_pixdim(d, 0.0)),
+        InputImageError,
+        "in.nii: voxel spacing must be positive and finite, got \\(0.5, 0.5, 0.0\\)",
+    ),
+    "negative spacing (NIfTI)": Case(
+        _with(FACTOR2, lambda d: _nifti_pixdim(d, -2.0)),
+        InputImageError,
+        "spacing must be positive.*-2.0",
+    ),
+    "single slice, zero spacing (NIfTI)": Case(
+        _with(FACTOR2, lambda d: _nifti_pixdim(d, 0.0, slices=1)),
+        InputImageError,
+        "the input is a single slice",
+    ),
+    "infinite spacing (NIfTI)": Case(
+        _with(FACTOR2, lambda d: _nifti_pixdim(d, float("inf"))),
+        InputImageError,
+        "spacing must be positive.*inf",
+    ),
+    "NaN spacing (NRRD)": Case(
+        _with(FACTOR2, lambda d: _nrrd(d, "spacings: 0.5 0.5 nan")),
+        InputImageError,
+        "in.nrrd: voxel spacing must be positive.*nan",
+    ),
+    "zero spacing (NRRD)": Case(
+        _with(FACTOR2, lambda d: _nrrd(d, "spacings: 0.5 0.5 0")),
+        InputImageError,
+        "spacing must be positive.*0.0",
+    ),
+    "negative spacing (MHA)": Case(
+        _with(FACTOR2, lambda d: _meta(d, "0.5 0.5 -2")),
+        InputImageError,
+        "in.mha: voxel spacing must be positive.*-2.0",
+    ),
+    "sheared direction (NRRD)": Case(
+        _with(
+            FACTOR2,
+            lambda d: _nrrd(
+                d, "space: left-posterior-superior\nspace directions: (0.5,0,0) (0.2,0.5,0) (0,0,2)"
+            ),
+        ),
+        InputImageError,
+        "not orthonormal \\(sheared.*resample",
+    ),
+    "sheared sform (NIfTI)": Case(
+        _with(FACTOR2, _nifti_sheared),
+        InputImageError,
+        "in.nii: the direction matrix is not orthonormal",
+    ),
+    "target >= current spacing": Case(
+        _with(["--spacing", "2.5"], _volume),
+        SpacingError,
+        "2.5 mm is not smaller than the current slice spacing 2 mm",
+    ),
+    "factor > 20": Case(
+        _with(["--factor", "25"], _volume), SpacingError, "25.0x reduction.*limit 20x"
+    ),
+    "output over memory limit": Case(
+        _small_memory_limit,
+        SpacingError,
+        "12 x 12 x 13 voxels and need 31 KiB of memory \\(limit 10 KiB\\).*--force",
+    ),
+    "ambiguous slice axis": Case(
+        _with(FACTOR2, lambda d: _write(d, "in.nrrd", _image(_array(), (1.0, 1.0, 1.1)))),
+        AxisError,
+        "nearly isotropic.*--axis 0\\|1\\|2",
+    ),
     "CUDA unavailable": Case(_no_cuda, DeviceError, "CUDA was requested but no usable GPU"),
-    "weights file missing": Case(_weights_opts(lambda d: d / "none.pt"), WeightsError, "weights file not found"),
-    "weights truncated": Case(_weights_opts(_truncated), WeightsError, "cut.pt: not a valid checkpoint, e.g. truncated"),
-    "weights of another architecture": Case(_weights_opts(lambda d: _other_architecture(d / "other.pt")), WeightsError, "another architecture.*wrong-shaped"),
+    "weights file missing": Case(
+        _weights_opts(lambda d: d / "none.pt"), WeightsError, "weights file not found"
+    ),
+    "weights truncated": Case(
+        _weights_opts(_truncated), WeightsError, "cut.pt: not a valid checkpoint, e.g. truncated"
+    ),
+    "weights of another architecture": Case(
+        _weights_opts(lambda d: _other_architecture(d / "other.pt")),
+        WeightsError,
+        "another architecture.*wrong-shaped",
+    ),
     "weights bad checksum": Case(_bad_checksum, WeightsError, "fails its SHA-256 check"),
-    "shipped weights file missing": Case(_catalog_file_missing, WeightsError, "gone.pt is missing; reinstall"),
-    "truncated compressed MetaImage": Case(_with(FACTOR2, lambda d: _meta_compressed_cut(d)), InputImageError, "in.mha: the compressed data is truncated \\(the stream ends early\\)"),
-    "MetaImage data file missing": Case(_with(FACTOR2, lambda d: _without_data(d, "in.mhd", "in.raw")), InputImageError, "in.mhd: its data file in.raw is missing \\(the header names it\\); copy it next to in.mhd"),
-    "NRRD data file missing": Case(_with(FACTOR2, lambda d: _without_data(d, "in.nhdr", "in.raw")), InputImageError, "in.nhdr: its data file in.raw is missing"),
-    "NRRD without spacing": Case(_with(FACTOR2, lambda d: _nrrd(d, "")), InputImageError, "in.nrrd: the header gives no voxel spacing .*ITK would assume 1 mm"),
-    "infinite origin (MHA Offset)": Case(_with(FACTOR2, lambda d: _meta(d, "0.5 0.5 2\nOffset = inf 0 0")), InputImageError, "in.mha: the origin \\(inf, 0.0, 0.0\\) is not finite"),
-    "NaN origin (NRRD)": Case(_with(FACTOR2, lambda d: _nrrd(d, "space: left-posterior-superior\nspace directions: (0.5,0,0) (0,0.5,0) (0,0,2)\nspace origin: (nan,0,0)")), InputImageError, "in.nrrd: the origin \\(nan, 0.0, 0.0\\) is not finite"),
-    "weights that are a pickled model": Case(_weights_opts(lambda d: _pickled_model(d / "whole.pt")), WeightsError, "whole.pt is not a SA-INR checkpoint: it holds Python objects, not only weights"),
-    "weights without the format tag": Case(_weights_opts(lambda d: _saved(d / "plain.pt", {"w": torch.zeros(2)})), WeightsError, "plain.pt is not a SA-INR checkpoint \\(no 'sainr-checkpoint-v1' format tag\\)"),
-    "weights declaring absurd sizes": Case(_weights_opts(lambda d: _absurd_config(d / "huge.pt")), WeightsError, "huge.pt holds weights of another architecture"),
-    "factor 1e12 even with --force": Case(_with(["--factor", "1e12", "--force"], _volume), SpacingError, "a 1e\\+12x reduction of 2 mm; not even --force allows more than 1000x"),
-    "forced output beyond the hard limit": Case(_small_hard_limit, SpacingError, "the output would have 13 slices \\(1.87e\\+03 voxels\\) and need .* not even --force allows more than 10 KiB"),
-    "infinite qform offset (NIfTI)": Case(_with(FACTOR2, lambda d: _nifti_qoffset(d, float("inf"))), InputImageError, "in.nii: the origin .*inf.* is not finite"),
-}  # fmt: skip
+    "shipped weights file missing": Case(
+        _catalog_file_missing, WeightsError, "gone.pt is missing; reinstall"
+    ),
+    "truncated compressed MetaImage": Case(
+        _with(FACTOR2, lambda d: _meta_compressed_cut(d)),
+        InputImageError,
+        "in.mha: the compressed data is truncated \\(the stream ends early\\)",
+    ),
+    "MetaImage data file missing": Case(
+        _with(FACTOR2, lambda d: _without_data(d, "in.mhd", "in.raw")),
+        InputImageError,
+        "in.mhd: its data file in.raw is missing \\(the header names it\\); copy it next to in.mhd",
+    ),
+    "NRRD data file missing": Case(
+        _with(FACTOR2, lambda d: _without_data(d, "in.nhdr", "in.raw")),
+        InputImageError,
+        "in.nhdr: its data file in.raw is missing",
+    ),
+    "NRRD without spacing": Case(
+        _with(FACTOR2, lambda d: _nrrd(d, "")),
+        InputImageError,
+        "in.nrrd: the header gives no voxel spacing .*ITK would assume 1 mm",
+    ),
+    "infinite origin (MHA Offset)": Case(
+        _with(FACTOR2, lambda d: _meta(d, "0.5 0.5 2\nOffset = inf 0 0")),
+        InputImageError,
+        "in.mha: the origin \\(inf, 0.0, 0.0\\) is not finite",
+    ),
+    "NaN origin (NRRD)": Case(
+        _with(
+            FACTOR2,
+            lambda d: _nrrd(
+                d,
+                "space: left-posterior-superior\nspace directions: (0.5,0,0) (0,0.5,0) (0,0,2)\nspace origin: (nan,0,0)",
+            ),
+        ),
+        InputImageError,
+        "in.nrrd: the origin \\(nan, 0.0, 0.0\\) is not finite",
+    ),
+    "weights that are a pickled model": Case(
+        _weights_opts(lambda d: _pickled_model(d / "whole.pt")),
+        WeightsError,
+        "whole.pt is not a SA-INR checkpoint: it holds Python objects, not only weights",
+    ),
+    "weights without the format tag": Case(
+        _weights_opts(lambda d: _saved(d / "plain.pt", {"w": torch.zeros(2)})),
+        WeightsError,
+        "plain.pt is not a SA-INR checkpoint \\(no 'sainr-checkpoint-v1' format tag\\)",
+    ),
+    "weights declaring absurd sizes": Case(
+        _weights_opts(lambda d: _absurd_config(d / "huge.pt")),
+        WeightsError,
+        "huge.pt holds weights of another architecture",
+    ),
+    "factor 1e12 even with --force": Case(
+        _with(["--factor", "1e12", "--force"], _volume),
+        SpacingError,
+        "a 1e\\+12x reduction of 2 mm; not even --force allows more than 1000x",
+    ),
+    "forced output beyond the hard limit": Case(
+        _small_hard_limit,
+        SpacingError,
+        "the output would have 13 slices \\(1.87e\\+03 voxels\\) and need .* not even --force allows more than 10 KiB",
+    ),
+    "infinite qform offset (NIfTI)": Case(
+        _with(FACTOR2, lambda d: _nifti_qoffset(d, float("inf"))),
+        InputImageError,
+        "in.nii: the origin .*inf.* is not finite",
+    ),
+}
 
 
 def _pickled_model(path: Path) -> Path:
@@ -277,8 +469,12 @@ def _saved(path: Path, payload: dict) -> Path:
 def _absurd_config(path: Path) -> Path:
     """Declares 100 000 encoder channels (840 billion parameters) with a tiny state."""
     config = {**TINY.to_dict(), "channels": 100_000}
-    payload = {"format": "sainr-checkpoint-v1", "config": config,
-               "state_dict": SAINR(TINY).state_dict(), "meta": {}}  # fmt: skip
+    payload = {
+        "format": "sainr-checkpoint-v1",
+        "config": config,
+        "state_dict": SAINR(TINY).state_dict(),
+        "meta": {},
+    }
     return _saved(path, payload)
 
 
@@ -386,8 +582,16 @@ def assert_cli_refuses(folder: Path, argv: list[str], pattern: str, capfd) -> No
 def test_cli_refuses_with_one_line_and_writes_nothing(name, tmp_path, monkeypatch, capfd):
     case = CASES[name]
     src, opts = case.make(tmp_path, monkeypatch)
-    argv = ["reduce", str(src), str(tmp_path / "out.nii.gz"), "--mask", str(tmp_path / "m.nrrd"),
-            *_with_weights(tmp_path, opts), "--progress", "none"]  # fmt: skip
+    argv = [
+        "reduce",
+        str(src),
+        str(tmp_path / "out.nii.gz"),
+        "--mask",
+        str(tmp_path / "m.nrrd"),
+        *_with_weights(tmp_path, opts),
+        "--progress",
+        "none",
+    ]
     assert_cli_refuses(tmp_path, argv, case.pattern, capfd)
 
 
@@ -435,11 +639,21 @@ def test_output_paths_that_cannot_be_used(tmp_path, unwritable_folder, capfd):
     cases = [  # output, extra options, message, also refused by the API's write_volume
         (tmp_path / "no" / "such" / "out.nii.gz", [], "output folder does not exist", True),
         (a_file / "out.nii.gz", [], "notes.txt is a file; choose another folder", True),
-        (unwritable_folder / "out.nii.gz", [], "output folder is not writable.*Permission denied", True),
+        (
+            unwritable_folder / "out.nii.gz",
+            [],
+            "output folder is not writable.*Permission denied",
+            True,
+        ),
         (tmp_path / "out.png", [], "unknown output format for out.png", True),
         (src, [], "is the input file; choose another name", False),
-        (tmp_path / "o.nrrd", ["--mask", str(tmp_path / "o.nrrd")], "--mask .* is the output path", False),
-    ]  # fmt: skip
+        (
+            tmp_path / "o.nrrd",
+            ["--mask", str(tmp_path / "o.nrrd")],
+            "--mask .* is the output path",
+            False,
+        ),
+    ]
     for out, extra, pattern, api in cases:
         argv = ["reduce", str(src), str(out), "--factor", "2", "--weights", weights, *extra]
         assert_cli_refuses(tmp_path, argv, pattern, capfd)
@@ -467,8 +681,9 @@ def _run_ok(tmp_path: Path, src: Path, opts: list[str], capfd) -> sitk.Image:
     """Run the CLI, require success and an untouched input; return the output read back."""
     before = hashlib.sha256(src.read_bytes()).hexdigest()
     out = tmp_path / "out.nrrd"
-    code, err = run_cli(["reduce", str(src), str(out), *_with_weights(tmp_path, opts),
-                         "--progress", "none"], capfd)  # fmt: skip
+    code, err = run_cli(
+        ["reduce", str(src), str(out), *_with_weights(tmp_path, opts), "--progress", "none"], capfd
+    )
     assert code == 0, err
     assert hashlib.sha256(src.read_bytes()).hexdigest() == before
     assert not list(tmp_path.glob(".sainr-*"))
@@ -525,9 +740,11 @@ def test_64_bit_integer_outputs_are_clipped_without_wrapping():
 
 EXTREMES = {  # input voxels spanning (almost) the type's range
     "float32 near +-3e38": lambda: ((_array(dtype=np.float64) * 2 - 1) * 3e38).astype(np.float32),
-    "int64 near its maximum": lambda: (_array(dtype=np.float64) * np.iinfo(np.int64).max).astype(np.int64),
+    "int64 near its maximum": lambda: (_array(dtype=np.float64) * np.iinfo(np.int64).max).astype(
+        np.int64
+    ),
     "uint64 near its maximum": lambda: (_array(dtype=np.float64) * 2.0**64).astype(np.uint64),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", EXTREMES)
@@ -599,8 +816,16 @@ def test_disk_full_during_write_leaves_no_file(tmp_path, monkeypatch, capfd, fai
         )
 
     monkeypatch.setattr(sitk, "WriteImage", disk_full())
-    argv = ["reduce", str(src), str(tmp_path / "out.nrrd"), "--mask", str(tmp_path / "m.nrrd"),
-            *opts, "--progress", "none"]  # fmt: skip
+    argv = [
+        "reduce",
+        str(src),
+        str(tmp_path / "out.nrrd"),
+        "--mask",
+        str(tmp_path / "m.nrrd"),
+        *opts,
+        "--progress",
+        "none",
+    ]
     assert_cli_refuses(tmp_path, argv, "could not write .*No space left on device", capfd)
     monkeypatch.setattr(sitk, "WriteImage", disk_full())
     with pytest.raises(OutputPathError, match="free disk space"):
@@ -620,8 +845,9 @@ def test_sigterm_during_write_leaves_no_file(tmp_path, monkeypatch, capfd):
         return AssertionError("the SIGTERM handler did not stop the run")
 
     monkeypatch.setattr(sitk, "WriteImage", _failing_write(1, killed))
-    code, err = run_cli(["reduce", str(src), str(tmp_path / "out.nrrd"), *opts,
-                         "--progress", "none"], capfd)  # fmt: skip
+    code, err = run_cli(
+        ["reduce", str(src), str(tmp_path / "out.nrrd"), *opts, "--progress", "none"], capfd
+    )
     assert code == 130 and err == ["sainr: cancelled; no partial output was written"]
     assert _tree(tmp_path) == before
 
@@ -652,8 +878,14 @@ def test_api_cancel_stops_after_the_first_chunk(tmp_path):
     model = SAINR(TINY).eval()
     done: list[int] = []
     with pytest.raises(Cancelled, match="nothing was written"):
-        reduce_spacing(image, Target(factor=2), ReduceOptions(memory_mb=1), model=model,
-                       progress=lambda d, t: done.append(d), cancel=lambda: bool(done))  # fmt: skip
+        reduce_spacing(
+            image,
+            Target(factor=2),
+            ReduceOptions(memory_mb=1),
+            model=model,
+            progress=lambda d, t: done.append(d),
+            cancel=lambda: bool(done),
+        )
     assert len(done) == 1 and done[0] < 40 * 40 * 7
 
 
@@ -669,8 +901,9 @@ def test_internal_error_exits_1_with_a_report(tmp_path, monkeypatch, capfd):
     reports.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(reports))
     before = _tree(tmp_path)
-    code, err = run_cli(["reduce", str(src), str(tmp_path / "out.nrrd"), *opts,
-                         "--progress", "none"], capfd)  # fmt: skip
+    code, err = run_cli(
+        ["reduce", str(src), str(tmp_path / "out.nrrd"), *opts, "--progress", "none"], capfd
+    )
     assert code == 1 and len(err) == 1
     match = re.fullmatch(
         r"sainr: internal error \(RuntimeError: boom second line\); report: (\S+)", err[0]

@@ -102,9 +102,17 @@ def reduced(tmp_path_factory):
     finally:
         tempfile.tempdir = saved
     return dict(
-        handles=handles, scene=scene, knee=knee, output=output, study=study, transform=transform,
-        before=before, reports=reports, temp=temp, seconds=seconds,
-    )  # fmt: skip
+        handles=handles,
+        scene=scene,
+        knee=knee,
+        output=output,
+        study=study,
+        transform=transform,
+        before=before,
+        reports=reports,
+        temp=temp,
+        seconds=seconds,
+    )
 
 
 def test_output_grid_changes_only_the_slice_axis(reduced):
@@ -306,9 +314,13 @@ def test_adapting_first_shows_both_phases_and_saves_the_adapted_weights(small_sc
     weights = tmp_path / "adapted.pt"
     reports = []
     output = SAINRSlicerLogic().process(
-        volume, 1.5, device="cpu", adaptSteps=3, saveAdaptedPath=str(weights),
+        volume,
+        1.5,
+        device="cpu",
+        adaptSteps=3,
+        saveAdaptedPath=str(weights),
         progressCallback=lambda f, m: reports.append((f, m)),
-    )  # fmt: skip
+    )
     assert output.GetImageData().GetDimensions() == (32, 32, 15)
     fractions = [f for f, _ in reports]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0

@@ -81,10 +81,27 @@ def test_cli_reduce_as_the_panel_runs_it_needs_none_of_them(
 ):
     out, mask = tmp_path / "out.nrrd", tmp_path / "mask.nrrd"
     result = subprocess.run(
-        [sys.executable, "-m", "sainr", "reduce", str(thick_file), str(out), "--spacing", "1.5",
-         "--mask", str(mask), "--device", "cpu", "--progress", "lines"],
-        env=without_optional_modules, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "sainr",
+            "reduce",
+            str(thick_file),
+            str(out),
+            "--spacing",
+            "1.5",
+            "--mask",
+            str(mask),
+            "--device",
+            "cpu",
+            "--progress",
+            "lines",
+        ],
+        env=without_optional_modules,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "PROGRESS" in result.stdout
     assert sitk.ReadImage(str(out)).GetSize() == (32, 32, 15)
@@ -107,9 +124,12 @@ def test_the_logic_plans_runs_and_reads_back_without_them(without_optional_modul
         """
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], env=without_optional_modules, capture_output=True,
-        text=True, timeout=300,
-    )  # fmt: skip
+        [sys.executable, "-c", code],
+        env=without_optional_modules,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "v_1.5mm (16, 16, 11)"
 

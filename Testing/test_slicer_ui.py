@@ -115,9 +115,11 @@ def test_bound_widgets_can_be_connected_by_the_parameter_node_wrapper(parameter)
     hints = parameter_hints()
     assert parameter in hints, f"the .ui binds {parameter}, which the parameter node lacks"
     hint = hints[parameter]
-    base, extras = (typing.get_args(hint)[0], typing.get_args(hint)[1:]) if (
-        typing.get_origin(hint) is typing.Annotated
-    ) else (hint, ())  # fmt: skip
+    base, extras = (
+        (typing.get_args(hint)[0], typing.get_args(hint)[1:])
+        if (typing.get_origin(hint) is typing.Annotated)
+        else (hint, ())
+    )
     if isinstance(base, type) and issubclass(base, slicer.vtkMRMLNode):
         base = slicer.vtkMRMLNode
     cls = bindings()[parameter].get("class")
@@ -185,13 +187,24 @@ def test_help_shows_the_console_example():
 @pytest.mark.parametrize(
     "info, expected",
     [
-        ({"torch": "2.5.1+cu121", "gpus": [{"name": "NVIDIA RTX A4000", "memoryGB": 15.7}]},
-         "PyTorch 2.5.1+cu121 · GPU: NVIDIA RTX A4000 (16 GB)"),
-        ({"torch": "2.13.0+cpu", "gpus": []}, "PyTorch 2.13.0+cpu · no usable GPU: runs on the CPU (slower)"),
-        ({"torch": None}, "PyTorch is not installed: it is installed through the PyTorch extension at the first run."),
-        ({"torch": None, "error": "OSError: libcudnn.so.9 missing"}, "PyTorch does not load: OSError: libcudnn.so.9 missing"),
+        (
+            {"torch": "2.5.1+cu121", "gpus": [{"name": "NVIDIA RTX A4000", "memoryGB": 15.7}]},
+            "PyTorch 2.5.1+cu121 · GPU: NVIDIA RTX A4000 (16 GB)",
+        ),
+        (
+            {"torch": "2.13.0+cpu", "gpus": []},
+            "PyTorch 2.13.0+cpu · no usable GPU: runs on the CPU (slower)",
+        ),
+        (
+            {"torch": None},
+            "PyTorch is not installed: it is installed through the PyTorch extension at the first run.",
+        ),
+        (
+            {"torch": None, "error": "OSError: libcudnn.so.9 missing"},
+            "PyTorch does not load: OSError: libcudnn.so.9 missing",
+        ),
     ],
-)  # fmt: skip
+)
 def test_device_line_says_what_pytorch_can_use(info, expected):
     assert SAINRSlicer.describeTorch(info) == expected
 
@@ -254,8 +267,10 @@ def test_core_advice_is_reworded_for_the_panel():
         wording("CUDA was requested but no usable GPU is visible; use --device cpu")
         == "CUDA was requested but no usable GPU is visible; choose CPU as the device"
     )
-    assert wording("target spacing 0.1 mm is a 30.0x reduction of 3 mm (limit 20x); use a "
-                   "larger spacing or force it (--force)").endswith("use a larger spacing")  # fmt: skip
+    assert wording(
+        "target spacing 0.1 mm is a 30.0x reduction of 3 mm (limit 20x); use a "
+        "larger spacing or force it (--force)"
+    ).endswith("use a larger spacing")
     assert "--" not in wording("--slice-thickness must be a positive number, got -1.0")
 
 
@@ -276,8 +291,9 @@ def test_a_failed_pytorch_install_reaches_the_panels_error_display(monkeypatch):
         FailingInstall().ensureTorch(statuses.append)
     assert statuses == ["Installing PyTorch through the PyTorch extension (several minutes)..."]
     ((message, details),) = shown
-    assert message.startswith("Cannot start: PyTorch could not be installed (the installer "
-                              "exited with status 1).")  # fmt: skip
+    assert message.startswith(
+        "Cannot start: PyTorch could not be installed (the installer exited with status 1)."
+    )
     assert "No matching distribution found for torch" in details
     assert "CalledProcessError" in details  # the traceback
 
@@ -354,7 +370,9 @@ def test_every_shipped_resource_exists_including_the_catalog_models():
     listed = cmake_list("MODULE_RESOURCES")
     for resource in listed:
         assert (resources / resource).is_file(), resource
-    catalog = json.loads((resources / "Models" / "models.json").read_text(encoding="utf-8"))["models"]
+    catalog = json.loads((resources / "Models" / "models.json").read_text(encoding="utf-8"))[
+        "models"
+    ]
     for entry in catalog.values():
         assert f"Models/{entry['file']}" in listed
     assert "Sample/knee_qdess_sag_3mm.nii.gz" in listed  # the self-test reduces it
@@ -390,8 +408,13 @@ def catalog_entry() -> dict:
 CATALOG_SCHEMA = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#"
 CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
 CATALOG_KEYS = CATALOG_REQUIRED | {
-    "scm_revision", "scm_type", "build_dependencies", "build_subdirectory", "enabled", "tier",
-}  # fmt: skip
+    "scm_revision",
+    "scm_type",
+    "build_dependencies",
+    "build_subdirectory",
+    "enabled",
+    "tier",
+}
 
 
 def test_catalog_entry_follows_the_index_schema_and_agrees_with_s4ext_and_cmake():
@@ -407,7 +430,9 @@ def test_catalog_entry_follows_the_index_schema_and_agrees_with_s4ext_and_cmake(
     assert entry["enabled"] is (index["enabled"] == "1")
     repository = entry["scm_url"].rsplit("/", 1)[-1]
     assert "slicer" in repository.lower()  # the index's repository-name check
-    project = re.search(r"project\((\w+)\)", (slicer_scene.REPO / "CMakeLists.txt").read_text(encoding="utf-8"))
+    project = re.search(
+        r"project\((\w+)\)", (slicer_scene.REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    )
     assert project.group(1) == "SAINRSlicer"  # = the entry's file name
 
 
@@ -419,8 +444,11 @@ def test_contributors_and_citation_are_the_same_everywhere():
     )
     readme = (slicer_scene.REPO / "README.md").read_text(encoding="utf-8")
     citation = re.search(r"## How to cite\n\n(.*)", readme, re.S).group(1)
-    for part in ("Spatial attention-based implicit neural representation for arbitrary reduction",
-                 "Medical Image Analysis (2024)", "doi:10.1016/j.media.2024.103158"):  # fmt: skip
+    for part in (
+        "Spatial attention-based implicit neural representation for arbitrary reduction",
+        "Medical Image Analysis (2024)",
+        "doi:10.1016/j.media.2024.103158",
+    ):
         assert part in " ".join(citation.split())
         assert part in " ".join(parent.acknowledgementText.split())
 

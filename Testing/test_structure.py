@@ -41,7 +41,9 @@ def imported_modules(path: Path, name: str) -> set[str]:
 def graph() -> dict[str, set[str]]:
     """sainr module -> the sainr modules it imports (names that are modules only)."""
     files = {module_name(p): p for p in CORE.rglob("*.py")}
-    return {name: imported_modules(path, name) & files.keys() - {name} for name, path in files.items()}
+    return {
+        name: imported_modules(path, name) & files.keys() - {name} for name, path in files.items()
+    }
 
 
 GRAPH = graph()
@@ -66,9 +68,10 @@ def test_nothing_below_the_command_line_imports_it():
 
 def test_no_argparse_below_the_command_line():
     users = [
-        module for module, path in ((module_name(p), p) for p in CORE.rglob("*.py"))
+        module
+        for module, path in ((module_name(p), p) for p in CORE.rglob("*.py"))
         if not module.startswith("sainr.cli") and "argparse" in imported_modules(path, module)
-    ]  # fmt: skip
+    ]
     assert users == []
 
 
@@ -122,8 +125,15 @@ def test_the_top_package_imports_no_submodule_when_imported():
 
 def test_the_slicer_modules_core_imports_are_torch_free():
     """The Slicer process plans with these modules (no PyTorch there): none imports torch."""
-    torch_free = {"sainr.planning", "sainr.geometry", "sainr.errors", "sainr.protocol",
-                  "sainr.request", "sainr.resources", "sainr.validation"}  # fmt: skip
+    torch_free = {
+        "sainr.planning",
+        "sainr.geometry",
+        "sainr.errors",
+        "sainr.protocol",
+        "sainr.request",
+        "sainr.resources",
+        "sainr.validation",
+    }
     closure = set(torch_free)
     while grown := {m for t in closure for m in GRAPH[t]} - closure:
         closure |= grown
@@ -138,8 +148,11 @@ def test_only_the_resource_locator_names_the_resources_folder():
     (:mod:`sainr.resources`), so the install and source layouts are searched alike."""
     module_dir = CORE.parent
     naming = [
-        path.relative_to(module_dir).as_posix() for path in sorted(module_dir.rglob("*.py"))
-        if any(isinstance(node, ast.Constant) and node.value == "Resources"
-               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
-    ]  # fmt: skip
+        path.relative_to(module_dir).as_posix()
+        for path in sorted(module_dir.rglob("*.py"))
+        if any(
+            isinstance(node, ast.Constant) and node.value == "Resources"
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        )
+    ]
     assert naming == ["sainr/resources.py"]

@@ -37,8 +37,16 @@ TRAIN_STEPS = 150
 
 
 def _config(steps: int) -> VAETrainConfig:
-    return VAETrainConfig(model=TINY, steps=steps, batch=4, crop=64, lr=3e-3, warmup=20,
-                          checkpoint_minutes=100, log_every=1000)  # fmt: skip
+    return VAETrainConfig(
+        model=TINY,
+        steps=steps,
+        batch=4,
+        crop=64,
+        lr=3e-3,
+        warmup=20,
+        checkpoint_minutes=100,
+        log_every=1000,
+    )
 
 
 def _untrained() -> SliceVAE:
@@ -141,11 +149,13 @@ def test_synthetic_geometry_puts_every_input_slice_in_place(trained, knee_thick,
         out.GetSpacing(), (image.GetSpacing()[0] / 3, *image.GetSpacing()[1:])
     )
     assert out.GetOrigin() == image.GetOrigin() and out.GetDirection() == image.GetDirection()
-    np.testing.assert_allclose(slice_points(out, 0, np.arange(20) * 3),
-                               slice_points(image, 0, np.arange(20)), atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        slice_points(out, 0, np.arange(20) * 3), slice_points(image, 0, np.arange(20)), atol=1e-6
+    )
     if mode == "residual":
-        np.testing.assert_array_equal(sitk.GetArrayFromImage(out)[:, :, ::3],
-                                      sitk.GetArrayFromImage(image).astype(np.float32))  # fmt: skip
+        np.testing.assert_array_equal(
+            sitk.GetArrayFromImage(out)[:, :, ::3], sitk.GetArrayFromImage(image).astype(np.float32)
+        )
         assert syn.checks["decimated_psnr"] == float("inf")
     assert syn.checks["slices_out"] == 58 and syn.checks["axis"] == 0
 
@@ -153,16 +163,41 @@ def test_synthetic_geometry_puts_every_input_slice_in_place(trained, knee_thick,
 def test_cli_functions_train_resume_and_synthesize(tmp_path, thick_file, capsys):
     train = argparse.ArgumentParser()
     add_arguments_train(train)
-    argv = [str(thick_file), "--out", str(tmp_path / "run"), "--steps", "3", "--batch", "2",
-            "--crop", "32", "--widths", "8", "16", "--latent", "2", "--device", "cpu"]  # fmt: skip
+    argv = [
+        str(thick_file),
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--crop",
+        "32",
+        "--widths",
+        "8",
+        "16",
+        "--latent",
+        "2",
+        "--device",
+        "cpu",
+    ]
     assert run_train(train.parse_args(argv)) == 0
     assert run_train(train.parse_args(argv[:4] + ["5"] + argv[5:])) == 0
     assert "resumed from" in capsys.readouterr().out
     assert torch.load(tmp_path / "run" / "vae.pt", weights_only=True)["step"] == 5
     synth = argparse.ArgumentParser()
     add_arguments_synthesize(synth)
-    args = synth.parse_args([str(thick_file), "--vae", str(tmp_path / "run" / "vae.pt"),
-                             "--out", str(tmp_path / "syn"), "--device", "cpu"])  # fmt: skip
+    args = synth.parse_args(
+        [
+            str(thick_file),
+            "--vae",
+            str(tmp_path / "run" / "vae.pt"),
+            "--out",
+            str(tmp_path / "syn"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert run_synthesize(args) == 0
     assert "(b) decimated PSNR inf dB" in capsys.readouterr().out
     out = sitk.ReadImage(str(tmp_path / "syn" / "knee_3mm.nii.gz"))
@@ -196,8 +231,9 @@ def test_prepare_thick_crops_and_keeps_every_kth_slice_in_place(tmp_path, knee_i
     )
     assert thick.GetSize() == (64, 40, 10)
     np.testing.assert_allclose(thick.GetSpacing()[2], 4 * knee_image.GetSpacing()[2])
-    np.testing.assert_allclose(slice_points(thick, 2, range(10)),
-                               slice_points(knee_image, 2, range(0, 40, 4)), atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        slice_points(thick, 2, range(10)), slice_points(knee_image, 2, range(0, 40, 4)), atol=1e-6
+    )
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "thick.nii.gz")))
     np.testing.assert_array_equal(written, sitk.GetArrayFromImage(knee_image)[::4, :40])
 

@@ -40,7 +40,9 @@ def test_the_slice_thickness_changes_a_conditioned_models_output(knee_thick, con
 
 
 def test_a_model_without_conditioning_ignores_the_thickness(knee_thick, tiny_model):
-    np.testing.assert_array_equal(_reduce(knee_thick, tiny_model, 1.0), _reduce(knee_thick, tiny_model, 3.0))
+    np.testing.assert_array_equal(
+        _reduce(knee_thick, tiny_model, 1.0), _reduce(knee_thick, tiny_model, 3.0)
+    )
 
 
 def test_warm_start_reproduces_the_source_model_exactly(knee_thick, tiny_model, conditioned):
@@ -58,9 +60,13 @@ def test_warm_start_refuses_another_architecture(tiny_model):
 
 @pytest.mark.parametrize(
     ("thickness", "message"),
-    [(0.0, "positive number"), (-1.0, "positive number"), (float("nan"), "positive number"),
-     (9.5, "3.2x the slice spacing")],
-)  # fmt: skip
+    [
+        (0.0, "positive number"),
+        (-1.0, "positive number"),
+        (float("nan"), "positive number"),
+        (9.5, "3.2x the slice spacing"),
+    ],
+)
 def test_bad_thickness_is_refused_with_a_reason(thickness: float, message: str) -> None:
     with pytest.raises(SpacingError, match=message):
         relative_thickness(thickness, 3.0)
@@ -78,9 +84,13 @@ def _sha(path: Path) -> str:
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("0", "positive number"), ("-1", "positive number"), ("nan", "positive number"),
-     ("10", "limit 3x")],
-)  # fmt: skip
+    [
+        ("0", "positive number"),
+        ("-1", "positive number"),
+        ("nan", "positive number"),
+        ("10", "limit 3x"),
+    ],
+)
 def test_cli_refuses_a_bad_slice_thickness_before_any_work(
     tmp_path: Path, knee_thick, value: str, message: str, capsys
 ) -> None:
@@ -88,8 +98,19 @@ def test_cli_refuses_a_bad_slice_thickness_before_any_work(
     sitk.WriteImage(knee_thick, str(src))
     before = _sha(src)
     out = tmp_path / "out.nii.gz"
-    code = main(["reduce", str(src), str(out), "--spacing", "1", "--slice-thickness", value,
-                 "--progress", "none"])  # fmt: skip
+    code = main(
+        [
+            "reduce",
+            str(src),
+            str(out),
+            "--spacing",
+            "1",
+            "--slice-thickness",
+            value,
+            "--progress",
+            "none",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -101,6 +122,20 @@ def test_cli_reports_the_thickness_it_used(tmp_path: Path, knee_thick, capsys) -
     src = tmp_path / "knee_3mm.nrrd"
     sitk.WriteImage(knee_thick, str(src))
     out = tmp_path / "out.nii.gz"
-    assert main(["reduce", str(src), str(out), "--spacing", "1", "--slice-thickness", "2",
-                 "--progress", "none"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "reduce",
+                str(src),
+                str(out),
+                "--spacing",
+                "1",
+                "--slice-thickness",
+                "2",
+                "--progress",
+                "none",
+            ]
+        )
+        == 0
+    )
     assert "(2 mm thick)" in capsys.readouterr().err

@@ -24,8 +24,13 @@ def _config(steps: int, **extra) -> TrainConfig:
         data=[{"path": KNEE_QDESS.name}],
         val=[],
         model={"channels": 8, "blocks": 1, "hidden": 16},
-        steps=steps, batch=2, lr=2e-3, checkpoint_minutes=100, log_every=1000, **extra,
-    )  # fmt: skip
+        steps=steps,
+        batch=2,
+        lr=2e-3,
+        checkpoint_minutes=100,
+        log_every=1000,
+        **extra,
+    )
 
 
 def _l1(model, batch) -> float:
@@ -39,7 +44,9 @@ def test_a_few_steps_reduce_the_loss_on_a_real_crop(tmp_path):
     vol = load_volume(KNEE_QDESS)
     rng = np.random.default_rng(5)
     spec = PatchSpec(lr_slices=5, size=24, queries=2048, factors=(2,))
-    batch = collate([sample_patch([vol], spec, Acquisition(2.0, 1.0, "none"), rng) for _ in range(4)])
+    batch = collate(
+        [sample_patch([vol], spec, Acquisition(2.0, 1.0, "none"), rng) for _ in range(4)]
+    )
     train(_config(40), tmp_path, KNEE_QDESS.parent, log=lambda *_: None)
     torch.manual_seed(0)
     from sainr.model import SAINR, ModelConfig
@@ -52,10 +59,23 @@ def test_a_few_steps_reduce_the_loss_on_a_real_crop(tmp_path):
 @pytest.mark.parametrize("schedule", ["step", "cosine"])
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path, schedule):
     quiet = {"log": lambda *_: None}
-    cfg = _config(6, schedule=schedule, warmup=2, in_plane_axes=True,
-                  patch={"lr_slices": 5, "size": 24, "queries": 512, "factors": [2, 2.5],
-                         "profiles": ["none", "gaussian"], "profile_weights": [0.5, 0.5],
-                         "thickness": [0.5, 1.2], "intensity": 0.5, "noise": 0.01})  # fmt: skip
+    cfg = _config(
+        6,
+        schedule=schedule,
+        warmup=2,
+        in_plane_axes=True,
+        patch={
+            "lr_slices": 5,
+            "size": 24,
+            "queries": 512,
+            "factors": [2, 2.5],
+            "profiles": ["none", "gaussian"],
+            "profile_weights": [0.5, 0.5],
+            "thickness": [0.5, 1.2],
+            "intensity": 0.5,
+            "noise": 0.01,
+        },
+    )
     train(cfg, tmp_path / "a", KNEE_QDESS.parent, **quiet)
     train(cfg, tmp_path / "b", KNEE_QDESS.parent, max_minutes=0, **quiet)  # stops after 1 step
     stopped = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
@@ -67,7 +87,9 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path, sc
     for key in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)
     assert a["optimizer"]["state"][0]["step"] == b["optimizer"]["state"][0]["step"]
-    torch.testing.assert_close(a["optimizer"]["state"][0]["exp_avg"], b["optimizer"]["state"][0]["exp_avg"])
+    torch.testing.assert_close(
+        a["optimizer"]["state"][0]["exp_avg"], b["optimizer"]["state"][0]["exp_avg"]
+    )
 
 
 def test_cosine_schedule_is_planned_on_the_total_step_count():
@@ -89,11 +111,30 @@ def test_in_plane_axes_of_anisotropic_volumes_become_slice_axes():
 def test_torchrun_ddp_on_cpu(tmp_path):
     """Two processes with gloo through PyTorch's own launcher; rank 0 writes the checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "sainr", "train", "--data-root", str(KNEE_QDESS.parent), "--out", str(tmp_path),
-           "--set", "steps=3", "--set", f'data=[{{"path": "{KNEE_QDESS.name}"}}]',
-           "--set", 'model={"channels": 8, "blocks": 1, "hidden": 16}',
-           "--set", 'patch={"lr_slices": 5, "size": 24, "queries": 256, "factors": [2]}']  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "sainr",
+        "train",
+        "--data-root",
+        str(KNEE_QDESS.parent),
+        "--out",
+        str(tmp_path),
+        "--set",
+        "steps=3",
+        "--set",
+        f'data=[{{"path": "{KNEE_QDESS.name}"}}]',
+        "--set",
+        'model={"channels": 8, "blocks": 1, "hidden": 16}',
+        "--set",
+        'patch={"lr_slices": 5, "size": 24, "queries": 256, "factors": [2]}',
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert torch.load(Path(tmp_path) / "last.pt", weights_only=True)["step"] == 3

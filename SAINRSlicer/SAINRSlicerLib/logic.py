@@ -180,17 +180,21 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
                 )
             return False
         if statusCallback is not None:
-            statusCallback(_("Installing PyTorch through the PyTorch extension (several minutes)..."))
+            statusCallback(
+                _("Installing PyTorch through the PyTorch extension (several minutes)...")
+            )
         try:
             self.installTorch()
         except SAINRSlicerError:
             raise
         except Exception as error:  # pip's CalledProcessError, a network or disk error, a bug
             raise SAINRSlicerError(
-                _("PyTorch could not be installed ({reason}). Install it in the PyTorch Utils "
-                  "module, restart Slicer and try again.").format(reason=_reason(error)),
+                _(
+                    "PyTorch could not be installed ({reason}). Install it in the PyTorch Utils "
+                    "module, restart Slicer and try again."
+                ).format(reason=_reason(error)),
                 _installerOutput(error),
-            ) from error  # fmt: skip
+            ) from error
         return True
 
     def installTorch(self) -> None:
@@ -243,7 +247,10 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
             ("--axis", axis),
             ("--adapt-steps", adaptSteps or None),
             ("--save-adapted", saveAdaptedPath),
-            ("--slice-thickness", None if sliceThicknessMm is None else repr(float(sliceThicknessMm))),
+            (
+                "--slice-thickness",
+                None if sliceThicknessMm is None else repr(float(sliceThicknessMm)),
+            ),
         ):
             if value is not None:
                 options += [option, str(value)]

@@ -53,9 +53,7 @@ def startProcess(command: list[str], env: dict[str, str]) -> subprocess.Popen:
     """Start ``command`` with text pipes for stdout and stderr, as the leader of a process
     group that :func:`killProcessTree` can end with everything it starts."""
     if _WINDOWS:
-        group = {
-            "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
-        }
+        group = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
     else:
         group = {"start_new_session": True}
     return subprocess.Popen(

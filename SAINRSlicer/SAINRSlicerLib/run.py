@@ -163,10 +163,20 @@ class ReductionRun:
 
     def _command(self, inputPath: pathlib.Path, options: list[str]) -> list[str]:
         return [
-            pythonExecutable(), "-m", "sainr", "reduce", str(inputPath), str(self.outputPath),
-            "--spacing", repr(float(self.plan.targetSpacing)), "--mask", str(self.maskPath),
-            "--progress", "lines", *options,
-        ]  # fmt: skip
+            pythonExecutable(),
+            "-m",
+            "sainr",
+            "reduce",
+            str(inputPath),
+            str(self.outputPath),
+            "--spacing",
+            repr(float(self.plan.targetSpacing)),
+            "--mask",
+            str(self.maskPath),
+            "--progress",
+            "lines",
+            *options,
+        ]
 
     def remainingSeconds(self) -> float | None:
         """Estimated seconds left in the current phase, from its progress rate since its first

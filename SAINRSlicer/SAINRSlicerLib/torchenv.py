@@ -78,8 +78,11 @@ def installTorchThroughExtension() -> None:
     no extension: the message says what to install."""
     requirement = torchRequirement()
     if not inSlicerApplication():
-        raise SAINRSlicerError(_("PyTorch is not installed; install torch{requirement} with pip.")
-                               .format(requirement=requirement))  # fmt: skip
+        raise SAINRSlicerError(
+            _("PyTorch is not installed; install torch{requirement} with pip.").format(
+                requirement=requirement
+            )
+        )
     try:
         import PyTorchUtils
     except ModuleNotFoundError:

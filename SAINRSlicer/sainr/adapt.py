@@ -67,7 +67,9 @@ class AdaptConfig:
     size: int = 48  # in-plane patch size
     queries: int = 4096
     seed: int = 0
-    precision: str = "auto"  # as sainr.inference.resolve_precision (bf16 on CPUs with bf16 hardware)
+    precision: str = (
+        "auto"  # as sainr.inference.resolve_precision (bf16 on CPUs with bf16 hardware)
+    )
     thickness: float = 1.0  # acquired slice thickness / slice spacing (1 = contiguous slices)
 
 
@@ -121,8 +123,14 @@ def adaptation_data(
     volumes = pair_volumes(volume, spacing, target_spacing)
     size = min(config.size, *(min(v.array.shape[1:]) for v in volumes))
     thickness = (config.thickness, config.thickness)
-    spec = PatchSpec(lr_slices=12, size=size, queries=config.queries, profiles=("gaussian",),
-                     factors=(spacing[0] / target_spacing,), thickness=thickness)  # fmt: skip
+    spec = PatchSpec(
+        lr_slices=12,
+        size=size,
+        queries=config.queries,
+        profiles=("gaussian",),
+        factors=(spacing[0] / target_spacing,),
+        thickness=thickness,
+    )
     return PatchDataset(volumes, spec, config.steps * config.batch, config.batch, config.seed)
 
 
@@ -155,8 +163,10 @@ def adapt(
     net.encoder.to(memory_format=layout)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    say(f"adapting on {', '.join(f'{v.name} {v.array.shape}' for v in data.volumes)} "
-        f"(factor {data.spec.factors[0]:.3g}, {data.spec.size} px patches, {precision})")  # fmt: skip
+    say(
+        f"adapting on {', '.join(f'{v.name} {v.array.shape}' for v in data.volumes)} "
+        f"(factor {data.spec.factors[0]:.3g}, {data.spec.size} px patches, {precision})"
+    )
     started = time.monotonic()
     deadline = started + 60 * config.minutes if config.minutes is not None else math.inf
     losses: list[float] = []
@@ -171,8 +181,14 @@ def adapt(
             q = type(q)(*(getattr(q, f).to(device) for f in ("b", "s", "y", "x", "t")))
             with autocast(device, precision):
                 res = net(lr, q, tgt["acquisition"].to(device))
-            loss, _ = sainr_loss(res, tgt["target"].to(device), tgt["gate"].to(device),
-                                 net.gate is not None, GAMMA, THETA)  # fmt: skip
+            loss, _ = sainr_loss(
+                res,
+                tgt["target"].to(device),
+                tgt["gate"].to(device),
+                net.gate is not None,
+                GAMMA,
+                THETA,
+            )
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -181,8 +197,10 @@ def adapt(
             if progress is not None:
                 progress(len(losses), config.steps)
     if losses:
-        say(f"adapted for {len(losses)} steps in {time.monotonic() - started:.0f} s "
-            f"(loss {losses[0]:.4f} -> {np.mean(losses[-10:]):.4f})")  # fmt: skip
+        say(
+            f"adapted for {len(losses)} steps in {time.monotonic() - started:.0f} s "
+            f"(loss {losses[0]:.4f} -> {np.mean(losses[-10:]):.4f})"
+        )
     return net.eval()
 
 

@@ -107,10 +107,17 @@ def reduce_spacing(
     net = model if model is not None else load_model(weights)
     dev = choose_device(options.device)
     hr, mask = super_resolve_with_fallback(
-        net, scale.normalize(volume), grid, dev, options.memory_mb,
-        notice=notice, progress=progress, cancel=cancel, precision=options.precision,
+        net,
+        scale.normalize(volume),
+        grid,
+        dev,
+        options.memory_mb,
+        notice=notice,
+        progress=progress,
+        cancel=cancel,
+        precision=options.precision,
         thickness=thickness,
-    )  # fmt: skip
+    )
     hr = scale.denormalize(np.maximum(hr, 0.0))
     dtype = sitk.GetArrayViewFromImage(image).dtype
     out = cast_like(np.moveaxis(hr, 0, 2 - ax), dtype)

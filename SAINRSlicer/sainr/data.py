@@ -40,9 +40,7 @@ class Volume:
 def gradient_target(volume: np.ndarray, top: float = GATE_TOP_FRACTION) -> np.ndarray:
     """True where the central-difference gradient magnitude is in the top ``top`` fraction."""
     padded = np.pad(volume, 1, mode="edge")
-    g = [
-        (np.roll(padded, -1, a) - np.roll(padded, 1, a))[1:-1, 1:-1, 1:-1] / 2 for a in range(3)
-    ]
+    g = [(np.roll(padded, -1, a) - np.roll(padded, 1, a))[1:-1, 1:-1, 1:-1] / 2 for a in range(3)]
     mag = np.sqrt(g[0] ** 2 + g[1] ** 2 + g[2] ** 2 + 1e-6)
     return mag > np.quantile(mag, 1 - top)
 
@@ -90,9 +88,11 @@ class PatchSpec:
     @property
     def sampler(self) -> AcquisitionSampler:
         return AcquisitionSampler(
-            tuple(self.factors), tuple(self.profiles), tuple(self.profile_weights),
+            tuple(self.factors),
+            tuple(self.profiles),
+            tuple(self.profile_weights),
             (float(self.thickness[0]), float(self.thickness[1])),
-        )  # fmt: skip
+        )
 
 
 class PatchDataset(Dataset):
@@ -102,7 +102,12 @@ class PatchDataset(Dataset):
     count; the thickness varies per item."""
 
     def __init__(
-        self, volumes: list[Volume], spec: PatchSpec, length: int, batch_size: int = 1, seed: int = 0
+        self,
+        volumes: list[Volume],
+        spec: PatchSpec,
+        length: int,
+        batch_size: int = 1,
+        seed: int = 0,
     ) -> None:
         self.volumes, self.spec, self.length, self.seed = volumes, spec, length, seed
         self.batch_size = batch_size
@@ -197,7 +202,9 @@ def sample_patch(
     t = grid.frac[j].astype(np.float32)
     return {
         "lr": torch.from_numpy(lr[None].astype(np.float32)),
-        "acquisition": torch.tensor([1.0 / acq.factor, acq.relative_thickness], dtype=torch.float32),
+        "acquisition": torch.tensor(
+            [1.0 / acq.factor, acq.relative_thickness], dtype=torch.float32
+        ),
         "s": torch.from_numpy(lower),
         "y": torch.from_numpy(y.astype(np.int64)),
         "x": torch.from_numpy(x.astype(np.int64)),

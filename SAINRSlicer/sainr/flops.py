@@ -105,8 +105,9 @@ def flops_table(
     LASA row in the paper's accounting and in ours."""
     head = "| variant | " + " | ".join(f"×{k:g}" for k in factors) + " |"
     lines = [head, "|---|" + "---|" * len(factors)]
-    lines.append(_row("encoder + MLP, no LASA", replace(cfg, lasa=False, gating=False),
-                      factors, 1.0, "ours"))  # fmt: skip
+    lines.append(
+        _row("encoder + MLP, no LASA", replace(cfg, lasa=False, gating=False), factors, 1.0, "ours")
+    )
     if cfg.lasa:
         ungated = replace(cfg, gating=False)
         for accounting, label in (
@@ -115,6 +116,13 @@ def flops_table(
         ):
             lines.append(_row(f"LASA on all queries, {label}", ungated, factors, 1.0, accounting))
             if cfg.gating and attended is not None:
-                lines.append(_row(f"LASA on {100 * attended:.0f} % (gated), {label}",
-                                  cfg, factors, attended, accounting))  # fmt: skip
+                lines.append(
+                    _row(
+                        f"LASA on {100 * attended:.0f} % (gated), {label}",
+                        cfg,
+                        factors,
+                        attended,
+                        accounting,
+                    )
+                )
     return "\n".join(lines)

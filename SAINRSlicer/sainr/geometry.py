@@ -201,7 +201,9 @@ def relative_thickness(thickness_mm: float | None, spacing_mm: float) -> float:
     if thickness_mm is None:
         return 1.0
     if not (math.isfinite(thickness_mm) and thickness_mm > 0):
-        raise SpacingError(f"the slice thickness must be a positive number of mm, got {thickness_mm}")
+        raise SpacingError(
+            f"the slice thickness must be a positive number of mm, got {thickness_mm}"
+        )
     ratio = thickness_mm / spacing_mm
     if ratio > MAX_RELATIVE_THICKNESS + EPS:
         raise SpacingError(

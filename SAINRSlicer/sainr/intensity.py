@@ -31,7 +31,10 @@ class IntensityScale:
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """``x`` in normalised float32 units; computed in float64 where float32 would
         overflow (``x - low`` for values near the float32 limits, +-3.4e38)."""
-        if x.dtype == np.float32 and float(np.abs(x).max(initial=0)) + abs(self.low) > _FLOAT32_SAFE:
+        if (
+            x.dtype == np.float32
+            and float(np.abs(x).max(initial=0)) + abs(self.low) > _FLOAT32_SAFE
+        ):
             x = x.astype(np.float64)
         return ((x - self.low) / (self.high - self.low)).astype(np.float32, copy=False)
 

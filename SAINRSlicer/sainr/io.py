@@ -265,9 +265,7 @@ def _check_origin(text: str | None) -> None:
     """An origin given in the header must be finite (ITK reads inf or nan as 0)."""
     values = _floats(text) if text else None
     if values is not None and not all(math.isfinite(v) for v in values):
-        raise InputImageError(
-            f"the origin {tuple(values)} is not finite; fix the file's header"
-        )
+        raise InputImageError(f"the origin {tuple(values)} is not finite; fix the file's header")
 
 
 def _check_data_file(header: Path) -> None:
@@ -281,9 +279,20 @@ def _check_data_file(header: Path) -> None:
 
 
 #: Bytes per component of MetaImage element types.
-_META_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
-               "MET_UINT": 4, "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8,
-               "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}  # fmt: skip
+_META_BYTES = {
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG": 4,
+    "MET_ULONG": 4,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+}
 
 
 def _check_meta_compressed(path: Path, fields: dict[str, str]) -> None:
@@ -561,8 +570,10 @@ def write_volumes(
             f"the outputs {', '.join(map(str, targets))} would write the same file twice; "
             "give them different names"
         )
-    old_data = [data_file_of(t) if volume_suffix(t) in _DATA_FILES and t.is_file() else None
-                for t in targets]  # fmt: skip
+    old_data = [
+        data_file_of(t) if volume_suffix(t) in _DATA_FILES and t.is_file() else None
+        for t in targets
+    ]
     stages: dict[Path, Path] = {}
     try:
         for (image, _), target in zip(items, targets):

@@ -63,8 +63,13 @@ def _owner(size: int, starts: np.ndarray, block: int) -> np.ndarray:
     return owner
 
 
-def _paint(values: np.ndarray, starts_y: np.ndarray, starts_x: np.ndarray, block: int,
-           shape: tuple[int, int]) -> np.ndarray:  # fmt: skip
+def _paint(
+    values: np.ndarray,
+    starts_y: np.ndarray,
+    starts_x: np.ndarray,
+    block: int,
+    shape: tuple[int, int],
+) -> np.ndarray:
     """Per-pixel map from per-block values (n_y, n_x), later blocks overwriting earlier ones."""
     return values[_owner(shape[0], starts_y, block)[:, None], _owner(shape[1], starts_x, block)]
 
@@ -81,8 +86,12 @@ def polar_sampling(n: int) -> np.ndarray:
     fy, fx = y - y0, x - x0
     weights = np.zeros((c, n * n))
     rows = np.broadcast_to(np.arange(c)[:, None], y.shape)
-    for dy, dx, w in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
-                      (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):  # fmt: skip
+    for dy, dx, w in (
+        (0, 0, (1 - fy) * (1 - fx)),
+        (0, 1, (1 - fy) * fx),
+        (1, 0, fy * (1 - fx)),
+        (1, 1, fy * fx),
+    ):
         yy, xx = np.clip(y0 + dy, 0, n - 1), np.clip(x0 + dx, 0, n - 1)
         np.add.at(weights, (rows, yy * n + xx), w)
     return weights

@@ -41,7 +41,9 @@ def save_comparison(
     import matplotlib.pyplot as plt
 
     lr_arr = sitk.GetArrayFromImage(lr).astype(np.float32)
-    grid = slice_grid(lr.GetSize()[slice_axis], lr.GetSpacing()[slice_axis], hr.GetSpacing()[slice_axis])
+    grid = slice_grid(
+        lr.GetSize()[slice_axis], lr.GetSpacing()[slice_axis], hr.GetSpacing()[slice_axis]
+    )
     lr_vol = np.moveaxis(lr_arr, 2 - slice_axis, 0)
     nearest = lr_vol[np.rint(grid.lower + grid.frac).astype(int).clip(0, grid.n_lr - 1)]
     panels = {

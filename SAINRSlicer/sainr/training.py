@@ -133,10 +133,14 @@ def warm_start(model: SAINR, source: SAINR) -> None:
         have = target.get(key)
         if have is None:
             raise ValueError(f"cannot warm-start: {key} has no counterpart in the new model")
-        grown_inputs = value.ndim == 2 and have.shape[0] == value.shape[0] and have.shape[1] > value.shape[1]
+        grown_inputs = (
+            value.ndim == 2 and have.shape[0] == value.shape[0] and have.shape[1] > value.shape[1]
+        )
         if have.shape != value.shape and not grown_inputs:
-            raise ValueError(f"cannot warm-start: {key} is {tuple(value.shape)}, "
-                             f"the new model needs {tuple(have.shape)}")  # fmt: skip
+            raise ValueError(
+                f"cannot warm-start: {key} is {tuple(value.shape)}, "
+                f"the new model needs {tuple(have.shape)}"
+            )
         have.zero_()
         have[tuple(slice(0, n) for n in value.shape)] = value
     missing = set(target) - set(source.state_dict())
@@ -177,18 +181,28 @@ def validate(
             lr = acquire(hr, acq, lr_count(hr.shape[0], acq.factor))
             grid = slice_grid(lr.shape[0], acq.factor, 1.0)
             truth = hr[: grid.n_hr]
-            pred, _ = super_resolve(model, lr, grid, device, precision=precision,
-                                    tile_plan=Plan(size, 0, 1 << 16),
-                                    thickness=acq.relative_thickness)  # fmt: skip
+            pred, _ = super_resolve(
+                model,
+                lr,
+                grid,
+                device,
+                precision=precision,
+                tile_plan=Plan(size, 0, 1 << 16),
+                thickness=acq.relative_thickness,
+            )
             key = _score_key(profile, k)
             scores.setdefault(f"psnr_{key}", []).append(psnr(pred, truth))
             scores.setdefault(f"linear_{key}", []).append(psnr(linear_interpolate(lr, grid), truth))
-            scores.setdefault(f"bspline_{key}", []).append(psnr(bspline_interpolate(lr, grid), truth))
+            scores.setdefault(f"bspline_{key}", []).append(
+                psnr(bspline_interpolate(lr, grid), truth)
+            )
     model.train()
     out = {k: float(np.mean(v)) for k, v in scores.items()}
     for profile in profiles:
-        gains = [out[f"psnr_{k}"] - max(out[f"linear_{k}"], out[f"bspline_{k}"])
-                 for k in (_score_key(profile, f) for f in factors)]  # fmt: skip
+        gains = [
+            out[f"psnr_{k}"] - max(out[f"linear_{k}"], out[f"bspline_{k}"])
+            for k in (_score_key(profile, f) for f in factors)
+        ]
         out[f"gain_{profile}"] = float(np.mean(gains))
     out["gain"] = float(np.mean([out[f"gain_{p}"] for p in profiles]))
     return out
@@ -255,8 +269,15 @@ class History:
             if key.startswith("psnr_x"):
                 gain = [float(r[key]) - _best_interpolator(r, key[5:]) for r in self.rows]
                 profile = key.partition("_")[2].partition("_")[2] or "none"
-                ax.plot(steps, gain, marker="o", ms=3, color=_PROFILE_COLOURS.get(profile),
-                        alpha=0.35 + 0.15 * int(key[6]), label=f"×{key[6:]}")  # fmt: skip
+                ax.plot(
+                    steps,
+                    gain,
+                    marker="o",
+                    ms=3,
+                    color=_PROFILE_COLOURS.get(profile),
+                    alpha=0.35 + 0.15 * int(key[6]),
+                    label=f"×{key[6:]}",
+                )
         ax.axhline(0, color="gray", lw=0.8)
         ax.set_xlabel("training step")
         ax.set_ylabel("PSNR gain over interpolation (dB)")
@@ -301,7 +322,9 @@ def train(
     spec = PatchSpec(**cfg.patch)
     train_vols = _volumes(cfg.data, root, cfg.in_plane_axes)
     val_vols = _volumes(cfg.val, root) if rank == 0 else []
-    dataset = PatchDataset(train_vols, spec, cfg.steps * cfg.batch * world, cfg.batch * world, cfg.seed)
+    dataset = PatchDataset(
+        train_vols, spec, cfg.steps * cfg.batch * world, cfg.batch * world, cfg.seed
+    )
     remaining = Subset(dataset, range(step * cfg.batch * world, len(dataset)))
     sampler = DistributedSampler(remaining, world, rank, shuffle=False) if world > 1 else None
     loader = DataLoader(remaining, cfg.batch, sampler=sampler, collate_fn=collate)
@@ -312,17 +335,27 @@ def train(
 
     def checkpoint(path: Path, **meta: Any) -> None:
         if rank == 0:
-            save_checkpoint(model, path, meta={**state, **meta}, optimizer=opt.state_dict(),
-                            scheduler=sched.state_dict(), step=step, elapsed=elapsed, best=best,
-                            rng=torch.get_rng_state())  # fmt: skip
+            save_checkpoint(
+                model,
+                path,
+                meta={**state, **meta},
+                optimizer=opt.state_dict(),
+                scheduler=sched.state_dict(),
+                step=step,
+                elapsed=elapsed,
+                best=best,
+                rng=torch.get_rng_state(),
+            )
 
     scores: dict[str, float] = {}
     t0, last_save, running = time.time() - elapsed, time.time(), []
     started = time.time()
     model.train()
+
     def record() -> dict[str, float]:
-        scores = validate(model, val_vols, cfg.val_factors, cfg.val_size, precision,
-                          tuple(cfg.val_profiles))  # fmt: skip
+        scores = validate(
+            model, val_vols, cfg.val_factors, cfg.val_size, precision, tuple(cfg.val_profiles)
+        )
         history.add({"step": step, "minutes": round(elapsed / 60, 2), **scores})
         log("  val " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
         return scores
@@ -349,8 +382,10 @@ def train(
         running.append((l1.item(), res.mask.float().mean().item()))
         if rank == 0 and step % cfg.log_every == 0:
             l1m, mm = np.mean(running, axis=0)
-            log(f"step {step}/{cfg.steps}  l1 {l1m:.4f}  mask {mm:.3f}  "
-                f"lr {sched.get_last_lr()[0]:.2e}  {elapsed / 60:.1f} min")  # fmt: skip
+            log(
+                f"step {step}/{cfg.steps}  l1 {l1m:.4f}  mask {mm:.3f}  "
+                f"lr {sched.get_last_lr()[0]:.2e}  {elapsed / 60:.1f} min"
+            )
             running = []
         if rank == 0 and val_vols and (step % cfg.val_every == 0 or step == cfg.steps):
             scores = record()

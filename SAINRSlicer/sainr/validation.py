@@ -16,10 +16,17 @@ from .geometry import check_direction, check_spacing, slice_count
 
 #: Pixel types SA-INR accepts (scalar, real-valued).
 SUPPORTED_TYPES = {
-    sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16,
-    sitk.sitkUInt32, sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64,
-    sitk.sitkFloat32, sitk.sitkFloat64,
-}  # fmt: skip
+    sitk.sitkUInt8,
+    sitk.sitkInt8,
+    sitk.sitkUInt16,
+    sitk.sitkInt16,
+    sitk.sitkUInt32,
+    sitk.sitkInt32,
+    sitk.sitkUInt64,
+    sitk.sitkInt64,
+    sitk.sitkFloat32,
+    sitk.sitkFloat64,
+}
 #: Refuse (unless forced) outputs whose result arrays would need more memory than this.
 MAX_RESULT_BYTES = 4 * 2**30
 #: Memory per output voxel besides the output itself: float32 result, uint8 gating mask and

@@ -139,12 +139,17 @@ def _state_mismatch(model: SAINR, state: Any) -> str:
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
     shaped = sorted(
-        k for k in expected.keys() & state.keys()
+        k
+        for k in expected.keys() & state.keys()
         if not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape
-    )  # fmt: skip
+    )
     parts = [
         f"{len(keys)} {what}, e.g. {keys[0]}"
-        for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (shaped, "wrong-shaped"))
+        for keys, what in (
+            (missing, "missing"),
+            (unexpected, "unexpected"),
+            (shaped, "wrong-shaped"),
+        )
         if keys
     ]
     return "; ".join(parts)
@@ -186,7 +191,10 @@ def check_not_shipped(path: Path) -> None:
 
 
 def export_model(
-    checkpoint: str | os.PathLike, name: str, description: str, models: str | os.PathLike | None = None
+    checkpoint: str | os.PathLike,
+    name: str,
+    description: str,
+    models: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Ship a training checkpoint: weights + config + provenance only (no optimizer state),
     written to ``<models>/sainr_<name>.pt`` and registered with its SHA-256 in the catalog.
@@ -208,7 +216,11 @@ def export_model(
         data = {"error": str(exc)}
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
         raise WeightsError(f"the model catalog {index} is unreadable; fix or remove it")
-    meta = {**ckpt.get("meta", {}), "step": ckpt.get("step"), "minutes": ckpt.get("elapsed", 0) / 60}
+    meta = {
+        **ckpt.get("meta", {}),
+        "step": ckpt.get("step"),
+        "minutes": ckpt.get("elapsed", 0) / 60,
+    }
     target = folder / f"sainr_{name}.pt"
     save_checkpoint(model, target, meta=meta)
     entry = {
@@ -219,5 +231,9 @@ def export_model(
         "description": description,
     }
     data["models"][name] = entry
-    write_atomically(index, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"), ".json")
+    write_atomically(
+        index,
+        lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"),
+        ".json",
+    )
     return entry

@@ -46,7 +46,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The ``sainr`` parser. With ``argv``, only the subcommand it names gets its arguments
     (the others are listed by name and help), so parsing imports nothing another command
     needs; without, every subcommand is complete."""
-    parser = argparse.ArgumentParser(prog="sainr", description="Reduce MRI slice spacing with SA-INR.")
+    parser = argparse.ArgumentParser(
+        prog="sainr", description="Reduce MRI slice spacing with SA-INR."
+    )
     parser.add_argument("--version", action="version", version=f"sainr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     named = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
@@ -73,7 +75,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 #: Signals that stop a run like Ctrl+C (SIGHUP: the terminal closed; not on Windows).
-_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+_STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,5 +98,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-

@@ -38,8 +38,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``sainr adapt``."""
     p.add_argument("input", type=Path, help="volume file (.nii.gz/.nrrd/.mha) or DICOM folder")
     add_target_arguments(p)
-    p.add_argument("--out", type=Path, required=True, metavar="WEIGHTS.pt",
-                   help="write the adapted weights here (use with sainr reduce --weights)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="WEIGHTS.pt",
+        help="write the adapted weights here (use with sainr reduce --weights)",
+    )
     p.add_argument(
         "--steps", type=int, default=AdaptConfig.steps, help="optimizer steps (default 200)"
     )
@@ -58,17 +63,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def adapt_with_progress(
-    name: str, checked: CheckedInput, model: SAINR, target: Target, config: AdaptConfig,
-    progress_mode: str, tag: str,
-) -> Adapted:  # fmt: skip
+    name: str,
+    checked: CheckedInput,
+    model: SAINR,
+    target: Target,
+    config: AdaptConfig,
+    progress_mode: str,
+    tag: str,
+) -> Adapted:
     """Adapt ``model`` to the checked input ``name`` on its run's device, showing progress
     as ``progress_mode`` says (``<tag> done total`` lines with ``lines``)."""
     update, close = progress_printer(progress_mode, f"adapting {name}", "step", tag)
     try:
         return adapt_to_image(
-            model.to(choose_device(checked.options.device)), checked.image, target,
-            checked.options, config, progress=update, log=lambda msg: print(msg, file=sys.stderr),
-        )  # fmt: skip
+            model.to(choose_device(checked.options.device)),
+            checked.image,
+            target,
+            checked.options,
+            config,
+            progress=update,
+            log=lambda msg: print(msg, file=sys.stderr),
+        )
     finally:
         close()
 
@@ -97,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
         finally:
             close()
         write_volume(result.image, args.reduce)
-        print(f"{name}: {result.info['slices_out']} slices at "
-              f"{result.info['spacing_out']:.4g} mm -> {args.reduce}", file=sys.stderr)  # fmt: skip
+        print(
+            f"{name}: {result.info['slices_out']} slices at "
+            f"{result.info['spacing_out']:.4g} mm -> {args.reduce}",
+            file=sys.stderr,
+        )
     return 0

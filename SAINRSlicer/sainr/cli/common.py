@@ -65,7 +65,9 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """How the model runs: device, precision, NaN handling, slice thickness, progress."""
-    p.add_argument("--device", default="auto", help="auto (CUDA if usable, else CPU), cpu, cuda, mps")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA if usable, else CPU), cpu, cuda, mps"
+    )
     p.add_argument(
         "--precision",
         choices=PRECISIONS,

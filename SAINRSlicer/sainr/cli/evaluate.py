@@ -15,47 +15,111 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``sainr evaluate``."""
     p.add_argument("volumes", type=Path, nargs="*", help="HR volumes (the ground truth)")
     p.add_argument("--out", type=Path, help="output folder (results.csv, results.md, figures)")
-    p.add_argument("--factors", type=float, nargs="+", default=list(DEFAULT_FACTORS),
-                   help="slice-spacing factors to simulate (default 2 2.5 3 4)")  # fmt: skip
-    p.add_argument("--profiles", nargs="+", choices=DEFAULT_PROFILES, default=list(DEFAULT_PROFILES),
-                   help="slice profiles to simulate (default: none gaussian box; none = pure "
-                        "decimation, integer factors only)")  # fmt: skip
-    p.add_argument("--figures", nargs="*", choices=DEFAULT_PROFILES, metavar="PROFILE",
-                   help="write figures for these profiles only (default: every simulated one; "
-                        "none given: no figures)")  # fmt: skip
-    p.add_argument("--thickness", type=float, default=1.0, metavar="T",
-                   help="slice thickness / LR spacing of the gaussian and box profiles "
-                        "(default 1: contiguous thick slices)")  # fmt: skip
-    p.add_argument("--axis", type=_axis_arg, nargs="+", metavar="AXIS",
-                   help="slice axis 0|1|2|auto, one for all volumes or one per volume "
-                        "(auto: the coarsest axis, k for near-isotropic volumes)")  # fmt: skip
-    p.add_argument("--model", action="append", default=[], metavar="NAME=WEIGHTS",
-                   help="SA-INR model to evaluate (repeatable; default: the shipped "
-                        "'default' model when one is installed)")  # fmt: skip
-    p.add_argument("--no-ungated", dest="ungated", action="store_false",
-                   help="skip the ungated runs (LASA on every query) of gated models")  # fmt: skip
+    p.add_argument(
+        "--factors",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_FACTORS),
+        help="slice-spacing factors to simulate (default 2 2.5 3 4)",
+    )
+    p.add_argument(
+        "--profiles",
+        nargs="+",
+        choices=DEFAULT_PROFILES,
+        default=list(DEFAULT_PROFILES),
+        help="slice profiles to simulate (default: none gaussian box; none = pure "
+        "decimation, integer factors only)",
+    )
+    p.add_argument(
+        "--figures",
+        nargs="*",
+        choices=DEFAULT_PROFILES,
+        metavar="PROFILE",
+        help="write figures for these profiles only (default: every simulated one; "
+        "none given: no figures)",
+    )
+    p.add_argument(
+        "--thickness",
+        type=float,
+        default=1.0,
+        metavar="T",
+        help="slice thickness / LR spacing of the gaussian and box profiles "
+        "(default 1: contiguous thick slices)",
+    )
+    p.add_argument(
+        "--axis",
+        type=_axis_arg,
+        nargs="+",
+        metavar="AXIS",
+        help="slice axis 0|1|2|auto, one for all volumes or one per volume "
+        "(auto: the coarsest axis, k for near-isotropic volumes)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=WEIGHTS",
+        help="SA-INR model to evaluate (repeatable; default: the shipped "
+        "'default' model when one is installed)",
+    )
+    p.add_argument(
+        "--no-ungated",
+        dest="ungated",
+        action="store_false",
+        help="skip the ungated runs (LASA on every query) of gated models",
+    )
     p.add_argument("--crop", type=int, metavar="N", help="in-plane centre crop (N x N voxels)")
-    p.add_argument("--max-slices", type=int, default=16, metavar="N",
-                   help="S3 is averaged over N planes containing the slice axis (default 16)")  # fmt: skip
+    p.add_argument(
+        "--max-slices",
+        type=int,
+        default=16,
+        metavar="N",
+        help="S3 is averaged over N planes containing the slice axis (default 16)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA if usable, else CPU), cpu, cuda")
     p.add_argument("--memory-mb", type=float, default=DEFAULT_BUDGET_MB, help="inference budget")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--flops", action="store_true",
-                   help="print GMACs per 256x256x2 slab (paper's Table III accounting) and stop")  # fmt: skip
-    p.add_argument("--adapt-steps", type=int, default=0, metavar="N",
-                   help="also run each model fine-tuned on each case's own LR for N steps "
-                        "(sainr.adapt; time includes the adaptation)")  # fmt: skip
-    p.add_argument("--adapt-models", nargs="+", metavar="NAME",
-                   help="models to adapt with --adapt-steps (default: all)")  # fmt: skip
-    p.add_argument("--eclare", action="store_true",
-                   help="also run ECLARE (pip package 'eclare', benchmark environments only), "
-                        "trained per case on the LR's in-plane data")  # fmt: skip
-    p.add_argument("--eclare-patches", type=int, default=2048, metavar="N",
-                   help="ECLARE training patches per case (its --n-patches; default 2048, "
-                        "ECLARE's own default is 1000000)")  # fmt: skip
-    p.add_argument("--eclare-batch-size", type=int, default=8, metavar="B",
-                   help="ECLARE batch size (its --batch-size; default 8, ECLARE's 128); "
-                        "training steps = ceil(patches / B)")  # fmt: skip
+    p.add_argument(
+        "--flops",
+        action="store_true",
+        help="print GMACs per 256x256x2 slab (paper's Table III accounting) and stop",
+    )
+    p.add_argument(
+        "--adapt-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run each model fine-tuned on each case's own LR for N steps "
+        "(sainr.adapt; time includes the adaptation)",
+    )
+    p.add_argument(
+        "--adapt-models",
+        nargs="+",
+        metavar="NAME",
+        help="models to adapt with --adapt-steps (default: all)",
+    )
+    p.add_argument(
+        "--eclare",
+        action="store_true",
+        help="also run ECLARE (pip package 'eclare', benchmark environments only), "
+        "trained per case on the LR's in-plane data",
+    )
+    p.add_argument(
+        "--eclare-patches",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="ECLARE training patches per case (its --n-patches; default 2048, "
+        "ECLARE's own default is 1000000)",
+    )
+    p.add_argument(
+        "--eclare-batch-size",
+        type=int,
+        default=8,
+        metavar="B",
+        help="ECLARE batch size (its --batch-size; default 8, ECLARE's 128); "
+        "training steps = ceil(patches / B)",
+    )
     p.set_defaults(func=run)
 
 

@@ -46,21 +46,46 @@ Pair = tuple[Path, Path, Path | None]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``sainr reduce``."""
-    p.add_argument("input", type=Path, help="volume file (.nii.gz/.nrrd/.mha), DICOM folder, or folder of volumes")
+    p.add_argument(
+        "input",
+        type=Path,
+        help="volume file (.nii.gz/.nrrd/.mha), DICOM folder, or folder of volumes",
+    )
     p.add_argument("output", type=Path, help="output file, or folder in batch mode")
     add_target_arguments(p)
     p.add_argument("--mask", type=Path, help="also write the gating mask (uint8) here")
-    p.add_argument("--series", metavar="UID", help="DICOM folder with several series: the SeriesInstanceUID to read")
-    p.add_argument("--weights", default=None, help="shipped model name or checkpoint file (default: default)")
-    p.add_argument("--memory-mb", type=float, default=ReduceOptions.memory_mb,
-                   help="working memory budget (default 2048)")  # fmt: skip
+    p.add_argument(
+        "--series",
+        metavar="UID",
+        help="DICOM folder with several series: the SeriesInstanceUID to read",
+    )
+    p.add_argument(
+        "--weights", default=None, help="shipped model name or checkpoint file (default: default)"
+    )
+    p.add_argument(
+        "--memory-mb",
+        type=float,
+        default=ReduceOptions.memory_mb,
+        help="working memory budget (default 2048)",
+    )
     p.add_argument("--force", action="store_true", help="allow reductions beyond 20x")
-    p.add_argument("--preview", type=Path, help="also write a PNG comparison picture (single input)")
+    p.add_argument(
+        "--preview", type=Path, help="also write a PNG comparison picture (single input)"
+    )
     add_run_arguments(p)
-    p.add_argument("--adapt-steps", type=int, default=0, metavar="N",
-                   help="first adapt the model to each input for N steps (default 0: off)")  # fmt: skip
-    p.add_argument("--save-adapted", type=Path, metavar="WEIGHTS.pt",
-                   help="also save the adapted weights (single input)")  # fmt: skip
+    p.add_argument(
+        "--adapt-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first adapt the model to each input for N steps (default 0: off)",
+    )
+    p.add_argument(
+        "--save-adapted",
+        type=Path,
+        metavar="WEIGHTS.pt",
+        help="also save the adapted weights (single input)",
+    )
     p.set_defaults(func=run)
 
 
@@ -78,9 +103,14 @@ def run(args: argparse.Namespace) -> int:
     # slice thickness resolved by the check.
     first = checked_input(pairs[0][0], args.series, target, options)
     resolved = [first.options]
-    resolved += [checked_input(src, args.series, target, options).options for src, _, _ in pairs[1:]]
+    resolved += [
+        checked_input(src, args.series, target, options).options for src, _, _ in pairs[1:]
+    ]
     if len(pairs) > 1 and (skipped := _skipped_folders(args.input)):
-        print(f"note: skipped subfolders without a DICOM series: {', '.join(skipped)}", file=sys.stderr)
+        print(
+            f"note: skipped subfolders without a DICOM series: {', '.join(skipped)}",
+            file=sys.stderr,
+        )
     model = load_model(args.weights)
     written: list[Path] = []
     try:
@@ -121,24 +151,36 @@ def _model_for(
     if args.adapt_steps == 0:
         return model
     config = AdaptConfig(steps=args.adapt_steps)
-    adapted = adapt_with_progress(src.name, checked, model, target, config, args.progress, ADAPT_TAG)
+    adapted = adapt_with_progress(
+        src.name, checked, model, target, config, args.progress, ADAPT_TAG
+    )
     if args.save_adapted is not None:
         save_adapted(adapted, args.save_adapted, args.weights, src.name)
     return adapted.model
 
 
 def _reduce_one(
-    src: Path, checked: CheckedInput, dst: Path, mask_dst: Path | None, net: SAINR,
-    target: Target, args: argparse.Namespace, written: list[Path],
-) -> None:  # fmt: skip
+    src: Path,
+    checked: CheckedInput,
+    dst: Path,
+    mask_dst: Path | None,
+    net: SAINR,
+    target: Target,
+    args: argparse.Namespace,
+    written: list[Path],
+) -> None:
     """Reconstruct one checked input, write its result (and mask, and --preview; ``dst`` is
     added to ``written`` as soon as it exists) and say so."""
     update, close = progress_printer(args.progress, src.name)
     try:
         result = reduce_spacing(
-            checked.image, target, checked.options, model=net, progress=update,
+            checked.image,
+            target,
+            checked.options,
+            model=net,
+            progress=update,
             notice=lambda msg: print(f"note: {msg}", file=sys.stderr),
-        )  # fmt: skip
+        )
     finally:
         close()
     for path in (dst, mask_dst):
@@ -150,8 +192,13 @@ def _reduce_one(
     if args.preview is not None:
         from ..preview import save_comparison
 
-        write_atomically(args.preview, lambda tmp: save_comparison(
-            checked.image, result.image, result.mask, result.info["axis"], tmp), ".png")  # fmt: skip
+        write_atomically(
+            args.preview,
+            lambda tmp: save_comparison(
+                checked.image, result.image, result.mask, result.info["axis"], tmp
+            ),
+            ".png",
+        )
     info = result.info
     print(
         f"{src.name}: axis {info['axis_label']}, {info['slices_in']} slices at "
@@ -199,9 +246,10 @@ def _batch_inputs(src: Path) -> list[Path]:
 def _skipped_folders(src: Path) -> list[str]:
     """Batch mode: the subfolders of ``src`` that are neither read nor searched (no DICOM)."""
     return sorted(
-        p.name for p in src.iterdir()
+        p.name
+        for p in src.iterdir()
         if p.is_dir() and not p.name.startswith(".") and not is_dicom_folder(p)
-    )  # fmt: skip
+    )
 
 
 def _batch_name(src: Path) -> str:
@@ -255,7 +303,9 @@ def _check_picture_path(path: Path, src: Path) -> None:
     if src.is_dir() and not is_dicom_folder(src):
         raise SainrError("--preview needs a single input volume, not a folder")
     if path.suffix.lower() != ".png":
-        raise OutputPathError(f"--preview writes a PNG picture; give a .png file name, not {path.name}")
+        raise OutputPathError(
+            f"--preview writes a PNG picture; give a .png file name, not {path.name}"
+        )
     if path.is_dir():
         raise OutputPathError(f"--preview {path} is a folder; give a .png file name")
     folder = path.resolve().parent

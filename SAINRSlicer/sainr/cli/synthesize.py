@@ -28,8 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--factor", type=int, default=4, help="m: synthetic slice spacing = input spacing / m"
     )
-    p.add_argument("--mode", choices=MODES, default="residual",
-                   help="residual: real slices + the VAE's non-linear change (default); latent: all decoded")  # fmt: skip
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="residual",
+        help="residual: real slices + the VAE's non-linear change (default); latent: all decoded",
+    )
     p.add_argument(
         "--axis", type=int, choices=(0, 1, 2), help="slice axis (default: coarsest spacing)"
     )
@@ -50,11 +54,22 @@ def run(args: argparse.Namespace) -> int:
         name = src.name[: len(src.name) - len(volume_suffix(src) or "")] + ".nii.gz"
         if (args.out / name).exists() and os.path.samefile(args.out / name, src):
             raise SainrError(f"the output {args.out / name} is the input; choose another --out")
-        checks = synthesize(src, args.out / name, vae, args.factor, args.mode, args.axis,
-                            args.device, not args.no_preview)  # fmt: skip
-        print(f"{src.name}: {checks['slices_in']} slices at {checks['spacing_in']:.4g} mm -> "
-              f"{checks['slices_out']} at {checks['spacing_out']:.4g} mm ({checks['mode']}); "
-              f"(a) reconstruction PSNR {checks['recon_psnr']:.2f} dB, (b) decimated PSNR "
-              f"{checks['decimated_psnr']:.2f} dB, change vs linear "
-              f"{checks['change_vs_linear_pct']:.2f} % -> {args.out / name}", flush=True)  # fmt: skip
+        checks = synthesize(
+            src,
+            args.out / name,
+            vae,
+            args.factor,
+            args.mode,
+            args.axis,
+            args.device,
+            not args.no_preview,
+        )
+        print(
+            f"{src.name}: {checks['slices_in']} slices at {checks['spacing_in']:.4g} mm -> "
+            f"{checks['slices_out']} at {checks['spacing_out']:.4g} mm ({checks['mode']}); "
+            f"(a) reconstruction PSNR {checks['recon_psnr']:.2f} dB, (b) decimated PSNR "
+            f"{checks['decimated_psnr']:.2f} dB, change vs linear "
+            f"{checks['change_vs_linear_pct']:.2f} % -> {args.out / name}",
+            flush=True,
+        )
     return 0

@@ -13,9 +13,16 @@ from ..training import TrainConfig, train
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``sainr train``."""
     p.add_argument("--config", type=Path, help="TOML config (see configs/default.toml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
+    )
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, history)")
-    p.add_argument("--data-root", type=Path, default=Path("."), help="folder the config's paths are relative to")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=Path("."),
+        help="folder the config's paths are relative to",
+    )
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this long")
     p.set_defaults(func=run)
 

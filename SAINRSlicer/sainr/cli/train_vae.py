@@ -39,7 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--latent", type=int, default=VAEConfig.latent, help="latent channels")
     p.add_argument(
-        "--amp", choices=("none", "bf16"), default=d.amp, help="bf16 autocast (CPUs with AMX or AVX-512 BF16, GPUs)"
+        "--amp",
+        choices=("none", "bf16"),
+        default=d.amp,
+        help="bf16 autocast (CPUs with AMX or AVX-512 BF16, GPUs)",
     )
     p.add_argument(
         "--axis",
@@ -58,11 +61,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train (or resume) the slice VAE as the options say."""
     cfg = VAETrainConfig(
-        model={"widths": list(args.widths), "latent": args.latent}, steps=args.steps,
-        batch=args.batch, crop=args.crop, lr=args.lr, beta=args.beta, warmup=args.warmup,
-        checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every, seed=args.seed,
+        model={"widths": list(args.widths), "latent": args.latent},
+        steps=args.steps,
+        batch=args.batch,
+        crop=args.crop,
+        lr=args.lr,
+        beta=args.beta,
+        warmup=args.warmup,
+        checkpoint_minutes=args.checkpoint_minutes,
+        log_every=args.log_every,
+        seed=args.seed,
         amp=args.amp,
-    )  # fmt: skip
-    train_vae(args.inputs, args.out, cfg, axis=args.axis, max_minutes=args.max_minutes,
-              device=args.device, log=lambda msg: print(msg, flush=True))  # fmt: skip
+    )
+    train_vae(
+        args.inputs,
+        args.out,
+        cfg,
+        axis=args.axis,
+        max_minutes=args.max_minutes,
+        device=args.device,
+        log=lambda msg: print(msg, flush=True),
+    )
     return 0

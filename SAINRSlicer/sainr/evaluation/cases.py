@@ -40,8 +40,12 @@ def simulated_acquisitions(
     must lie on HR slices), the others with the given relative ``thickness``."""
     if not (math.isfinite(thickness) and 0 < thickness <= MAX_RELATIVE_THICKNESS):
         raise SainrError(f"--thickness must be in (0, {MAX_RELATIVE_THICKNESS:g}], got {thickness}")
-    cases = [Acquisition(f, thickness, p) for p in dict.fromkeys(profiles) for f in factors
-             if p != "none" or f.is_integer()]  # fmt: skip
+    cases = [
+        Acquisition(f, thickness, p)
+        for p in dict.fromkeys(profiles)
+        for f in factors
+        if p != "none" or f.is_integer()
+    ]
     if not cases:
         raise SainrError("pure decimation (profile none) needs an integer factor")
     return cases

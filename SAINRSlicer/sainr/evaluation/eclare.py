@@ -72,11 +72,16 @@ def eclare_method(options: EclareOptions) -> Method:
     require_eclare()
     return Method(
         "ECLARE",
-        lambda lr, grid, spacing, thickness: (run_eclare(lr, grid, spacing, thickness, options), None),
+        lambda lr, grid, spacing, thickness: (
+            run_eclare(lr, grid, spacing, thickness, options),
+            None,
+        ),
     )
 
 
-def eclare_thickness(spacing: tuple[float, float, float], grid: SliceGrid, thickness: float) -> float:
+def eclare_thickness(
+    spacing: tuple[float, float, float], grid: SliceGrid, thickness: float
+) -> float:
     """The simulated LR's slice thickness in ECLARE's units (finest in-plane voxels):
     ``thickness`` x the LR spacing r c_S (profile known, so ECLARE's ESPRESO estimate is
     skipped)."""
@@ -98,18 +103,34 @@ def write_lr_nifti(lr: np.ndarray, spacing: tuple[float, float, float], path: Pa
 
 
 def run_eclare(
-    lr: np.ndarray, grid: SliceGrid, spacing: tuple[float, float, float], thickness: float,
+    lr: np.ndarray,
+    grid: SliceGrid,
+    spacing: tuple[float, float, float],
+    thickness: float,
     options: EclareOptions,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Train and run ECLARE on one simulated LR volume (a subprocess with this interpreter and
     torch's thread count) and return its output on the thin-slice grid."""
     spacing_lr = lr_spacing(grid, spacing)
     with tempfile.TemporaryDirectory(prefix="sainr-eclare-") as tmp:
         src = write_lr_nifti(lr, spacing_lr, Path(tmp) / "lr.nii.gz")
-        cmd = [sys.executable, "-c", _ECLARE_MAIN, "--in-fpath", str(src), "--out-dir", tmp,
-               "--n-patches", str(options.patches), "--batch-size", str(options.batch_size),
-               "--relative-slice-thickness", f"{eclare_thickness(spacing, grid, thickness):.6g}",
-               "--gpu-id", str(options.gpu_id)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-c",
+            _ECLARE_MAIN,
+            "--in-fpath",
+            str(src),
+            "--out-dir",
+            tmp,
+            "--n-patches",
+            str(options.patches),
+            "--batch-size",
+            str(options.batch_size),
+            "--relative-slice-thickness",
+            f"{eclare_thickness(spacing, grid, thickness):.6g}",
+            "--gpu-id",
+            str(options.gpu_id),
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         out_path = Path(tmp) / "lr_eclare.nii.gz"
@@ -146,6 +167,10 @@ def same_fov_onto_grid(volume: np.ndarray, ratio: float, grid: SliceGrid) -> np.
     n, h, w = volume.shape
     p0 = float(same_fov_positions(grid.n_lr, n, ratio)[0])
     image = sitk.GetImageFromArray(np.ascontiguousarray(volume, dtype=np.float32))
-    geom = Geometry((w, h, grid.n_hr), (1.0, 1.0, ratio / grid.factor), (0.0, 0.0, -p0 * ratio),
-                    (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))  # fmt: skip
+    geom = Geometry(
+        (w, h, grid.n_hr),
+        (1.0, 1.0, ratio / grid.factor),
+        (0.0, 0.0, -p0 * ratio),
+        (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+    )
     return sitk.GetArrayFromImage(resample_to(image, geom, "bspline"))

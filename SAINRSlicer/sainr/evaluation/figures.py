@@ -14,9 +14,15 @@ from .methods import TRUTH, Method
 
 
 def save_figure(
-    case: Case, acq: Acquisition, lr: np.ndarray, grid: SliceGrid, truth: np.ndarray,
-    methods: list[Method], preds: dict[str, tuple[np.ndarray, np.ndarray | None]], path: Path,
-) -> None:  # fmt: skip
+    case: Case,
+    acq: Acquisition,
+    lr: np.ndarray,
+    grid: SliceGrid,
+    truth: np.ndarray,
+    methods: list[Method],
+    preds: dict[str, tuple[np.ndarray, np.ndarray | None]],
+    path: Path,
+) -> None:
     """One plane through the slice axis (the centre column): nearest-upsampled LR input, each
     method, truth, and for the first SA-INR model its |error| and gating mask."""
     import matplotlib
@@ -26,7 +32,9 @@ def save_figure(
 
     x = truth.shape[2] // 2
     nearest = np.minimum(np.floor(grid.lower + grid.frac + 0.5).astype(np.int64), grid.n_lr - 1)
-    panels = [(f"LR input ×{acq.factor:g} {acq.profile} (nearest)", lr[nearest, :, x], "gray", 0.0, 1.0)]
+    panels = [
+        (f"LR input ×{acq.factor:g} {acq.profile} (nearest)", lr[nearest, :, x], "gray", 0.0, 1.0)
+    ]
     panels += [(m.name, preds[m.name][0][:, :, x], "gray", 0.0, 1.0) for m in methods]
     panels.append((TRUTH, truth[:, :, x], "gray", 0.0, 1.0))
     first = next((m for m in methods if m.model is not None), None)
@@ -42,13 +50,22 @@ def save_figure(
         1, len(panels), figsize=(2.2 * len(panels), height + 0.9), squeeze=False
     )
     for ax, (title, img, cmap, vmin, vmax) in zip(axes[0], panels, strict=True):
-        ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, aspect=aspect, origin="lower",
-                  interpolation="nearest")  # fmt: skip
+        ax.imshow(
+            img,
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax,
+            aspect=aspect,
+            origin="lower",
+            interpolation="nearest",
+        )
         ax.set_title(title, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0][0].set_ylabel("thin-slice index ↑", fontsize=8)
-    fig.suptitle(f"{case.name}, {case.label}, {acq.profile} ×{acq.factor:g}, column {x}", fontsize=9)
+    fig.suptitle(
+        f"{case.name}, {case.label}, {acq.profile} ×{acq.factor:g}, column {x}", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -63,31 +63,40 @@ def load_models(specs: tuple[str, ...]) -> list[tuple[str, str, SAINR]]:
 
 
 def build_methods(
-    models: list[tuple[str, str, SAINR]], device: torch.device, budget_mb: float,
+    models: list[tuple[str, str, SAINR]],
+    device: torch.device,
+    budget_mb: float,
     ungated: bool = True,
-) -> list[Method]:  # fmt: skip
+) -> list[Method]:
     """Interpolators, then each model, then (``ungated``) each gated model with its gate
     removed."""
 
     def interp(fn) -> RunFn:
         return lambda lr, grid, _spacing, _thickness: (fn(lr, grid), None)
 
-    methods = [Method("linear", interp(linear_interpolate)),
-               Method("B-spline", interp(bspline_interpolate))]  # fmt: skip
+    methods = [
+        Method("linear", interp(linear_interpolate)),
+        Method("B-spline", interp(bspline_interpolate)),
+    ]
     for name, _, model in models:
-        methods.append(Method(name, _network(model, device, budget_mb), model,
-                              model.gate is not None))  # fmt: skip
+        methods.append(
+            Method(name, _network(model, device, budget_mb), model, model.gate is not None)
+        )
     for name, _, model in models if ungated else ():
         if model.gate is not None:
-            methods.append(Method(f"{name} (ungated)",
-                                  _network(model, device, budget_mb, ungated=True), model))  # fmt: skip
+            methods.append(
+                Method(f"{name} (ungated)", _network(model, device, budget_mb, ungated=True), model)
+            )
     return methods
 
 
 def _network(
-    model: SAINR, device: torch.device, budget_mb: float, ungated: bool = False,
+    model: SAINR,
+    device: torch.device,
+    budget_mb: float,
+    ungated: bool = False,
     adapt_steps: int = 0,
-) -> RunFn:  # fmt: skip
+) -> RunFn:
     """SA-INR on the case's LR; with ``adapt_steps``, a copy of the model is first fine-tuned
     on that LR alone (:func:`adapt_to_case`)."""
 
@@ -106,9 +115,12 @@ def _network(
 
 
 def adapted_methods(
-    models: list[tuple[str, str, SAINR]], steps: int, names: tuple[str, ...] | None,
-    device: torch.device, budget_mb: float,
-) -> list[Method]:  # fmt: skip
+    models: list[tuple[str, str, SAINR]],
+    steps: int,
+    names: tuple[str, ...] | None,
+    device: torch.device,
+    budget_mb: float,
+) -> list[Method]:
     """``<model> adapted (N steps)`` for each model (or each of ``names``); none for N = 0."""
     if steps < 0:
         raise SainrError(f"--adapt-steps must be >= 0, got {steps}")
@@ -117,23 +129,33 @@ def adapted_methods(
     known = [name for name, _, _ in models]
     unknown = sorted(set(names or ()) - set(known))
     if not models or unknown:
-        raise SainrError(f"--adapt-steps: no SA-INR model {unknown or ''} to adapt; models: "
-                         f"{known} (name them with --model NAME=WEIGHTS)")  # fmt: skip
+        raise SainrError(
+            f"--adapt-steps: no SA-INR model {unknown or ''} to adapt; models: "
+            f"{known} (name them with --model NAME=WEIGHTS)"
+        )
     try:
         from ..adapt import AdaptConfig, adapt  # noqa: F401  (fail before any case runs)
     except ImportError as exc:
         raise SainrError(
             f"--adapt-steps needs sainr.adapt, which cannot be imported: {exc}"
         ) from exc
-    return [Method(f"{name} adapted ({steps} steps)",
-                   _network(model, device, budget_mb, adapt_steps=steps))
-            for name, _, model in models if names is None or name in names]  # fmt: skip
+    return [
+        Method(
+            f"{name} adapted ({steps} steps)", _network(model, device, budget_mb, adapt_steps=steps)
+        )
+        for name, _, model in models
+        if names is None or name in names
+    ]
 
 
 def adapt_to_case(
-    model: SAINR, lr: np.ndarray, grid: SliceGrid, spacing: tuple[float, float, float],
-    thickness: float, steps: int,
-) -> SAINR:  # fmt: skip
+    model: SAINR,
+    lr: np.ndarray,
+    grid: SliceGrid,
+    spacing: tuple[float, float, float],
+    thickness: float,
+    steps: int,
+) -> SAINR:
     """A fine-tuned copy of ``model`` (:func:`sainr.adapt.adapt` leaves ``model`` unchanged),
     trained on this case's LR only: ``lr`` is the normalised array SA-INR receives (the HR's
     robust scale, slice axis first), its spacing (r c_S, c_H, c_W), the target the HR slice

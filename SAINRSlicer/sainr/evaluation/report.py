@@ -19,7 +19,18 @@ from .eclare import EclareOptions, require_eclare
 from .methods import TRUTH, Method
 from .settings import EvaluationSettings
 
-_FIELDS = ("volume", "axis", "profile", "factor", "method", "psnr", "ssim", "s3", "seconds", "attended")
+_FIELDS = (
+    "volume",
+    "axis",
+    "profile",
+    "factor",
+    "method",
+    "psnr",
+    "ssim",
+    "s3",
+    "seconds",
+    "attended",
+)
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -48,8 +59,9 @@ def _lookup(rows: list[dict]) -> tuple[list[CaseKey], dict]:
     return keys, {((r["volume"], r["profile"], r["factor"]), r["method"]): r for r in rows}
 
 
-def metric_table(rows: list[dict], metric: str, columns: list[str], fmt: str,
-                 gain_of: str | None = None) -> str:  # fmt: skip
+def metric_table(
+    rows: list[dict], metric: str, columns: list[str], fmt: str, gain_of: str | None = None
+) -> str:
     """Markdown: one row per case (volume, profile, factor), one column per method, then the
     means per profile and factor and per profile. ``gain_of`` adds that method's margin over
     the better interpolator (its minimum over the cases in the per-profile means)."""
@@ -61,9 +73,11 @@ def metric_table(rows: list[dict], metric: str, columns: list[str], fmt: str,
     def values(sel: list[CaseKey]) -> list[float]:
         cols = [np.mean([index[(k, c)][metric] for k in sel]) for c in columns]
         if gain_of:
-            gains = [index[(k, gain_of)][metric]
-                     - max(index[(k, "linear")][metric], index[(k, "B-spline")][metric])
-                     for k in sel]  # fmt: skip
+            gains = [
+                index[(k, gain_of)][metric]
+                - max(index[(k, "linear")][metric], index[(k, "B-spline")][metric])
+                for k in sel
+            ]
             cols += [np.mean(gains), np.min(gains)]
         return cols
 
@@ -114,12 +128,16 @@ def flops_report(
         frac = attended.get(name, 0.2)
         which = "measured mean" if name in attended else "paper's budget"
         gate = f"; gated fraction = {which} {100 * frac:.0f} %" if model.gate is not None else ""
-        parts.append(f"**{name}** ({_config_text(model.config)}{gate})\n\n"
-                     + flops_table(model.config, factors, frac))  # fmt: skip
-    parts.append("**Paper configuration** (C=64, B=8, hidden 256, 5 layers, 7×7 window; "
-                 "Table III: 288.6/302.6/316.5 no LASA, 447.3/514.2/580.3 LASA, "
-                 "320.3/344.9/369.4 gated 20 % at ×2/×3/×4)\n\n"
-                 + flops_table(ModelConfig(), (2.0, 3.0, 4.0), 0.2))  # fmt: skip
+        parts.append(
+            f"**{name}** ({_config_text(model.config)}{gate})\n\n"
+            + flops_table(model.config, factors, frac)
+        )
+    parts.append(
+        "**Paper configuration** (C=64, B=8, hidden 256, 5 layers, 7×7 window; "
+        "Table III: 288.6/302.6/316.5 no LASA, 447.3/514.2/580.3 LASA, "
+        "320.3/344.9/369.4 gated 20 % at ×2/×3/×4)\n\n"
+        + flops_table(ModelConfig(), (2.0, 3.0, 4.0), 0.2)
+    )
     return "\n\n".join(parts)
 
 
@@ -128,18 +146,29 @@ def _config_text(cfg: ModelConfig) -> str:
 
 
 def configuration(
-    cases: list[Case], models: list[tuple[str, str, SAINR]], factors: tuple[float, ...],
-    settings: EvaluationSettings, device: torch.device,
-) -> list[str]:  # fmt: skip
+    cases: list[Case],
+    models: list[tuple[str, str, SAINR]],
+    factors: tuple[float, ...],
+    settings: EvaluationSettings,
+    device: torch.device,
+) -> list[str]:
     """Markdown bullet lines describing exactly what was run."""
-    lines = [f"- volume `{c.name}`: slice axis {c.label}, HR {c.hr.shape[0]} slices × "
-             f"{c.hr.shape[1]}×{c.hr.shape[2]} in-plane, spacing {c.spacing[0]:g} mm "
-             f"(in-plane {c.spacing[1]:g}×{c.spacing[2]:g} mm)" for c in cases]  # fmt: skip
+    lines = [
+        f"- volume `{c.name}`: slice axis {c.label}, HR {c.hr.shape[0]} slices × "
+        f"{c.hr.shape[1]}×{c.hr.shape[2]} in-plane, spacing {c.spacing[0]:g} mm "
+        f"(in-plane {c.spacing[1]:g}×{c.spacing[2]:g} mm)"
+        for c in cases
+    ]
     for name, source, model in models:
         n_params = sum(p.numel() for p in model.parameters())
-        lines.append(f"- model `{name}` from {source}: {_config_text(model.config)}; "
-                     f"{n_params:,} parameters")  # fmt: skip
-    crop = f"{settings.crop}×{settings.crop} in-plane centre crop" if settings.crop else "none (full volumes)"
+        lines.append(
+            f"- model `{name}` from {source}: {_config_text(model.config)}; {n_params:,} parameters"
+        )
+    crop = (
+        f"{settings.crop}×{settings.crop} in-plane centre crop"
+        if settings.crop
+        else "none (full volumes)"
+    )
     lines += [
         f"- factors: {', '.join(f'×{f:g}' for f in factors)}; crop: {crop}",
         f"- device: {device}; precision: {resolve_precision(device, 'auto')} (auto); "
@@ -165,13 +194,18 @@ def configuration(
 
         from ..adapt import AdaptConfig
 
-        names = ", ".join(f"`{n}`" for n, _, _ in models if not settings.adapt_models
-                          or n in settings.adapt_models)  # fmt: skip
+        names = ", ".join(
+            f"`{n}`"
+            for n, _, _ in models
+            if not settings.adapt_models or n in settings.adapt_models
+        )
         adapting = {**asdict(AdaptConfig(steps=settings.adapt_steps)), "thickness": "the case's"}
-        lines.append(f"- adapted: {names} fine-tuned per case on that case's normalised LR only "
-                     "(sainr.adapt, from the loaded weights each time; "
-                     f"{', '.join(f'{k}={v}' for k, v in adapting.items())}; spacing = LR "
-                     "spacing, target = HR slice spacing); time includes the adaptation")  # fmt: skip
+        lines.append(
+            f"- adapted: {names} fine-tuned per case on that case's normalised LR only "
+            "(sainr.adapt, from the loaded weights each time; "
+            f"{', '.join(f'{k}={v}' for k, v in adapting.items())}; spacing = LR "
+            "spacing, target = HR slice spacing); time includes the adaptation"
+        )
     if settings.eclare:
         eclare = EclareOptions.of(settings, device)
         where = f"GPU {eclare.gpu_id}" if eclare.gpu_id >= 0 else "CPU"
@@ -189,9 +223,12 @@ def configuration(
 
 
 def report(
-    rows: list[dict], methods: list[Method], config: list[str],
-    models: list[tuple[str, str, SAINR]], factors: tuple[float, ...],
-) -> str:  # fmt: skip
+    rows: list[dict],
+    methods: list[Method],
+    config: list[str],
+    models: list[tuple[str, str, SAINR]],
+    factors: tuple[float, ...],
+) -> str:
     """results.md: configuration, PSNR/SSIM/S3/time tables, gating and GFLOPs sections."""
     names = [m.name for m in methods]
     scored = [r for r in rows if r["method"] != TRUTH]
@@ -209,8 +246,11 @@ def report(
             parts.append(f"## Gating: `{m.name}` gated vs ungated\n\n" + gating_table(rows, m))
     attended = {
         m.name: float(np.mean([r["attended"] for r in rows if r["method"] == m.name]))
-        for m in methods if m.gated
-    }  # fmt: skip
-    parts.append("## GMACs per 256×256×2 slab (the paper's \"GFLOPs\")\n\n"
-                 + flops_report(models, factors, attended))  # fmt: skip
+        for m in methods
+        if m.gated
+    }
+    parts.append(
+        '## GMACs per 256×256×2 slab (the paper\'s "GFLOPs")\n\n'
+        + flops_report(models, factors, attended)
+    )
     return "\n\n".join(parts) + "\n"

@@ -68,9 +68,11 @@ def run(settings: EvaluationSettings) -> None:
             figure = settings.figures is None or acq.profile in settings.figures
             folder = settings.out if figure else None
             rows += evaluate_case(case, acq, methods, settings.max_slices, folder)
-            print(f"{case.name} {acq.profile} x{acq.factor:g}: " + ", ".join(
-                f"{r['method']} {r['psnr']:.2f} dB" for r in rows[-len(methods):]
-            ), file=sys.stderr)  # fmt: skip
+            print(
+                f"{case.name} {acq.profile} x{acq.factor:g}: "
+                + ", ".join(f"{r['method']} {r['psnr']:.2f} dB" for r in rows[-len(methods) :]),
+                file=sys.stderr,
+            )
     write_csv(rows, settings.out / "results.csv")
     config = configuration(cases, models, factors, settings, device)
     text = report(rows, methods, config, models, factors)
@@ -79,9 +81,12 @@ def run(settings: EvaluationSettings) -> None:
 
 
 def evaluate_case(
-    case: Case, acq: Acquisition, methods: list[Method], max_slices: int | None,
+    case: Case,
+    acq: Acquisition,
+    methods: list[Method],
+    max_slices: int | None,
     out_dir: Path | None,
-) -> list[dict]:  # fmt: skip
+) -> list[dict]:
     """Score every method on one volume and acquisition; saves the figure into ``out_dir``
     (none without it); returns CSV rows."""
     factor = acq.factor
@@ -99,14 +104,28 @@ def evaluate_case(
         pred, mask = m.run(lr, grid, case.spacing, acq.relative_thickness)
         seconds = time.perf_counter() - start
         preds[m.name] = (pred, mask)
-        rows.append({
-            **base, "method": m.name, "psnr": psnr(pred, truth), "ssim": ssim(pred, truth),
-            "s3": _s3(pred, max_slices), "seconds": seconds,
-            "attended": float(mask.mean()) if mask is not None else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                **base,
+                "method": m.name,
+                "psnr": psnr(pred, truth),
+                "ssim": ssim(pred, truth),
+                "s3": _s3(pred, max_slices),
+                "seconds": seconds,
+                "attended": float(mask.mean()) if mask is not None else None,
+            }
+        )
     if out_dir is not None:
-        save_figure(case, acq, lr, grid, truth, methods, preds,
-                    out_dir / f"figure_{case.name}_{acq.profile}_x{factor:g}.png")  # fmt: skip
+        save_figure(
+            case,
+            acq,
+            lr,
+            grid,
+            truth,
+            methods,
+            preds,
+            out_dir / f"figure_{case.name}_{acq.profile}_x{factor:g}.png",
+        )
     return rows
 
 

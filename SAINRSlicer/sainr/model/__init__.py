@@ -3,4 +3,12 @@
 from .features import FeatureMap, Queries, acquisition_tensor
 from .sainr import SAINR, ModelConfig, QueryOutput, gating_disabled
 
-__all__ = ["SAINR", "FeatureMap", "ModelConfig", "Queries", "QueryOutput", "acquisition_tensor", "gating_disabled"]
+__all__ = [
+    "SAINR",
+    "FeatureMap",
+    "ModelConfig",
+    "Queries",
+    "QueryOutput",
+    "acquisition_tensor",
+    "gating_disabled",
+]

@@ -63,9 +63,13 @@ class ResBlock2d(nn.Module):
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            _norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
-            _norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1),
-        )  # fmt: skip
+            _norm(c_in),
+            nn.SiLU(),
+            nn.Conv2d(c_in, c_out, 3, padding=1),
+            _norm(c_out),
+            nn.SiLU(),
+            nn.Conv2d(c_out, c_out, 3, padding=1),
+        )
         self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
@@ -86,13 +90,20 @@ class SliceVAE(nn.Module):
         for width in cfg.widths:
             enc += [ResBlock2d(prev, width), nn.Conv2d(width, width, 3, stride=2, padding=1)]
             prev = width
-        enc += [ResBlock2d(prev, prev), _norm(prev), nn.SiLU(),
-                nn.Conv2d(prev, 2 * cfg.latent, 3, padding=1)]  # fmt: skip
+        enc += [
+            ResBlock2d(prev, prev),
+            _norm(prev),
+            nn.SiLU(),
+            nn.Conv2d(prev, 2 * cfg.latent, 3, padding=1),
+        ]
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = [nn.Conv2d(cfg.latent, prev, 3, padding=1), ResBlock2d(prev, prev)]
         for width in reversed(cfg.widths):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"),
-                    nn.Conv2d(prev, width, 3, padding=1), ResBlock2d(width, width)]  # fmt: skip
+            dec += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(prev, width, 3, padding=1),
+                ResBlock2d(width, width),
+            ]
             prev = width
         dec += [_norm(prev), nn.SiLU(), nn.Conv2d(prev, 1, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)

@@ -37,8 +37,10 @@ CHUNK = 8
 @torch.no_grad()
 def _encode(vae: SliceVAE, slices: np.ndarray, device: torch.device) -> torch.Tensor:
     """Posterior means (n, latent, h, w) of slices (n, H, W), on the CPU."""
-    mus = [vae.encode(torch.from_numpy(slices[s : s + CHUNK, None]).to(device))[0].cpu()
-           for s in range(0, len(slices), CHUNK)]  # fmt: skip
+    mus = [
+        vae.encode(torch.from_numpy(slices[s : s + CHUNK, None]).to(device))[0].cpu()
+        for s in range(0, len(slices), CHUNK)
+    ]
     return torch.cat(mus).float()
 
 
@@ -47,8 +49,10 @@ def _decode(
     vae: SliceVAE, z: torch.Tensor, size: tuple[int, int], device: torch.device
 ) -> np.ndarray:
     """Slices (n, H, W) decoded from latents (n, latent, h, w)."""
-    out = [vae.decode(z[s : s + CHUNK].to(device), size)[:, 0].float().cpu()
-           for s in range(0, len(z), CHUNK)]  # fmt: skip
+    out = [
+        vae.decode(z[s : s + CHUNK].to(device), size)[:, 0].float().cpu()
+        for s in range(0, len(z), CHUNK)
+    ]
     return torch.cat(out).numpy()
 
 
@@ -151,8 +155,14 @@ def save_reformat(syn: Synthesis, path: str | os.PathLike) -> None:
     factor, cut = syn.checks["factor"], syn.real.shape[1] // 2
     real, thin = syn.real[:, cut], syn.thin[:, cut]
     nearest = real[np.rint(np.arange(len(thin)) / factor).astype(int)]
-    linear = np.concatenate([lerp_pairs(real, np.arange(factor, dtype=np.float32) / factor)
-                             .reshape(-1, real.shape[1]), real[-1:]])  # fmt: skip
+    linear = np.concatenate(
+        [
+            lerp_pairs(real, np.arange(factor, dtype=np.float32) / factor).reshape(
+                -1, real.shape[1]
+            ),
+            real[-1:],
+        ]
+    )
     spacing = syn.image.GetSpacing()
     shown = min(a for a in range(3) if a != syn.axis)  # index axis of the last array axis
     extent = (0, real.shape[1] * spacing[shown], len(thin) * spacing[syn.axis], 0)
@@ -178,8 +188,9 @@ def save_reformat(syn: Synthesis, path: str | os.PathLike) -> None:
 
 def _jsonable(checks: dict[str, Any]) -> dict[str, Any]:
     """JSON has no infinity: an exact PSNR is written as the string "inf"."""
-    return {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v
-            for k, v in checks.items()}  # fmt: skip
+    return {
+        k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in checks.items()
+    }
 
 
 def synthesize(
@@ -209,7 +220,9 @@ def synthesize(
         checks["preview"] = str(png)
     report = stem.with_name(stem.name + "_checks.json")
     text = json.dumps(_jsonable(checks), indent=2) + "\n"
-    write_atomically(report, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), report.suffix)
+    write_atomically(
+        report, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), report.suffix
+    )
     return checks
 
 

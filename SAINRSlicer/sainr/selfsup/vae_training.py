@@ -119,14 +119,23 @@ def train_vae(
         step, elapsed = ckpt["step"], ckpt["elapsed"]
         torch.set_rng_state(ckpt["rng"])
         log(f"resumed from {path} at step {step}")
-    log(f"VAE {sum(p.numel() for p in vae.parameters())} parameters on {dev}; "
-        + ", ".join(f"{s.name} ({len(s.slices)} slices, axis {'ijk'[s.axis]})" for s in stacks))  # fmt: skip
+    log(
+        f"VAE {sum(p.numel() for p in vae.parameters())} parameters on {dev}; "
+        + ", ".join(f"{s.name} ({len(s.slices)} slices, axis {'ijk'[s.axis]})" for s in stacks)
+    )
 
     def checkpoint() -> None:
-        state = {"format": VAE_FORMAT, "config": vae_cfg.to_dict(), "train": asdict(cfg),
-                 "inputs": [s.name for s in stacks], "state_dict": vae.state_dict(),
-                 "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
-                 "rng": torch.get_rng_state()}  # fmt: skip
+        state = {
+            "format": VAE_FORMAT,
+            "config": vae_cfg.to_dict(),
+            "train": asdict(cfg),
+            "inputs": [s.name for s in stacks],
+            "state_dict": vae.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "elapsed": elapsed,
+            "rng": torch.get_rng_state(),
+        }
         write_atomically(path, lambda tmp: torch.save(state, tmp), ".tmp")
 
     t0, started, last_save = time.time() - elapsed, time.time(), time.time()
@@ -151,8 +160,10 @@ def train_vae(
         if step % cfg.log_every == 0 or step == cfg.steps:
             l1m, klm = np.mean(running, axis=0)
             summary = {"step": step, "l1": float(l1m), "kl": float(klm)}
-            log(f"step {step}/{cfg.steps}  l1 {l1m:.4f}  kl {klm:.3f}  beta {beta_at(step, cfg):.1e}  "
-                f"lr {lr_at(step, cfg):.1e}  {elapsed / 60:.1f} min")  # fmt: skip
+            log(
+                f"step {step}/{cfg.steps}  l1 {l1m:.4f}  kl {klm:.3f}  beta {beta_at(step, cfg):.1e}  "
+                f"lr {lr_at(step, cfg):.1e}  {elapsed / 60:.1f} min"
+            )
             running = []
         if time.time() - last_save > 60 * cfg.checkpoint_minutes:
             checkpoint()
