@@ -18,7 +18,10 @@ from sainr.model import SAINR, ModelConfig
 
 def test_bench_reports_times_ratios_stages_and_configuration(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", str(KNEE_QDESS), "--spacing", "0.75", "--repeats", "1", "--json", str(out)]) == 0
+    assert (
+        main(["bench", str(KNEE_QDESS), "--spacing", "0.75", "--repeats", "1", "--json", str(out)])
+        == 0
+    )
     report = json.loads(out.read_text(encoding="utf-8"))
     cfg = report["configuration"]
     assert cfg["torch"] == torch.__version__ and cfg["threads"] >= 1 and cfg["device"] == "cpu"
@@ -30,16 +33,34 @@ def test_bench_reports_times_ratios_stages_and_configuration(tmp_path, capsys):
     assert 0 < stages["encoder_s"] + stages["lasa_s"] + stages["decoder_s"] <= stages["total_s"]
     assert 0 < stages["gated_fraction"] < 1 and row["sainr_ungated"]["gated_fraction"] == 1
     assert row["peak_rss_mb"] > 0
-    assert "| volume |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| volume |" in printed
+    features = cfg["cpu_features"]
+    assert set(features) == {"isa", "amx", "avx512_bf16"} and cfg["precision"] in ("fp32", "bf16")
+    assert (
+        f"-> precision {cfg['precision']}" in printed and f"vector ISA {features['isa']}" in printed
+    )
+
+
+def test_bench_without_the_ungated_run(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["bench", str(KNEE_QDESS), "--spacing", "0.75", "--repeats", "1", "--no-ungated"]
+    assert main([*args, "--precision", "fp32", "--json", str(out)]) == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["configuration"]["precision"] == "fp32"
+    (row,) = report["results"]
+    assert "sainr_ungated" not in row and 0 < row["sainr"]["gated_fraction"] < 1
 
 
 def _encoded_tiles(p, n_h: int, n_w: int) -> list[tuple[int, int]]:
     """(rows, columns) each tile of plan ``p`` encodes: its core plus the halo inside the plane."""
     return [
-        (min(ys.stop + p.halo, n_h) - max(ys.start - p.halo, 0),
-         min(xs.stop + p.halo, n_w) - max(xs.start - p.halo, 0))
+        (
+            min(ys.stop + p.halo, n_h) - max(ys.start - p.halo, 0),
+            min(xs.stop + p.halo, n_w) - max(xs.start - p.halo, 0),
+        )
         for ys, xs in p.tiles(n_h, n_w)
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize("budget_mb", [64, 512, 2048])

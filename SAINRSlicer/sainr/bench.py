@@ -34,7 +34,9 @@ def sample_path() -> Path:
     try:
         return resource_path(f"Sample/{SAMPLE}")
     except FileNotFoundError:
-        raise SainrError("the bundled sample volume was not found; pass volumes to benchmark") from None
+        raise SainrError(
+            "the bundled sample volume was not found; pass volumes to benchmark"
+        ) from None
 
 
 def resize_in_plane(image: sitk.Image, axis: int, size: int) -> sitk.Image:
@@ -46,9 +48,16 @@ def resize_in_plane(image: sitk.Image, axis: int, size: int) -> sitk.Image:
             new_spacing[a] = image.GetSpacing()[a] * image.GetSize()[a] / size
             new_size[a] = size
     return sitk.Resample(
-        image, new_size, sitk.Transform(), sitk.sitkBSpline, image.GetOrigin(), new_spacing,
-        image.GetDirection(), 0.0, image.GetPixelID(),
-    )  # fmt: skip
+        image,
+        new_size,
+        sitk.Transform(),
+        sitk.sitkBSpline,
+        image.GetOrigin(),
+        new_spacing,
+        image.GetDirection(),
+        0.0,
+        image.GetPixelID(),
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -89,9 +98,16 @@ def time_sitk(image: sitk.Image, out_geom, interpolator: int, repeats: int) -> f
     for _ in range(repeats):
         t0 = time.perf_counter()
         sitk.Resample(
-            image, out_geom.size, sitk.Transform(), interpolator, out_geom.origin,
-            out_geom.spacing, out_geom.direction, 0.0, image.GetPixelID(),
-        )  # fmt: skip
+            image,
+            out_geom.size,
+            sitk.Transform(),
+            interpolator,
+            out_geom.origin,
+            out_geom.spacing,
+            out_geom.direction,
+            0.0,
+            image.GetPixelID(),
+        )
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -105,11 +121,18 @@ def time_sainr(image, spacing, model, device, budget_mb, precision) -> dict[str,
         result = reduce_spacing(image, spacing, options, model=model)
         _sync(device)
         total = time.perf_counter() - t0
-    return {"total_s": total, **{f"{k}_s": v for k, v in stages.items()},
-            "gated_fraction": result.info["gated_fraction"]}  # fmt: skip
+    return {
+        "total_s": total,
+        **{f"{k}_s": v for k, v in stages.items()},
+        "gated_fraction": result.info["gated_fraction"],
+    }
 
 
-def bench_volume(name, image, spacing, model, device, budget_mb, precision, repeats) -> dict:
+def bench_volume(
+    name, image, spacing, model, device, budget_mb, precision, repeats, ungated: bool = True
+) -> dict:
+    """One row of the table; ``ungated`` also times the model with every query attended
+    (minutes on a CPU: LASA on all queries)."""
     axis, out_geom = plan_reduction(image, spacing)
     row = {
         "volume": name,
@@ -121,7 +144,7 @@ def bench_volume(name, image, spacing, model, device, budget_mb, precision, repe
     }
     time_sainr(image, spacing, model, device, budget_mb, precision)  # warm-up (allocator, kernels)
     row["sainr"] = time_sainr(image, spacing, model, device, budget_mb, precision)
-    if model.gate is not None:
+    if ungated and model.gate is not None:
         with gating_disabled(model):
             row["sainr_ungated"] = time_sainr(image, spacing, model, device, budget_mb, precision)
     row["ratio_bspline"] = row["sainr"]["total_s"] / row["bspline_s"]
@@ -150,10 +173,17 @@ def _windows_peak_working_set() -> int:
     class Counters(ctypes.Structure):
         _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD)] + [
             (name, ctypes.c_size_t)
-            for name in ("PeakWorkingSetSize", "WorkingSetSize", "QuotaPeakPagedPoolUsage",
-                         "QuotaPagedPoolUsage", "QuotaPeakNonPagedPoolUsage",
-                         "QuotaNonPagedPoolUsage", "PagefileUsage", "PeakPagefileUsage")
-        ]  # fmt: skip
+            for name in (
+                "PeakWorkingSetSize",
+                "WorkingSetSize",
+                "QuotaPeakPagedPoolUsage",
+                "QuotaPagedPoolUsage",
+                "QuotaPeakNonPagedPoolUsage",
+                "QuotaNonPagedPoolUsage",
+                "PagefileUsage",
+                "PeakPagefileUsage",
+            )
+        ]
 
     current = ctypes.windll.kernel32.GetCurrentProcess
     current.restype = wintypes.HANDLE
@@ -180,6 +210,16 @@ def configuration(model: SAINR, device: torch.device, weights: str, precision: s
     }
 
 
+def describe_cpu(config: dict) -> str:
+    """One line: the CPU, the features that decide the precision, and the precision chosen."""
+    f = config["cpu_features"]
+    yes = {True: "yes", False: "no"}
+    return (
+        f"cpu: {config['device_name']}; vector ISA {f['isa']}, AVX-512 BF16 {yes[f['avx512_bf16']]}, "
+        f"AMX {yes[f['amx']]} -> precision {config['precision']}"
+    )
+
+
 def cpu_name() -> str:
     """The CPU's model name (Linux /proc/cpuinfo, else what ``platform`` knows)."""
     try:
@@ -193,8 +233,10 @@ def cpu_name() -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("| volume | size in → out | linear s | B-spline s | SA-INR s | ×B-spline | encoder s "
-            "| LASA s | decoder s | gated | LASA s ungated | peak RSS MB |")  # fmt: skip
+    head = (
+        "| volume | size in → out | linear s | B-spline s | SA-INR s | ×B-spline | encoder s "
+        "| LASA s | decoder s | gated | LASA s ungated | peak RSS MB |"
+    )
     lines = [head, "|" + "---|" * 12]
     for r in rows:
         s, u = r["sainr"], r.get("sainr_ungated", {})

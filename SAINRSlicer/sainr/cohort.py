@@ -173,8 +173,8 @@ def reduce_share(rank: int, pairs: Sequence[Pair], prepare: Callable[[], ReduceF
 
 
 def gather(report: Report, world_size: int) -> list[Report] | None:
-    """Every process's report at rank 0 (None elsewhere): the launch's one collective call,
-    which every process reaches whatever happened to its inputs."""
+    """Every process's report at rank 0 (None elsewhere): the launch's one exchange, which
+    every process reaches whatever happened to its inputs."""
     reports: list[Report] | None = [report] * world_size if report.rank == 0 else None
     dist.gather_object(report, reports, dst=0)  # replaces every entry of ``reports``
     return reports
@@ -205,6 +205,9 @@ def run(
     bind_device(launch, device)
     with process_group(launch):
         reports = gather(reduce_share(launch.rank, mine, prepare), launch.world_size)
+        # Nobody tears the group down while a peer is still in the gather: a gloo pair
+        # closed under a peer's running transfer aborts that process ("terminate called").
+        dist.barrier()
     if reports is None:
         return True
     print(summary(reports), file=sys.stderr, flush=True)

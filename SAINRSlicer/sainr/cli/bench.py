@@ -9,25 +9,43 @@ from pathlib import Path
 
 import torch
 
-from ..bench import SAMPLE, bench_volume, configuration, format_table, resize_in_plane, sample_path
-from ..inference import choose_device
-from ..io import read_volume
+from ..bench import (
+    SAMPLE,
+    bench_volume,
+    configuration,
+    describe_cpu,
+    format_table,
+    resize_in_plane,
+    sample_path,
+)
+from ..inference import PRECISIONS, choose_device
+from ..io import read_volume, write_atomically
 from ..planning import plan_reduction
 from ..weights import load_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``sainr bench``."""
-    p.add_argument("inputs", nargs="*", type=Path, help="volumes (default: the bundled sample, "
-                   "as is and resized in-plane to --in-plane)")  # fmt: skip
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        type=Path,
+        help="volumes (default: the bundled sample, as is and resized in-plane to --in-plane)",
+    )
     p.add_argument("--spacing", type=float, default=1.0, help="target slice spacing (mm)")
     p.add_argument("--in-plane", type=int, default=384, help="in-plane size of the resized sample")
     p.add_argument("--weights", default=None, help="model name or checkpoint (default: default)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--memory-mb", type=float, default=2048)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
     p.add_argument("--repeats", type=int, default=3, help="best-of for the SimpleITK timings")
+    p.add_argument(
+        "--no-ungated",
+        dest="ungated",
+        action="store_false",
+        help="skip timing the model with every query attended (minutes on a CPU)",
+    )
     p.add_argument("--json", type=Path, help="write the results here")
     p.set_defaults(func=run)
 
@@ -50,10 +68,26 @@ def run(args: argparse.Namespace) -> int:
         ]
     config = configuration(model, device, args.weights or "default", args.precision)
     print("configuration: " + json.dumps(config))
-    rows = [bench_volume(n, img, args.spacing, model, device, args.memory_mb, args.precision, args.repeats)
-            for n, img in volumes]  # fmt: skip
+    if device.type == "cpu":
+        print(describe_cpu(config))
+    rows = [
+        bench_volume(
+            n,
+            img,
+            args.spacing,
+            model,
+            device,
+            args.memory_mb,
+            args.precision,
+            args.repeats,
+            args.ungated,
+        )
+        for n, img in volumes
+    ]
     print(format_table(rows))
     if args.json is not None:
-        args.json.write_text(json.dumps({"configuration": config, "results": rows}, indent=2), encoding="utf-8")
+        text = json.dumps({"configuration": config, "results": rows}, indent=2)
+        write_atomically(
+            args.json, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), ".json"
+        )
     return 0
-
