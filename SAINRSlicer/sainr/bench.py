@@ -239,12 +239,13 @@ def format_table(rows: list[dict]) -> str:
     )
     lines = [head, "|" + "---|" * 12]
     for r in rows:
-        s, u = r["sainr"], r.get("sainr_ungated", {})
+        s, u = r["sainr"], r.get("sainr_ungated")
+        ungated = f"{u['lasa_s']:.2f}" if u else "—"  # not timed (--no-ungated) or no gate
         lines.append(
             f"| {r['volume']} | {'×'.join(map(str, r['size']))} → {'×'.join(map(str, r['size_out']))} "
             f"| {r['linear_s']:.2f} | {r['bspline_s']:.2f} | {s['total_s']:.2f} | {r['ratio_bspline']:.1f} "
             f"| {s.get('encoder_s', 0):.2f} | {s.get('lasa_s', 0):.2f} | {s.get('decoder_s', 0):.2f} "
-            f"| {100 * s['gated_fraction']:.0f} % | {u.get('lasa_s', float('nan')):.2f} "
+            f"| {100 * s['gated_fraction']:.0f} % | {ungated} "
             f"| {r['peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines)

@@ -197,6 +197,24 @@ def _tile_queries(
     )
 
 
+def query_chunks(
+    n_hr: int, rows: slice, n_cols: int, chunk: int
+) -> Iterator[tuple[np.ndarray, slice]]:
+    """(thin slices, core rows) of each query chunk of a tile with ``rows`` x ``n_cols``
+    core: whole slices, several per chunk while they fit ``chunk`` queries, else one slice
+    cut into row blocks, so that no chunk exceeds the budget however large the tile."""
+    per_slice = (rows.stop - rows.start) * n_cols
+    if per_slice <= chunk:
+        step = chunk // per_slice
+        for j0 in range(0, n_hr, step):
+            yield np.arange(j0, min(j0 + step, n_hr)), rows
+        return
+    block = max(chunk // n_cols, 1)
+    for j in range(n_hr):
+        for r0 in range(rows.start, rows.stop, block):
+            yield np.array([j]), slice(r0, min(r0 + block, rows.stop))
+
+
 @torch.inference_mode()
 def super_resolve(
     model: SAINR,
@@ -239,18 +257,15 @@ def super_resolve(
         fm.feat, fm.key, fm.value = (
             t.float() if t is not None else None for t in (fm.feat, fm.key, fm.value)
         )
-        per_slice = (ys.stop - ys.start) * (xs.stop - xs.start)
-        step = max(p.chunk // per_slice, 1)
-        for j0 in range(0, grid.n_hr, step):
+        for js, rows in query_chunks(grid.n_hr, ys, xs.stop - xs.start, p.chunk):
             if cancel is not None and cancel():
                 raise Cancelled("cancelled by the user; nothing was written")
-            js = np.arange(j0, min(j0 + step, grid.n_hr))
-            q = _tile_queries(grid, js, ys, xs, (ty.start, tx.start), device)
+            q = _tile_queries(grid, js, rows, xs, (ty.start, tx.start), device)
             with autocast(device, precision):
                 res = model.query(fm, q)
-            shape = (len(js), ys.stop - ys.start, xs.stop - xs.start)
-            out[js[0] : js[-1] + 1, ys, xs] = res.value.float().reshape(shape).cpu().numpy()
-            mask[js[0] : js[-1] + 1, ys, xs] = (res.mask > 0.5).reshape(shape).cpu().numpy()
+            shape = (len(js), rows.stop - rows.start, xs.stop - xs.start)
+            out[js[0] : js[-1] + 1, rows, xs] = res.value.float().reshape(shape).cpu().numpy()
+            mask[js[0] : js[-1] + 1, rows, xs] = (res.mask > 0.5).reshape(shape).cpu().numpy()
             done += len(q)
             if progress is not None:
                 progress(done, total)
