@@ -46,7 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="write the adapted weights here (use with sainr reduce --weights)",
     )
     p.add_argument(
-        "--steps", type=int, default=AdaptConfig.steps, help="optimizer steps (default 200)"
+        "--steps",
+        type=int,
+        default=AdaptConfig.steps,
+        help="optimizer steps (default 200; about 0.6-2.5 s each on a 2-core CPU)",
     )
     p.add_argument("--minutes", type=float, help="also stop after this many minutes")
     p.add_argument(

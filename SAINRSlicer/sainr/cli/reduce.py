@@ -78,7 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="first adapt the model to each input for N steps (default 0: off)",
+        help="first adapt the model to each input for N steps (default 0: off). It costs "
+        "about 0.6-2.5 s per step on a 2-core CPU (100 steps: 5-22x the reduction alone) and "
+        "gained +0.05 to +0.5 dB on held-out thick slices",
     )
     p.add_argument(
         "--save-adapted",
