@@ -56,12 +56,13 @@ def test_a_few_steps_reduce_the_loss_on_a_real_crop(tmp_path):
     assert _l1(trained, batch) < 0.8 * _l1(untrained, batch)
 
 
-@pytest.mark.parametrize("schedule", ["step", "cosine"])
-def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path, schedule):
+@pytest.mark.parametrize(("schedule", "ema"), [("step", 0.0), ("cosine", 0.9)])
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path, schedule, ema):
     quiet = {"log": lambda *_: None}
     cfg = _config(
         6,
         schedule=schedule,
+        ema=ema,
         warmup=2,
         in_plane_axes=True,
         patch={
@@ -86,10 +87,27 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path, sc
     assert a["step"] == b["step"] == 6
     for key in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)
+    assert ("ema_state_dict" in a) == ("ema_state_dict" in b) == bool(ema)
+    for key in a.get("ema_state_dict", {}):
+        torch.testing.assert_close(a["ema_state_dict"][key], b["ema_state_dict"][key])
     assert a["optimizer"]["state"][0]["step"] == b["optimizer"]["state"][0]["step"]
     torch.testing.assert_close(
         a["optimizer"]["state"][0]["exp_avg"], b["optimizer"]["state"][0]["exp_avg"]
     )
+
+
+def test_the_moving_average_is_what_a_checkpoint_serves(tmp_path):
+    """With ``ema``, validation and export use the weights' moving average: it lags the raw
+    weights and is what loading the checkpoint returns."""
+    train(_config(4, ema=0.5), tmp_path, KNEE_QDESS.parent, log=lambda *_: None)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["ema_updates"] == 4
+    loaded = load_model(tmp_path / "last.pt").state_dict()
+    raw, averaged = ckpt["state_dict"], ckpt["ema_state_dict"]
+    weight = "decoder.net.0.weight"
+    assert not torch.equal(raw[weight], averaged[weight])
+    for key, value in averaged.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
 
 
 def test_cosine_schedule_is_planned_on_the_total_step_count():

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
@@ -69,6 +70,7 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_minutes: float = 3.0
     init: str = ""  # shipped model name or checkpoint to start a new run from (warm start)
+    ema: float = 0.0  # decay per step of the weights' moving average (validated, exported); 0: off
     seed: int = 0
     amp: str = "none"  # none | bf16 | fp16 (CUDA)
 
@@ -155,6 +157,20 @@ def _volumes(entries: list[dict[str, Any]], root: Path, in_plane: bool = False) 
         crop = tuple(slice(*c) if c else slice(None) for c in e["crop"]) if e.get("crop") else None
         out.append(load_volume(root / e["path"], crop, in_plane))
     return out
+
+
+def moving_average(model: SAINR, decay: float, ckpt: dict[str, Any] | None) -> AveragedModel | None:
+    """Exponential moving average of ``model``'s weights (``decay`` per step; None for 0),
+    resumed from ``ckpt`` when it holds one, else starting from the current weights. At a
+    high learning rate single steps scatter the held-out PSNR by tenths of a dB; validation
+    and export (:func:`sainr.weights.build_model`) use the average."""
+    if not decay:
+        return None
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    if ckpt is not None and "ema_state_dict" in ckpt:
+        ema.module.load_state_dict(ckpt["ema_state_dict"])
+        ema.n_averaged.fill_(ckpt["ema_updates"])
+    return ema
 
 
 def validate(
@@ -308,6 +324,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: cfg.lr_factor(n))
     step, elapsed, best, rng_state = 0, 0.0, -math.inf, None
     last = out / "last.pt"
+    ckpt: dict[str, Any] | None = None
     if last.is_file():
         ckpt = torch.load(last, map_location=device, weights_only=True)
         model.load_state_dict(ckpt["state_dict"])
@@ -319,6 +336,7 @@ def train(
     elif cfg.init:
         warm_start(model, load_model(cfg.init).to(device))
         log(f"started from {cfg.init}")
+    ema = moving_average(model, cfg.ema, ckpt)
     spec = PatchSpec(**cfg.patch)
     train_vols = _volumes(cfg.data, root, cfg.in_plane_axes)
     val_vols = _volumes(cfg.val, root) if rank == 0 else []
@@ -335,6 +353,11 @@ def train(
 
     def checkpoint(path: Path, **meta: Any) -> None:
         if rank == 0:
+            averaged = {}
+            if ema is not None:
+                weights = ema.module.state_dict()
+                averaged["ema_state_dict"] = {k: v.detach().cpu() for k, v in weights.items()}
+                averaged["ema_updates"] = int(ema.n_averaged)
             save_checkpoint(
                 model,
                 path,
@@ -345,6 +368,7 @@ def train(
                 elapsed=elapsed,
                 best=best,
                 rng=torch.get_rng_state(),
+                **averaged,
             )
 
     scores: dict[str, float] = {}
@@ -354,7 +378,12 @@ def train(
 
     def record() -> dict[str, float]:
         scores = validate(
-            model, val_vols, cfg.val_factors, cfg.val_size, precision, tuple(cfg.val_profiles)
+            model if ema is None else ema.module,
+            val_vols,
+            cfg.val_factors,
+            cfg.val_size,
+            precision,
+            tuple(cfg.val_profiles),
         )
         history.add({"step": step, "minutes": round(elapsed / 60, 2), **scores})
         log("  val " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
@@ -377,6 +406,8 @@ def train(
         loss.backward()
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.update_parameters(model)
         step += 1
         elapsed = time.time() - t0
         running.append((l1.item(), res.mask.float().mean().item()))

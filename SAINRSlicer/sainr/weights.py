@@ -111,23 +111,25 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def build_model(ckpt: dict[str, Any], name: str) -> SAINR:
-    """The model a checkpoint declares, with its weights. The declared architecture is first
-    built without memory (torch's meta device) and compared with the stored weights, so a
-    config with absurd sizes is refused before anything is allocated."""
+    """The model a checkpoint declares, with its weights (their moving average when the run
+    kept one: ``ema`` in training). The declared architecture is first built without memory
+    (torch's meta device) and compared with the stored weights, so a config with absurd sizes
+    is refused before anything is allocated."""
     try:
         config = ModelConfig.from_dict(ckpt["config"])
         with torch.device("meta"):
             skeleton = SAINR(config)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise WeightsError(f"{name} declares an unknown SA-INR configuration: {exc}") from exc
-    mismatch = _state_mismatch(skeleton, ckpt.get("state_dict"))
+    state = ckpt.get("ema_state_dict", ckpt.get("state_dict"))
+    mismatch = _state_mismatch(skeleton, state)
     if mismatch:
         raise WeightsError(
             f"{name} holds weights of another architecture than the one it declares "
             f"({mismatch}); use the checkpoint that belongs to this configuration"
         )
     model = SAINR(config)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
+    model.load_state_dict(state, strict=True)
     return model
 
 
