@@ -15,7 +15,7 @@ from sainr import ReduceOptions, reduce_spacing
 from sainr.cli import main
 from sainr.errors import SpacingError
 from sainr.geometry import relative_thickness
-from sainr.model import SAINR, ModelConfig
+from sainr.model import SAINR, ModelConfig, Queries
 from sainr.training import warm_start
 
 CONDITIONED = ModelConfig(**{**TINY.to_dict(), "conditioning": True})
@@ -50,6 +50,29 @@ def test_warm_start_reproduces_the_source_model_exactly(knee_thick, tiny_model, 
     expected = _reduce(knee_thick, tiny_model, None)
     for thickness in (1.0, 3.0, 6.0):  # the new inputs start at zero weight
         np.testing.assert_array_equal(_reduce(knee_thick, conditioned, thickness), expected)
+
+
+def test_warm_start_without_attention_keeps_the_ungated_queries(knee_image, tiny_model):
+    """The LASA ablation's arm starts from a model with attention: encoder and decoder are
+    copied, so it answers exactly like the source wherever the source's gate skips LASA."""
+    plain = SAINR(ModelConfig(**{**TINY.to_dict(), "lasa": False, "gating": False})).eval()
+    warm_start(plain, tiny_model)
+    lr = torch.from_numpy(sitk.GetArrayFromImage(knee_image)[::3, :24, :24].astype(np.float32))
+    lr = (lr / lr.max())[None, None]
+    n = 300
+    q = Queries(
+        b=torch.zeros(n, dtype=torch.long),
+        s=torch.randint(0, lr.shape[2] - 1, (n,)),
+        y=torch.randint(0, 24, (n,)),
+        x=torch.randint(0, 24, (n,)),
+        t=torch.rand(n),
+    )
+    with torch.no_grad():
+        source, ablated = tiny_model.query(tiny_model.encode(lr), q), plain(lr, q)
+    skipped = source.mask < 0.5
+    assert 0 < skipped.sum() < n  # both kinds of query occur
+    torch.testing.assert_close(ablated.value[skipped], source.value[skipped])
+    assert not torch.allclose(ablated.value[~skipped], source.value[~skipped])
 
 
 def test_warm_start_refuses_another_architecture(tiny_model):

@@ -129,9 +129,13 @@ def warm_start(model: SAINR, source: SAINR) -> None:
     """Copy ``source``'s weights into ``model`` of the same architecture, where ``model`` may
     have more decoder inputs (conditioning): their weights start at zero, so the warm-started
     model first predicts exactly what ``source`` does and training adds what the new inputs
-    explain."""
+    explain. Modules that ``model`` switched off (``lasa`` or ``gating`` false: the LASA
+    ablation) are left out of the copy; the rest then computes exactly what ``source`` does
+    for the queries its gate sends around the attention."""
     target = model.state_dict()
     for key, value in source.state_dict().items():
+        if getattr(model, key.split(".")[0], True) is None:  # attention or gate switched off
+            continue
         have = target.get(key)
         if have is None:
             raise ValueError(f"cannot warm-start: {key} has no counterpart in the new model")
