@@ -13,6 +13,7 @@ import torch
 from .. import __version__
 from ..flops import flops_table, slab_macs
 from ..inference import resolve_precision
+from ..io import write_atomically
 from ..model import SAINR, ModelConfig
 from .cases import Case
 from .eclare import EclareOptions, require_eclare
@@ -34,12 +35,17 @@ _FIELDS = (
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    """One line per row; empty cells where a metric does not apply."""
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, _FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _csv_value(row.get(k)) for k in _FIELDS})
+    """One line per row; empty cells where a metric does not apply. Written atomically: an
+    interrupted evaluation never leaves a truncated table over the previous one."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, _FIELDS)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _csv_value(row.get(k)) for k in _FIELDS})
+
+    write_atomically(path, write)
 
 
 def _csv_value(value) -> str:

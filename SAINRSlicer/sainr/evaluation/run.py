@@ -13,7 +13,7 @@ import torch
 from ..degradation import Acquisition
 from ..errors import InputImageError, SainrError
 from ..inference import choose_device
-from ..io import check_output_folder
+from ..io import check_output_folder, write_atomically
 from ..metrics import psnr, s3_volume, ssim
 from .cases import (
     MIN_EXTENT,
@@ -76,7 +76,9 @@ def run(settings: EvaluationSettings) -> None:
     write_csv(rows, settings.out / "results.csv")
     config = configuration(cases, models, factors, settings, device)
     text = report(rows, methods, config, models, factors)
-    (settings.out / "results.md").write_text(text, encoding="utf-8")
+    write_atomically(
+        settings.out / "results.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
+    )
     print(f"wrote {settings.out / 'results.md'}", file=sys.stderr)
 
 
