@@ -10,7 +10,7 @@ from conftest import TINY
 from sainr.baselines import linear_interpolate
 from sainr.geometry import slice_grid
 from sainr.inference import Plan, super_resolve
-from sainr.model import SAINR, ModelConfig, Queries
+from sainr.model import SAINR, ModelConfig, Queries, SliceQueries, acquisition_tensor
 
 
 def _random_queries(shape: tuple[int, int, int, int], n: int, seed: int = 0) -> Queries:
@@ -77,6 +77,29 @@ def test_gated_inference_only_attends_masked_queries(tiny_model):
     assert 0 < keep.sum() < len(q)  # the random gate splits the queries
     expect = torch.where(keep[:, None], attended, z0)
     torch.testing.assert_close(out.value, tiny_model.decoder(expect) + fm.lerp(q)[1])
+
+
+@pytest.mark.parametrize("conditioning", [False, True])
+def test_whole_slice_queries_equal_the_same_point_queries(conditioning):
+    """Inference reads whole thin slices (slab lerp, per-slice conditions in the decoder's
+    first layer); it answers exactly what the point-query path of training answers."""
+    torch.manual_seed(1)
+    model = SAINR(ModelConfig(**{**TINY.to_dict(), "conditioning": conditioning})).eval()
+    lr = torch.rand(1, 1, 5, 12, 14)
+    sq = SliceQueries(
+        lower=torch.tensor([0, 1, 1, 3, 4]),
+        t=torch.tensor([0.0, 0.25, 0.75, 0.5, 0.0]),
+        ys=slice(2, 9),
+        xs=slice(3, 14),
+    )
+    acquisition = acquisition_tensor(3.0, 0.6)
+    with torch.no_grad():
+        fm = model.encode(lr, acquisition)
+        whole = model.query_slices(fm, sq)
+        points = model.query(fm, sq.select(None))
+    assert 0 < whole.mask.sum() < len(sq)  # both attended and skipped queries occur
+    torch.testing.assert_close(whole.value, points.value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(whole.mask, points.mask)
 
 
 def test_gate_noise_only_in_training_mode(tiny_model):

@@ -1,6 +1,6 @@
 """SA-INR model: EDSR encoder, gating mask, LASA attention, MLP decoder."""
 
-from .features import FeatureMap, Queries, acquisition_tensor
+from .features import FeatureMap, Queries, SliceQueries, acquisition_tensor
 from .sainr import SAINR, ModelConfig, QueryOutput, gating_disabled
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "ModelConfig",
     "Queries",
     "QueryOutput",
+    "SliceQueries",
     "acquisition_tensor",
     "gating_disabled",
 ]

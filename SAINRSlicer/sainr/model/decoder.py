@@ -18,5 +18,22 @@ class MLPDecoder(nn.Module):
         blocks.append(nn.Linear(dims[-1], 1))
         self.net = nn.Sequential(*blocks)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).squeeze(-1)
+    def forward(self, z: torch.Tensor, shared: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar per row of ``z`` (Q, in_dim); ``shared`` as in :meth:`first_layer`."""
+        if shared is None:
+            return self.net(z).squeeze(-1)
+        return self.net[2:](self.first_layer(z, shared)).squeeze(-1)
+
+    def first_layer(self, z: torch.Tensor, shared: torch.Tensor | None = None) -> torch.Tensor:
+        """ReLU output of the first layer. With ``shared`` (J, k), the last k inputs are the
+        same within each of J equal consecutive groups of rows and ``z`` holds only the
+        others (Q, in_dim - k): their part of the layer is computed once per group (the
+        conditions of a thin slice), which also saves concatenating them per query."""
+        first = self.net[0]
+        if shared is None:
+            return torch.relu(first(z))
+        n_shared = shared.shape[1]
+        w_rows, w_shared = first.weight[:, :-n_shared], first.weight[:, -n_shared:]
+        bias = torch.addmm(first.bias, shared.to(first.bias.dtype), w_shared.T)
+        hidden = torch.matmul(z.view(len(shared), -1, z.shape[1]), w_rows.T)
+        return (hidden + bias[:, None].to(hidden.dtype)).relu_().view(len(z), -1)

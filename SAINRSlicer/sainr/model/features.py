@@ -3,6 +3,8 @@
 Features are stored channels-last and flattened, (B*S*H*W, C), so that every read is a row
 gather by flat index. S is the slice axis; H, W are in-plane. A query sits at an integer
 in-plane position (y, x) between acquired slices ``s`` and ``s + 1`` at fraction ``t``.
+Inference asks for whole thin slices over a tile region (:class:`SliceQueries`), whose
+features are read slice by slice instead of gathered point by point.
 """
 
 from __future__ import annotations
@@ -31,9 +33,45 @@ class Queries:
     def __len__(self) -> int:
         return self.b.shape[0]
 
-    def select(self, keep: torch.Tensor) -> Queries:
-        """The subset at boolean mask or index tensor ``keep``."""
+    def select(self, keep: torch.Tensor | None) -> Queries:
+        """The subset at boolean mask or index tensor ``keep`` (None: all)."""
+        if keep is None:
+            return self
         return Queries(self.b[keep], self.s[keep], self.y[keep], self.x[keep], self.t[keep])
+
+
+@dataclass
+class SliceQueries:
+    """Whole thin slices over one in-plane region of a single volume: J slices x the rows
+    ``ys`` x the columns ``xs``, flattened slice-major. The regular-grid form of
+    :class:`Queries` that inference uses: positions are implied, not stored per query."""
+
+    lower: torch.Tensor  # (J,) acquired slice at or below each thin slice (long)
+    t: torch.Tensor  # (J,) fraction towards the next acquired slice, in [0, 1)
+    ys: slice
+    xs: slice
+
+    @property
+    def pixels(self) -> int:
+        """Queries per thin slice (region rows x columns)."""
+        return (self.ys.stop - self.ys.start) * (self.xs.stop - self.xs.start)
+
+    def __len__(self) -> int:
+        return self.lower.shape[0] * self.pixels
+
+    def select(self, keep: torch.Tensor | None) -> Queries:
+        """Point queries at flat indices ``keep`` (None: all), for the attention's gathers."""
+        if keep is None:
+            keep = torch.arange(len(self), device=self.lower.device)
+        j, pixel = keep // self.pixels, keep % self.pixels
+        n_x = self.xs.stop - self.xs.start
+        return Queries(
+            b=torch.zeros_like(keep),
+            s=self.lower[j],
+            y=pixel // n_x + self.ys.start,
+            x=pixel % n_x + self.xs.start,
+            t=self.t[j],
+        )
 
 
 @dataclass
@@ -67,6 +105,25 @@ class FeatureMap:
         feat = torch.lerp(rows(self.feat, lo), rows(self.feat, hi), t[:, None])
         image = torch.lerp(rows(self.image, lo), rows(self.image, hi), t.to(self.image.dtype))
         return feat, image
+
+    def lerp_slices(self, sq: SliceQueries) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`lerp` for whole thin slices of a single volume: two slab reads per thin
+        slice instead of two row gathers per query (same values, a fraction of the time)."""
+        _, n_s, n_h, n_w = self.shape
+        upper = torch.clamp(sq.lower + 1, max=n_s - 1)
+        feat = self.feat.view(n_s, n_h, n_w, -1)[:, sq.ys, sq.xs]
+        image = self.image.view(n_s, n_h, n_w)[:, sq.ys, sq.xs]
+        t = sq.t.to(self.feat.dtype)[:, None, None]
+        z = torch.lerp(feat[sq.lower], feat[upper], t[..., None]).reshape(len(sq), -1)
+        linear = torch.lerp(image[sq.lower], image[upper], t.to(self.image.dtype))
+        return z, linear.reshape(-1)
+
+    def slice_conditions(self, sq: SliceQueries) -> torch.Tensor:
+        """(J, 3) :meth:`conditions` of each thin slice: the same for all its queries."""
+        if self.acquisition is None:
+            raise ValueError("this model needs the acquisition (factor and slice thickness)")
+        per_slice = self.acquisition[:1].to(sq.t.dtype).expand(len(sq.t), -1)
+        return torch.cat([sq.t[:, None], per_slice], dim=1)
 
     def conditions(self, q: Queries) -> torch.Tensor:
         """(Q, 3) what a query's value depends on beyond its feature: its fraction ``t``

@@ -12,7 +12,7 @@ from torch import nn
 
 from .decoder import MLPDecoder
 from .edsr import EDSR3d
-from .features import FeatureMap, Queries, encode_grid
+from .features import FeatureMap, Queries, SliceQueries, encode_grid
 from .gating import GatingMask
 from .lasa import LASA
 
@@ -97,11 +97,7 @@ class SAINR(nn.Module):
         if self.lasa is None:
             ones = torch.ones_like(linear)
             return QueryOutput(self.decode(z0, fm, q) + linear, ones, ones)
-        if self.gate is None:
-            logit = torch.full_like(linear, float("inf"))
-            mask = torch.ones_like(linear)
-        else:
-            logit, mask = self.gate(z0)
+        logit, mask = self._gate(z0, linear)
         z = self._attend(z0, fm, q, mask)
         return QueryOutput(self.decode(z, fm, q) + linear, logit, mask)
 
@@ -111,17 +107,43 @@ class SAINR(nn.Module):
         """Encode LR volumes and answer queries (the training path; DDP wraps this)."""
         return self.query(self.encode(lr, acquisition), q)
 
+    def query_slices(self, fm: FeatureMap, sq: SliceQueries) -> QueryOutput:
+        """:meth:`query` for whole thin slices of one volume (inference): features are read
+        slice by slice, only gated queries get positions for the attention, and the
+        decoder takes each slice's conditions once. Same values as :meth:`query`."""
+        z0, linear = fm.lerp_slices(sq)
+        shared = fm.slice_conditions(sq) if self.config.conditioning else None
+        if self.lasa is None:
+            ones = torch.ones_like(linear)
+            return QueryOutput(self.decoder(z0, shared) + linear, ones, ones)
+        logit, mask = self._gate(z0, linear)
+        z = self._attend_gated(z0, fm, sq, mask)
+        return QueryOutput(self.decoder(z, shared) + linear, logit, mask)
+
+    def _gate(self, z0: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logit, 0/1 mask) of the gate; every query attends when the gate is removed."""
+        if self.gate is None:
+            return torch.full_like(like, float("inf")), torch.ones_like(like)
+        return self.gate(z0)
+
     def _attend(
         self, z0: torch.Tensor, fm: FeatureMap, q: Queries, mask: torch.Tensor
     ) -> torch.Tensor:
         """Training: blend with the straight-through mask so fidelity teaches the gate.
-        Inference: run LASA only on gated queries (gather, attend, scatter)."""
+        Inference: run LASA only on gated queries."""
         assert self.lasa is not None
         if self.training:
             return z0 + mask[:, None] * (self.lasa(z0, fm, q) - z0)
+        return self._attend_gated(z0, fm, q, mask)
+
+    def _attend_gated(
+        self, z0: torch.Tensor, fm: FeatureMap, q: Queries | SliceQueries, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """LASA on the gated queries only (gather, attend, scatter); the rest keep z0."""
+        assert self.lasa is not None
         keep = torch.nonzero(mask > 0.5).squeeze(1)
         if keep.numel() == len(q):
-            return self.lasa(z0, fm, q)
+            return self.lasa(z0, fm, q.select(None))
         z = z0.clone()
         if keep.numel():
             z[keep] = self.lasa(z0[keep], fm, q.select(keep))
