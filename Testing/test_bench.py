@@ -13,6 +13,7 @@ from conftest import KNEE_QDESS
 from sainr.cli import main
 from sainr.geometry import slice_grid
 from sainr.inference import plan, super_resolve
+from sainr.int8 import int8_available
 from sainr.model import SAINR, ModelConfig
 
 
@@ -138,16 +139,58 @@ def test_bf16_autocast_stays_close_to_fp32_on_a_real_knee(knee_thick):
     assert abs(full.info["gated_fraction"] - half.info["gated_fraction"]) < 0.02
 
 
-def test_auto_precision_is_fp16_on_cuda_and_bf16_only_on_cpus_with_bf16_hardware():
+def test_auto_precision_is_fp16_on_cuda_bf16_on_cpus_with_bf16_hardware_else_int8():
     from sainr.inference import cpu_features, resolve_precision
+    from sainr.int8 import int8_available
 
+    cpu = torch.device("cpu")
     assert resolve_precision(torch.device("cuda"), "auto") == "fp16"
     features = cpu_features()
     bf16_hardware = features["amx"] or features["avx512_bf16"]
-    assert resolve_precision(torch.device("cpu"), "auto") == ("bf16" if bf16_hardware else "fp32")
-    assert resolve_precision(torch.device("cpu"), "fp32") == "fp32"
+    fallback = "int8" if int8_available() else "fp32"
+    assert resolve_precision(cpu, "auto") == ("bf16" if bf16_hardware else fallback)
+    assert resolve_precision(cpu, "auto", training=True) in ("bf16", "fp32")
+    assert resolve_precision(cpu, "fp32") == "fp32"
+    assert resolve_precision(cpu, "int8") == "int8"
+    assert resolve_precision(cpu, "int8", training=True) == "fp32"  # adaptation trains fp32
+    with pytest.raises(ValueError, match="CPU only"):
+        resolve_precision(torch.device("cuda"), "int8")
     with pytest.raises(ValueError, match="precision"):
-        resolve_precision(torch.device("cpu"), "int8")
+        resolve_precision(cpu, "int4")
+
+
+@pytest.mark.skipif(not int8_available(), reason="this torch build lacks oneDNN int8 kernels")
+def test_int8_stays_close_to_fp32_on_a_real_knee_and_keeps_the_geometry(knee_thick):
+    """int8 (auto on CPUs without bf16 hardware) changes the shipped model's result by far
+    less than what SA-INR adds over interpolation, and nothing else."""
+    from sainr import ReduceOptions, reduce_spacing
+    from sainr.weights import load_model
+
+    model = load_model()
+    full = reduce_spacing(knee_thick, 1.0, ReduceOptions(precision="fp32"), model=model)
+    low = reduce_spacing(knee_thick, 1.0, ReduceOptions(precision="int8"), model=model)
+    for get in ("GetSize", "GetOrigin", "GetSpacing", "GetDirection"):
+        assert getattr(low.image, get)() == getattr(full.image, get)()
+    a = sitk.GetArrayFromImage(full.image).astype(np.float64)
+    b = sitk.GetArrayFromImage(low.image).astype(np.float64)
+    scale = np.percentile(a, 99.5)
+    assert np.abs(a - b).mean() / scale < 1e-3
+    assert np.percentile(np.abs(a - b), 99) / scale < 1e-2
+    assert abs(full.info["gated_fraction"] - low.info["gated_fraction"]) < 0.02
+    # the float model is untouched: a later fp32 run gives the same volume
+    again = reduce_spacing(knee_thick, 1.0, ReduceOptions(precision="fp32"), model=model)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(again.image), a.astype(np.int16))
+
+
+@pytest.mark.skipif(not int8_available(), reason="this torch build lacks oneDNN int8 kernels")
+def test_int8_runs_are_timed_per_stage(tiny_model):
+    """The int8 twins of the encoder and decoder count in the benchmark's stage times."""
+    from sainr.bench import stage_timer
+
+    volume = np.random.default_rng(5).random((6, 48, 48), dtype=np.float32)
+    with stage_timer(torch.device("cpu")) as stages:
+        super_resolve(tiny_model, volume, slice_grid(6, 3.0, 1.0), torch.device("cpu"), precision="int8")  # fmt: skip
+    assert stages["encoder"] > 0 and stages["decoder"] > 0
 
 
 def test_attention_stays_fp32_inside_a_bf16_autocast_region(tiny_model):

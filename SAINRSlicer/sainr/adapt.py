@@ -158,7 +158,7 @@ def adapt(
     data = adaptation_data(volume, spacing, target_spacing, config)
     net = copy.deepcopy(model).train()
     device = next(net.parameters()).device
-    precision = resolve_precision(device, config.precision)
+    precision = resolve_precision(device, config.precision, training=True)
     layout = memory_format(precision)
     net.encoder.to(memory_format=layout)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)

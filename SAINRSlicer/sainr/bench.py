@@ -18,11 +18,17 @@ from pathlib import Path
 
 import SimpleITK as sitk
 import torch
+from torch import nn
 
 from .api import plan_reduction, reduce_spacing
 from .errors import SainrError
 from .inference import cpu_features, resolve_precision
+from .int8 import Int8EDSR, Int8MLP
 from .model import SAINR, gating_disabled
+from .model.decoder import MLPDecoder
+from .model.edsr import EDSR3d
+from .model.gating import GatingMask
+from .model.lasa import LASA
 from .request import ReduceOptions
 from .resources import resource_path
 
@@ -65,26 +71,42 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: The top-level stages timed, by module class: float modules and their int8 twins
+#: (:mod:`sainr.int8`), which inference swaps in on a copy of the model.
+STAGES: dict[str, tuple[type[nn.Module], ...]] = {
+    "encoder": (EDSR3d, Int8EDSR),
+    "gate": (GatingMask,),
+    "lasa": (LASA,),
+    "decoder": (MLPDecoder, Int8MLP),
+}
+
+
+def _stage(module: nn.Module) -> str | None:
+    return next((name for name, kinds in STAGES.items() if isinstance(module, kinds)), None)
+
+
 @contextmanager
-def stage_timer(model: SAINR, device: torch.device):
-    """Accumulate forward time per top-level stage (encoder, gate, lasa, decoder)."""
+def stage_timer(device: torch.device):
+    """Accumulate forward time per top-level stage (encoder, gate, lasa, decoder) of every
+    model that runs inside the block; int8 calibration counts with its stage."""
     totals: dict[str, float] = defaultdict(float)
-    starts: dict[str, float] = {}
-    handles = []
-    for name in ("encoder", "gate", "lasa", "decoder"):
-        module = getattr(model, name)
-        if module is None:
-            continue
+    starts: dict[int, float] = {}
 
-        def pre(_m, _i, name=name):
+    def pre(module: nn.Module, _inputs) -> None:
+        if _stage(module) is not None:
             _sync(device)
-            starts[name] = time.perf_counter()
+            starts[id(module)] = time.perf_counter()
 
-        def post(_m, _i, _o, name=name):
+    def post(module: nn.Module, _inputs, _output) -> None:
+        name = _stage(module)
+        if name is not None:
             _sync(device)
-            totals[name] += time.perf_counter() - starts[name]
+            totals[name] += time.perf_counter() - starts.pop(id(module))
 
-        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    handles = [
+        nn.modules.module.register_module_forward_pre_hook(pre),
+        nn.modules.module.register_module_forward_hook(post),
+    ]
     try:
         yield totals
     finally:
@@ -114,7 +136,7 @@ def time_sitk(image: sitk.Image, out_geom, interpolator: int, repeats: int) -> f
 
 def time_sainr(image, spacing, model, device, budget_mb, precision) -> dict[str, float]:
     """End-to-end SA-INR time with per-stage split and gated fraction."""
-    with stage_timer(model, device) as stages:
+    with stage_timer(device) as stages:
         _sync(device)
         t0 = time.perf_counter()
         options = ReduceOptions(device=str(device), memory_mb=budget_mb, precision=precision)

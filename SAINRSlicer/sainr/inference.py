@@ -19,7 +19,15 @@ import torch
 
 from .errors import Cancelled, DeviceError, ResourceError
 from .geometry import SliceGrid
-from .model import SAINR, Queries, acquisition_tensor
+from .int8 import (
+    CALIBRATION_QUERIES,
+    calibration_queries,
+    int8_available,
+    int8_decoder,
+    int8_encoder,
+    with_modules,
+)
+from .model import SAINR, SliceQueries, acquisition_tensor
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -121,7 +129,7 @@ def plan(model: SAINR, shape: tuple[int, int, int], budget_mb: float) -> Plan:
     return Plan(tile=tile, halo=model.halo, chunk=chunk)
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 def cpu_features() -> dict[str, str | bool]:
@@ -148,22 +156,34 @@ def has_fast_bf16() -> bool:
     return bool(features["amx"] or features["avx512_bf16"])
 
 
-def resolve_precision(device: torch.device, precision: str) -> str:
-    """'auto' = fp16 on CUDA, bf16 on CPUs with bf16 hardware (:func:`has_fast_bf16`), fp32
-    elsewhere; others pass through."""
+def resolve_precision(device: torch.device, precision: str, training: bool = False) -> str:
+    """'auto' = fp16 on CUDA; on the CPU bf16 where it has bf16 hardware
+    (:func:`has_fast_bf16`), else int8 inference (:mod:`sainr.int8`) where this torch build
+    has its kernels, else fp32; fp32 on other devices. Training (test-time adaptation)
+    never runs in int8: where inference would, it runs fp32. Explicit choices pass through
+    once checked."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError("int8 runs on the CPU only; use auto, fp16 or fp32 on this device")
+    if precision == "int8" and training:
+        return "fp32"
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "fp16"
-    return "bf16" if device.type == "cpu" and has_fast_bf16() else "fp32"
+    if device.type != "cpu":
+        return "fp32"
+    if has_fast_bf16():
+        return "bf16"
+    return "fp32" if training or not int8_available() else "int8"
 
 
 def autocast(device: torch.device, precision: str):
-    """Autocast for the encoder and the MLP at a resolved ``precision`` (fp32 = none);
-    attention, softmax and outputs stay fp32. Inference, training and adaptation share it."""
-    if precision == "fp32":
+    """Autocast for the encoder and the MLP at a resolved ``precision`` (fp32 and int8 =
+    none); attention, softmax and outputs stay fp32. Inference, training and adaptation
+    share it."""
+    if precision in ("fp32", "int8"):
         return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
@@ -172,28 +192,20 @@ def autocast(device: torch.device, precision: str):
 def memory_format(precision: str) -> torch.memory_format:
     """Channels-last 3D for reduced precision: oneDNN/cuDNN run those convolutions about twice
     as fast and the flattened (N, C) feature table becomes a view. fp32 CPU convolutions are
-    slightly slower channels-last, so fp32 keeps the default layout."""
+    slightly slower channels-last, so fp32 keeps the default layout; the int8 kernels want
+    channels-last."""
     return torch.contiguous_format if precision == "fp32" else torch.channels_last_3d
 
 
-def _tile_queries(
+def _tile_slices(
     grid: SliceGrid, js: np.ndarray, ys: slice, xs: slice, off: tuple[int, int], device
-) -> Queries:
-    """Queries for thin slices ``js`` over core region (ys, xs), in tile coordinates."""
-    yy, xx = torch.meshgrid(
-        torch.arange(ys.start - off[0], ys.stop - off[0], device=device),
-        torch.arange(xs.start - off[1], xs.stop - off[1], device=device),
-        indexing="ij",
-    )
-    n_pix = yy.numel()
-    lower = torch.as_tensor(grid.lower[js], device=device).repeat_interleave(n_pix)
-    frac = torch.as_tensor(grid.frac[js], dtype=torch.float32, device=device)
-    return Queries(
-        b=torch.zeros_like(lower),
-        s=lower,
-        y=yy.reshape(-1).repeat(len(js)),
-        x=xx.reshape(-1).repeat(len(js)),
-        t=frac.repeat_interleave(n_pix),
+) -> SliceQueries:
+    """Thin slices ``js`` over core region (ys, xs), in tile coordinates."""
+    return SliceQueries(
+        lower=torch.as_tensor(grid.lower[js], device=device),
+        t=torch.as_tensor(grid.frac[js], dtype=torch.float32, device=device),
+        ys=slice(ys.start - off[0], ys.stop - off[0]),
+        xs=slice(xs.start - off[1], xs.stop - off[1]),
     )
 
 
@@ -236,7 +248,8 @@ def super_resolve(
 
     ``progress(done, total)`` counts decoded voxels; ``cancel()`` returning True stops the
     run between chunks with :class:`Cancelled`. The model is moved to ``device`` and its
-    encoder to the memory layout that suits ``precision`` (values unchanged).
+    encoder to the memory layout that suits ``precision`` (values unchanged); int8 runs a
+    copy of it with a calibrated int8 encoder and, per tile, int8 decoder (:mod:`sainr.int8`).
     """
     precision = resolve_precision(device, precision)
     layout = memory_format(precision)
@@ -248,21 +261,31 @@ def super_resolve(
     mask = np.empty((grid.n_hr, n_h, n_w), dtype=np.uint8)
     total, done = grid.n_hr * n_h * n_w, 0
     acquisition = acquisition_tensor(grid.factor, thickness).to(device)
+    run = with_modules(model, encoder=int8_encoder(model, volume)) if precision == "int8" else model
     for ys, xs in p.tiles(n_h, n_w):
         ty = slice(max(ys.start - p.halo, 0), min(ys.stop + p.halo, n_h))
         tx = slice(max(xs.start - p.halo, 0), min(xs.stop + p.halo, n_w))
         lr = torch.from_numpy(np.ascontiguousarray(volume[:, ty, tx])).to(device)
         with autocast(device, precision):
-            fm = model.encode(lr[None, None].contiguous(memory_format=layout), acquisition)
+            fm = run.encode(lr[None, None].contiguous(memory_format=layout), acquisition)
         fm.feat, fm.key, fm.value = (
             t.float() if t is not None else None for t in (fm.feat, fm.key, fm.value)
         )
+        if precision == "int8":
+            core = (
+                (ys.start - ty.start, ys.stop - ty.start),
+                (xs.start - tx.start, xs.stop - tx.start),
+            )
+            sample = calibration_queries(
+                grid, slice(*core[0]), slice(*core[1]), CALIBRATION_QUERIES
+            )
+            run = with_modules(run, decoder=int8_decoder(model, fm, sample))
         for js, rows in query_chunks(grid.n_hr, ys, xs.stop - xs.start, p.chunk):
             if cancel is not None and cancel():
                 raise Cancelled("cancelled by the user; nothing was written")
-            q = _tile_queries(grid, js, rows, xs, (ty.start, tx.start), device)
+            q = _tile_slices(grid, js, rows, xs, (ty.start, tx.start), device)
             with autocast(device, precision):
-                res = model.query(fm, q)
+                res = run.query_slices(fm, q)
             shape = (len(js), rows.stop - rows.start, xs.stop - xs.start)
             out[js[0] : js[-1] + 1, rows, xs] = res.value.float().reshape(shape).cpu().numpy()
             mask[js[0] : js[-1] + 1, rows, xs] = (res.mask > 0.5).reshape(shape).cpu().numpy()

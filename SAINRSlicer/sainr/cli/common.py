@@ -72,7 +72,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="auto = fp16 autocast on CUDA, bf16 on CPUs with bf16 hardware (AMX or AVX-512 BF16), else fp32",
+        help="auto = fp16 autocast on CUDA; on the CPU bf16 with bf16 hardware (AMX or AVX-512 BF16), "
+        "else int8 (oneDNN kernels, calibrated per volume), else fp32",
     )
     p.add_argument(
         "--nan-to-zero", action="store_true", help="replace NaN/Inf voxels by 0 instead of refusing"
