@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import KNEE_QDESS
+from sainr import heap
 from sainr.cli import main
 from sainr.geometry import slice_grid
 from sainr.inference import plan, super_resolve
@@ -122,21 +124,30 @@ def test_chunks_smaller_than_a_slice_give_the_same_volume(tiny_model):
     np.testing.assert_array_equal(rows[1], whole[1])
 
 
+def _reduce_at(image: sitk.Image, model, *precisions: str) -> list:
+    from sainr import ReduceOptions, reduce_spacing
+
+    return [reduce_spacing(image, 1.0, ReduceOptions(precision=p), model=model) for p in precisions]
+
+
+def _assert_close(full, low, mean_tol: float, p99_tol: float) -> np.ndarray:
+    """Mean and 99th-percentile |difference| relative to the 99.5th percentile of ``full``,
+    and the same gated fraction within 2 %; returns ``full``'s voxels."""
+    a = sitk.GetArrayFromImage(full.image).astype(np.float64)
+    b = sitk.GetArrayFromImage(low.image).astype(np.float64)
+    scale = np.percentile(a, 99.5)
+    assert np.abs(a - b).mean() / scale < mean_tol
+    assert np.percentile(np.abs(a - b), 99) / scale < p99_tol
+    assert abs(full.info["gated_fraction"] - low.info["gated_fraction"]) < 0.02
+    return a
+
+
 def test_bf16_autocast_stays_close_to_fp32_on_a_real_knee(knee_thick):
     """Reduced precision (opt-in on CPU, fp16 by default on CUDA) changes the result by far less
     than what SA-INR adds over interpolation."""
-    from sainr import ReduceOptions, reduce_spacing
     from sainr.weights import load_model
 
-    model = load_model()
-    full = reduce_spacing(knee_thick, 1.0, ReduceOptions(precision="fp32"), model=model)
-    half = reduce_spacing(knee_thick, 1.0, ReduceOptions(precision="bf16"), model=model)
-    a = sitk.GetArrayFromImage(full.image).astype(np.float64)
-    b = sitk.GetArrayFromImage(half.image).astype(np.float64)
-    scale = np.percentile(a, 99.5)
-    assert np.abs(a - b).mean() / scale < 5e-4
-    assert np.percentile(np.abs(a - b), 99) / scale < 5e-3
-    assert abs(full.info["gated_fraction"] - half.info["gated_fraction"]) < 0.02
+    _assert_close(*_reduce_at(knee_thick, load_model(), "fp32", "bf16"), 5e-4, 5e-3)
 
 
 def test_auto_precision_is_fp16_on_cuda_bf16_on_cpus_with_bf16_hardware_else_int8():
@@ -163,22 +174,14 @@ def test_auto_precision_is_fp16_on_cuda_bf16_on_cpus_with_bf16_hardware_else_int
 def test_int8_stays_close_to_fp32_on_a_real_knee_and_keeps_the_geometry(knee_thick):
     """int8 (auto on CPUs without bf16 hardware) changes the shipped model's result by far
     less than what SA-INR adds over interpolation, and nothing else."""
-    from sainr import ReduceOptions, reduce_spacing
     from sainr.weights import load_model
 
     model = load_model()
-    full = reduce_spacing(knee_thick, 1.0, ReduceOptions(precision="fp32"), model=model)
-    low = reduce_spacing(knee_thick, 1.0, ReduceOptions(precision="int8"), model=model)
+    full, low, again = _reduce_at(knee_thick, model, "fp32", "int8", "fp32")
     for get in ("GetSize", "GetOrigin", "GetSpacing", "GetDirection"):
         assert getattr(low.image, get)() == getattr(full.image, get)()
-    a = sitk.GetArrayFromImage(full.image).astype(np.float64)
-    b = sitk.GetArrayFromImage(low.image).astype(np.float64)
-    scale = np.percentile(a, 99.5)
-    assert np.abs(a - b).mean() / scale < 1e-3
-    assert np.percentile(np.abs(a - b), 99) / scale < 1e-2
-    assert abs(full.info["gated_fraction"] - low.info["gated_fraction"]) < 0.02
+    a = _assert_close(full, low, 1e-3, 1e-2)
     # the float model is untouched: a later fp32 run gives the same volume
-    again = reduce_spacing(knee_thick, 1.0, ReduceOptions(precision="fp32"), model=model)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(again.image), a.astype(np.int16))
 
 
@@ -228,3 +231,22 @@ def test_reduced_precision_layout_does_not_change_later_fp32_results(tiny_model)
     after = super_resolve(tiny_model, volume, grid, cpu, precision="fp32")[0]
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
     assert np.abs(half - before).max() < 0.05 * np.abs(before).max()
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(heap._glibc() is None, reason="the heap is retained on glibc only")
+def test_a_run_reuses_freed_memory_and_gives_it_back_when_it_ends():
+    """Inside a run a freed 256 MB block stays mapped for the next tile; after the run the
+    process's resident memory is back near where it started."""
+    before = _resident_mb()
+    with heap.retained_heap():
+        block = torch.ones(64 * 2**20)  # 256 MB, touched
+        del block
+        kept = _resident_mb() - before
+    released = _resident_mb() - before
+    assert kept > 200, f"freed memory was returned during the run ({kept:.0f} MB kept)"
+    assert released < 50, f"memory was not returned after the run ({released:.0f} MB held)"

@@ -19,6 +19,7 @@ import torch
 
 from .errors import Cancelled, DeviceError, ResourceError
 from .geometry import SliceGrid
+from .heap import retained_heap
 from .int8 import (
     CALIBRATION_QUERIES,
     calibration_queries,
@@ -228,6 +229,7 @@ def query_chunks(
 
 
 @torch.inference_mode()
+@retained_heap()
 def super_resolve(
     model: SAINR,
     volume: np.ndarray,
