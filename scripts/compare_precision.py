@@ -3,7 +3,7 @@
 Every held-out volume (prepared by scripts/prepare_heldout.py) is cropped in-plane, reduced
 along its slice axis by x2/x3/x4 with pure decimation and with contiguous Gaussian thick
 slices, and reconstructed at each precision; one JSON line per case with the PSNR (dB) and
-seconds per precision. Used for the int8 and bf16 rows of docs/benchmark.md.
+seconds per precision. Used for the int8 − fp32 figures of docs/benchmark.md.
 
     python scripts/compare_precision.py HELD_DIR [--weights default] [--crop 160]
         [--precisions fp32 int8]

@@ -274,13 +274,9 @@ def super_resolve(
             t.float() if t is not None else None for t in (fm.feat, fm.key, fm.value)
         )
         if precision == "int8":
-            core = (
-                (ys.start - ty.start, ys.stop - ty.start),
-                (xs.start - tx.start, xs.stop - tx.start),
-            )
-            sample = calibration_queries(
-                grid, slice(*core[0]), slice(*core[1]), CALIBRATION_QUERIES
-            )
+            core_y = slice(ys.start - ty.start, ys.stop - ty.start)
+            core_x = slice(xs.start - tx.start, xs.stop - tx.start)
+            sample = calibration_queries(grid, core_y, core_x, CALIBRATION_QUERIES)
             run = with_modules(run, decoder=int8_decoder(model, fm, sample))
         for js, rows in query_chunks(grid.n_hr, ys, xs.stop - xs.start, p.chunk):
             if cancel is not None and cancel():

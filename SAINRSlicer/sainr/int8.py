@@ -30,7 +30,7 @@ from torch import nn
 
 from .geometry import SliceGrid
 from .model import SAINR, FeatureMap, Queries
-from .model.decoder import MLPDecoder
+from .model.decoder import MLPDecoder, split_shared
 from .model.edsr import EDSR3d
 
 #: Calibrated ranges are widened by this factor: values outside them are clipped, and a
@@ -199,9 +199,7 @@ class Int8MLP(nn.Module):
         for ``shared``)."""
         if shared is None:
             return nn.functional.linear(z, self.weight, self.bias).clamp_(0, 255).to(torch.uint8)
-        n_rows = z.shape[1]
-        w_rows, w_shared = self.weight[:, :n_rows], self.weight[:, n_rows:]
-        biases = torch.addmm(self.bias, shared.float(), w_shared.T)
+        w_rows, biases = split_shared(self.weight, self.bias, shared)
         codes = torch.empty((len(z), len(self.bias)), dtype=torch.uint8)
         for group, rows, bias in zip(codes.chunk(len(shared)), z.chunk(len(shared)), biases):
             group.copy_(nn.functional.linear(rows, w_rows, bias).clamp_(0, 255))

@@ -32,8 +32,17 @@ class MLPDecoder(nn.Module):
         first = self.net[0]
         if shared is None:
             return torch.relu(first(z))
-        n_shared = shared.shape[1]
-        w_rows, w_shared = first.weight[:, :-n_shared], first.weight[:, -n_shared:]
-        bias = torch.addmm(first.bias, shared.to(first.bias.dtype), w_shared.T)
+        w_rows, bias = split_shared(first.weight, first.bias, shared)
         hidden = torch.matmul(z.view(len(shared), -1, z.shape[1]), w_rows.T)
         return (hidden + bias[:, None].to(hidden.dtype)).relu_().view(len(z), -1)
+
+
+def split_shared(
+    weight: torch.Tensor, bias: torch.Tensor, shared: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A first layer (``weight``, ``bias``) whose last k inputs are ``shared`` (J, k) within
+    each of J groups of rows: the weight on the other inputs, and the J biases with the shared
+    inputs' part folded in."""
+    n_shared = shared.shape[1]
+    folded = torch.addmm(bias, shared.to(bias.dtype), weight[:, -n_shared:].T)
+    return weight[:, :-n_shared], folded
