@@ -185,6 +185,22 @@ def test_int8_stays_close_to_fp32_on_a_real_knee_and_keeps_the_geometry(knee_thi
     np.testing.assert_array_equal(sitk.GetArrayFromImage(again.image), a.astype(np.int16))
 
 
+def test_int8_codes_round_to_nearest_saturate_and_fill_the_given_buffers():
+    from sainr.int8 import Range, quantize
+
+    x = torch.randn(2, 3, 5, 7, 9) * 3
+    r = Range(-2.0, 4.0)
+    expected = torch.floor(x.double() / r.scale + r.zero_point + 0.5).clamp(0, 255)
+    codes = quantize(x, r)
+    assert codes.dtype == torch.uint8
+    off = (codes.double() - expected).abs()
+    assert off.max() <= 1 and (off > 0).float().mean() < 1e-3  # float ties only
+    assert codes.min() == 0 and codes.max() == 255  # x exceeds the range both ways
+    scratch, out = torch.empty_like(x), torch.empty_like(x, dtype=torch.uint8)
+    again = quantize(x, r, scratch, out)
+    assert again.data_ptr() == out.data_ptr() and torch.equal(again, codes)
+
+
 @pytest.mark.skipif(not int8_available(), reason="this torch build lacks oneDNN int8 kernels")
 def test_int8_runs_are_timed_per_stage(tiny_model):
     """The int8 twins of the encoder and decoder count in the benchmark's stage times."""

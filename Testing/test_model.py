@@ -102,6 +102,22 @@ def test_whole_slice_queries_equal_the_same_point_queries(conditioning):
     torch.testing.assert_close(whole.mask, points.mask)
 
 
+def test_fast_head_conv_equals_pytorchs_and_leaves_training_to_autograd():
+    """The encoder's one-channel head conv takes oneDNN at fp32 CPU inference: same values
+    as PyTorch's own convolution for any stride, padding and dilation, either layout."""
+    from sainr.model.edsr import head_conv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(1, 4, 3, stride=(1, 2, 1), padding=(1, 0, 2), dilation=(1, 1, 2))
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        x = torch.randn(1, 1, 6, 13, 11).contiguous(memory_format=layout)
+        with torch.inference_mode():
+            torch.testing.assert_close(head_conv(conv, x), conv(x), rtol=1e-5, atol=1e-6)
+    out = head_conv(conv, x)
+    out.sum().backward()
+    assert out.requires_grad and conv.weight.grad is not None
+
+
 def test_gate_noise_only_in_training_mode(tiny_model):
     z0 = torch.randn(2000, TINY.channels)
     gate = tiny_model.gate

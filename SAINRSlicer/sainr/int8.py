@@ -31,7 +31,7 @@ from torch import nn
 from .geometry import SliceGrid
 from .model import SAINR, FeatureMap, Queries
 from .model.decoder import MLPDecoder, split_shared
-from .model.edsr import EDSR3d
+from .model.edsr import EDSR3d, head_conv
 
 #: Calibrated ranges are widened by this factor: values outside them are clipped, and a
 #: wider range costs resolution (the held-out PSNR at this margin: docs/benchmark.md).
@@ -66,9 +66,19 @@ class Range:
         return int(round(-self.lo / self.scale))
 
 
-def quantize(x: torch.Tensor, r: Range) -> torch.Tensor:
-    """uint8 codes round(x / scale) + zero point of ``x`` under ``r``, saturating."""
-    return x.mul(1.0 / r.scale).add_(r.zero_point + 0.5).clamp_(0, 255).to(torch.uint8)
+def quantize(
+    x: torch.Tensor,
+    r: Range,
+    scratch: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """uint8 codes round(x / scale) + zero point of ``x`` under ``r``, saturating: one
+    multiply-add pass, a clamp and the narrowing copy. ``scratch`` (float, shaped like
+    ``x``) and ``out`` (uint8) are buffers to reuse: a fresh volume-sized buffer per call
+    costs more in page faults than the arithmetic."""
+    offset = torch.tensor(r.zero_point + 0.5, dtype=x.dtype)
+    scratch = torch.add(offset, x, alpha=1.0 / r.scale, out=scratch).clamp_(0, 255)
+    return scratch.to(torch.uint8) if out is None else out.copy_(scratch)
 
 
 def _int8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,17 +134,20 @@ class Int8EDSR(nn.Module):
         self.last = QConv3d(last, ranges["last"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        head = self.head(x).contiguous(memory_format=_LAST)
+        """Features of ``x``; each residual sum is written into the convolution's output
+        and the quantiser reuses two buffers, so a block allocates only what oneDNN returns."""
+        head = head_conv(self.head, x).contiguous(memory_format=_LAST)
+        scratch, codes = torch.empty_like(head), torch.empty_like(head, dtype=torch.uint8)
         h = head
         for first, mid, second in self.pairs:
-            h = h + second(first(quantize(h, first.x_range), mid))
-        return head + self.last(quantize(h, self.last.x_range))
+            h = second(first(quantize(h, first.x_range, scratch, codes), mid)).add_(h)
+        return self.last(quantize(h, self.last.x_range, scratch, codes)).add_(head)
 
 
 def encoder_ranges(encoder: EDSR3d, x: torch.Tensor) -> dict[str, Range]:
     """Ranges of every int8 input of the encoder on input ``x``, from the float model."""
     ranges: dict[str, Range] = {}
-    head = encoder.head(x)
+    head = head_conv(encoder.head, x)
     h = head
     for k, block in enumerate(list(encoder.body)[:-1]):
         ranges[f"in{k}"] = Range.of(h)
@@ -198,12 +211,20 @@ class Int8MLP(nn.Module):
         """uint8 codes of the first layer's ReLU output (see :meth:`MLPDecoder.first_layer`
         for ``shared``)."""
         if shared is None:
-            return nn.functional.linear(z, self.weight, self.bias).clamp_(0, 255).to(torch.uint8)
+            return _codes(nn.functional.linear(z, self.weight, self.bias))
         w_rows, biases = split_shared(self.weight, self.bias, shared)
         codes = torch.empty((len(z), len(self.bias)), dtype=torch.uint8)
         for group, rows, bias in zip(codes.chunk(len(shared)), z.chunk(len(shared)), biases):
-            group.copy_(nn.functional.linear(rows, w_rows, bias).clamp_(0, 255))
+            _codes(nn.functional.linear(rows, w_rows, bias), out=group)
         return codes
+
+
+def _codes(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 codes (into ``out`` if given) of ``x`` already in code units, rounding offset
+    included: clamp, then truncate through int16, which PyTorch's CPU kernels convert about
+    4x faster than float to uint8 directly (the narrowing from int16 is cheap)."""
+    wide = x.clamp_(0, 255).to(torch.int16)
+    return wide.to(torch.uint8) if out is None else out.copy_(wide)
 
 
 def decoder_ranges(
