@@ -107,16 +107,20 @@ class FeatureMap:
         return feat, image
 
     def lerp_slices(self, sq: SliceQueries) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`lerp` for whole thin slices of a single volume: two slab reads per thin
-        slice instead of two row gathers per query (same values, a fraction of the time)."""
+        """:meth:`lerp` for whole thin slices of a single volume: each thin slice blends two
+        views of the region on its bracketing acquired slices straight into the output, with
+        no gather (same values, a fraction of the time)."""
         _, n_s, n_h, n_w = self.shape
-        upper = torch.clamp(sq.lower + 1, max=n_s - 1)
         feat = self.feat.view(n_s, n_h, n_w, -1)[:, sq.ys, sq.xs]
         image = self.image.view(n_s, n_h, n_w)[:, sq.ys, sq.xs]
-        t = sq.t.to(self.feat.dtype)[:, None, None]
-        z = torch.lerp(feat[sq.lower], feat[upper], t[..., None]).reshape(len(sq), -1)
-        linear = torch.lerp(image[sq.lower], image[upper], t.to(self.image.dtype))
-        return z, linear.reshape(-1)
+        z = feat.new_empty((len(sq.t), *feat.shape[1:]))
+        linear = image.new_empty((len(sq.t), *image.shape[1:]))
+        weights = sq.t.to(self.feat.dtype).tolist()
+        for j, (lo, t) in enumerate(zip(sq.lower.tolist(), weights)):
+            hi = min(lo + 1, n_s - 1)
+            torch.lerp(feat[lo], feat[hi], t, out=z[j])
+            torch.lerp(image[lo], image[hi], t, out=linear[j])
+        return z.view(len(sq), -1), linear.view(-1)
 
     def slice_conditions(self, sq: SliceQueries) -> torch.Tensor:
         """(J, 3) :meth:`conditions` of each thin slice: the same for all its queries."""
