@@ -32,6 +32,7 @@ def test_bench_reports_times_ratios_stages_and_configuration(tmp_path, capsys):
     assert row["size_out"] == [64, 64, 79]
     assert row["bspline_s"] > 0 and row["linear_s"] > 0
     assert row["ratio_bspline"] == pytest.approx(row["sainr"]["total_s"] / row["bspline_s"])
+    assert row["sainr"]["runs_s"] == [row["sainr"]["total_s"]]  # --repeats 1: one timed run
     stages = row["sainr"]
     assert 0 < stages["encoder_s"] + stages["lasa_s"] + stages["decoder_s"] <= stages["total_s"]
     assert 0 < stages["gated_fraction"] < 1 and row["sainr_ungated"]["gated_fraction"] == 1
@@ -47,12 +48,14 @@ def test_bench_reports_times_ratios_stages_and_configuration(tmp_path, capsys):
 
 def test_bench_without_the_ungated_run(tmp_path):
     out = tmp_path / "bench.json"
-    args = ["bench", str(KNEE_QDESS), "--spacing", "0.75", "--repeats", "1", "--no-ungated"]
+    args = ["bench", str(KNEE_QDESS), "--spacing", "0.75", "--repeats", "2", "--no-ungated"]
     assert main([*args, "--precision", "fp32", "--json", str(out)]) == 0
     report = json.loads(out.read_text(encoding="utf-8"))
     assert report["configuration"]["precision"] == "fp32"
     (row,) = report["results"]
     assert "sainr_ungated" not in row and 0 < row["sainr"]["gated_fraction"] < 1
+    runs = row["sainr"]["runs_s"]  # SA-INR is timed like SimpleITK: the best of --repeats
+    assert len(runs) == 2 and row["sainr"]["total_s"] == min(runs)
 
 
 def _encoded_tiles(p, n_h: int, n_w: int) -> list[tuple[int, int]]:

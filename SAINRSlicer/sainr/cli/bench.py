@@ -39,7 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--memory-mb", type=float, default=2048)
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
-    p.add_argument("--repeats", type=int, default=3, help="best-of for the SimpleITK timings")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="best-of for every timing (SimpleITK and SA-INR, after one SA-INR warm-up run)",
+    )
     p.add_argument(
         "--no-ungated",
         dest="ungated",
