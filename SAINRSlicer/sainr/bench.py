@@ -4,8 +4,9 @@ For each volume the same thin-slice grid is produced three ways — SimpleITK li
 B-spline and SA-INR (end to end: normalise, encode, attend, decode, de-normalise) — and the
 wall times (each the best of the same number of runs), their ratios, the time per SA-INR
 stage (from module hooks), the gated fraction, peak memory and the configuration (threads,
-device, dtype, torch version) are printed as a table and written as JSON. Stage times of the gated run are compared with the same model
-forced to attend every query, which is what gating is meant to save.
+device, dtype, torch version) are printed as a table and written as JSON. Stage times of the
+gated run are compared with the same model forced to attend every query, which is what
+gating is meant to save.
 """
 
 from __future__ import annotations
