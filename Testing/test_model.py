@@ -27,13 +27,14 @@ def _random_queries(shape: tuple[int, int, int, int], n: int, seed: int = 0) -> 
 
 def _naive_lasa(lasa, fm, z0, q):
     """Eq. 7 literally: h_n = F_n + Omega(delta_n), keys/values projected per pair."""
-    idx, delta = lasa.neighbours(fm, q)
+    idx, dz = lasa.neighbours(fm, q)
+    delta = torch.cat([dz[..., None], lasa.in_plane.expand(len(dz), -1, -1)], dim=-1)
     h = fm.feat[idx] + lasa.offset(delta)
     logits = torch.einsum("qc,qnc->qn", lasa.query(z0), lasa.key(h)) * lasa.scale
     return z0 + torch.einsum("qn,qnc->qc", torch.softmax(logits, -1), lasa.value(h))
 
 
-def test_precomputed_kv_lasa_equals_naive_gather(tiny_model):
+def test_lasa_equals_eq7_computed_per_neighbour(tiny_model):
     lr = torch.rand(2, 1, 5, 12, 11)
     fm = tiny_model.encode(lr)
     q = _random_queries(fm.shape, 300)

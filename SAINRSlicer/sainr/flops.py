@@ -8,9 +8,10 @@ and element-wise operations count nothing.
 Two accountings of LASA per attended query (n = 2 l^2 neighbours, C channels):
 - ``paper``: the official code projects every gathered (query, neighbour) pair with Phi and
   Gamma, n 2 C^2, plus the query projection C^2, and predicts two gating logits (2 C MACs).
-- ``ours``: keys and values are projected once per LR voxel (2 C^2 per voxel); a query costs
-  its projection C^2, n C for the logits and n C for the weighted sum, plus the offset-embedding
-  terms of :mod:`sainr.model.lasa` (2 C^2 + 7 C + 6 n); one gating logit (C MACs).
+- ``ours`` (:mod:`sainr.model.lasa`): nothing is projected per neighbour or per LR voxel; a
+  query costs Theta and Phi_W^T (2 C^2), n C for the logits, n C for the weighted feature
+  sum and Gamma once (C^2), plus the offset-embedding terms (6 C + 4 n); one gating logit
+  (C MACs).
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ def lasa_macs_per_query(cfg: ModelConfig, accounting: str) -> int:
     c, n = cfg.channels, 2 * cfg.window**2
     if accounting == "paper":
         return n * 2 * c**2 + c**2
-    offset = 2 * c**2 + 7 * c + 6 * n if cfg.offset_embed else 0
-    return c**2 + 2 * n * c + offset
+    offset = 6 * c + 4 * n if cfg.offset_embed else 0
+    return 3 * c**2 + 2 * n * c + offset
 
 
 def slab_macs(
@@ -76,7 +77,6 @@ def slab_macs(
     queries = slab.queries(factor)
     out = {
         "encoder": float(encoder_macs_per_voxel(cfg) * slab.voxels),
-        "kv": 0.0,
         "gate": 0.0,
         "lasa": 0.0,
         "decoder": float(decoder_macs_per_query(cfg) * queries),
@@ -84,8 +84,6 @@ def slab_macs(
     if cfg.lasa:
         g = attended if cfg.gating else 1.0
         out["lasa"] = g * queries * lasa_macs_per_query(cfg, accounting)
-        if accounting == "ours":
-            out["kv"] = float(2 * cfg.channels**2 * slab.voxels)
         if cfg.gating:
             out["gate"] = float(queries * cfg.channels * (2 if accounting == "paper" else 1))
     out["total"] = sum(out.values())
@@ -112,7 +110,7 @@ def flops_table(
         ungated = replace(cfg, gating=False)
         for accounting, label in (
             ("paper", "as coded in the paper"),
-            ("ours", "ours, K/V precomputed"),
+            ("ours", "ours, no per-pair projection"),
         ):
             lines.append(_row(f"LASA on all queries, {label}", ungated, factors, 1.0, accounting))
             if cfg.gating and attended is not None:

@@ -270,9 +270,7 @@ def super_resolve(
         lr = torch.from_numpy(np.ascontiguousarray(volume[:, ty, tx])).to(device)
         with autocast(device, precision):
             fm = run.encode(lr[None, None].contiguous(memory_format=layout), acquisition)
-        fm.feat, fm.key, fm.value = (
-            t.float() if t is not None else None for t in (fm.feat, fm.key, fm.value)
-        )
+        fm.feat = fm.feat.float()
         if precision == "int8":
             core_y = slice(ys.start - ty.start, ys.stop - ty.start)
             core_x = slice(xs.start - tx.start, xs.stop - tx.start)

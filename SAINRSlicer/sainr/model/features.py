@@ -76,13 +76,11 @@ class SliceQueries:
 
 @dataclass
 class FeatureMap:
-    """Encoder output plus the LR image and the attention keys/values on the LR grid."""
+    """Encoder output plus the LR image on the LR grid."""
 
     shape: tuple[int, int, int, int]  # (B, S, H, W)
     feat: torch.Tensor  # (N, C)
     image: torch.Tensor  # (N,)
-    key: torch.Tensor | None = None  # (N, C), Phi(F)
-    value: torch.Tensor | None = None  # (N, C), Gamma(F)
     #: (B, 2) per volume: 1 / factor and slice thickness / slice spacing (see conditions)
     acquisition: torch.Tensor | None = None
 
@@ -148,7 +146,9 @@ def acquisition_tensor(factor: float, thickness: float, batch: int = 1) -> torch
 def encode_grid(
     feat: torch.Tensor, image: torch.Tensor, acquisition: torch.Tensor | None = None
 ) -> FeatureMap:
-    """Flatten an encoder output (B, C, S, H, W) and its input (B, 1, S, H, W)."""
+    """Flatten an encoder output (B, C, S, H, W) and its input (B, 1, S, H, W). The feature
+    rows are made contiguous (a view of a channels-last output, a copy of any other): a row
+    gather from the channel-major view of a default-layout output is several times slower."""
     n_b, n_c, n_s, n_h, n_w = feat.shape
-    flat = feat.permute(0, 2, 3, 4, 1).reshape(-1, n_c)
+    flat = feat.permute(0, 2, 3, 4, 1).reshape(-1, n_c).contiguous()
     return FeatureMap((n_b, n_s, n_h, n_w), flat, image.reshape(-1), acquisition=acquisition)

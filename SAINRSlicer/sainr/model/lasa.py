@@ -5,16 +5,20 @@ For a query between slices s and s+1 at in-plane (y, x), the neighbours are an l
 neighbour feature carries a linear embedding of its offset delta = (dz, dy, dx) to the query,
 in LR voxel units (dz = -t on the lower slice, 1 - t on the upper one).
 
-Because Phi, Gamma and Omega are linear, the embedding never has to be materialised per pair:
-    <Theta z, Phi(F_n + Omega(delta_n))> = <Theta z, K_n> + <Omega_W^T Phi_W^T Theta z, delta_n>
-                                           + <Phi_W^T Theta z, Omega_b>
-    sum_n a_n Gamma(F_n + Omega(delta_n)) = sum_n a_n V_n + Gamma_W (Omega_W sum_n a_n delta_n + Omega_b)
-with K = Phi(F) and V = Gamma(F) precomputed once on the LR grid. Each query then costs one
-gather of 2 l^2 rows of K and V plus dot products.
+Because Phi, Gamma and Omega are linear and the attention weights a_n sum to one, nothing has
+to be materialised per pair, not even keys and values: with u = Phi_W^T Theta z,
+    <Theta z, Phi(F_n + Omega(delta_n))> = <u, F_n> + <Omega_W^T u, delta_n> + (terms equal
+                                           for all n, which the softmax cancels)
+    sum_n a_n Gamma(F_n + Omega(delta_n)) = Gamma(sum_n a_n F_n + Omega(sum_n a_n delta_n))
+Each query then costs one gather of its 2 l^2 feature rows plus dot products: half the rows of
+a gather of precomputed keys and values, and no per-volume projection. The offsets' share
+splits into a through-plane term (dz depends on the query's t) and an in-plane one (the
+window's, shared by all queries).
 
 Attention always runs in fp32, also inside a bf16/fp16 autocast region: its cost is the row
-gather, not arithmetic, and under autocast every gathered fp32 row would be cast again per
-query (measured: LASA 2.3x slower in bf16 on the CPU).
+gather, not arithmetic (measured: LASA 2.3x slower under bf16 autocast on the CPU). Inference
+hands it an fp32 feature table (converted once per tile); reduced-precision features, as in
+mixed-precision training, are cast after the gather.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ class LASA(nn.Module):
             raise ValueError(f"window must be odd, got {window}")
         self.query = nn.Linear(channels, channels)
         self.key = nn.Linear(channels, channels)
+        # the key's bias adds one logit to every neighbour alike, which the softmax cancels:
+        # no gradient reaches it, so it is frozen (and kept: checkpoints hold it)
+        self.key.bias.requires_grad_(False)
         self.value = nn.Linear(channels, channels)
         self.offset = nn.Linear(3, channels) if offset_embed else None
         self.scale = 1.0 / math.sqrt(channels) if attn_scale else 1.0
@@ -51,18 +58,15 @@ class LASA(nn.Module):
         dy, dx = torch.meshgrid(steps, steps, indexing="ij")
         self.register_buffer("dy", dy.reshape(-1), persistent=False)
         self.register_buffer("dx", dx.reshape(-1), persistent=False)
+        #: (2 l^2, 2) in-plane offsets (dy, dx) of the neighbours, lower slice then upper
+        in_plane = torch.stack([dy.reshape(-1), dx.reshape(-1)], dim=-1).float().repeat(2, 1)
+        self.register_buffer("in_plane", in_plane, persistent=False)
         self.reach = half * dilation
 
-    def project_kv(self, fm: FeatureMap) -> FeatureMap:
-        """Precompute keys and values (fp32) on the LR grid, once per encoded volume."""
-        with _full_precision(fm.feat):
-            feat = fm.feat.float()
-            fm.key = self.key(feat)
-            fm.value = self.value(feat)
-        return fm
-
     def neighbours(self, fm: FeatureMap, q: Queries) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat indices (Q, 2 l^2) of the neighbours and their offsets delta (Q, 2 l^2, 3)."""
+        """Flat indices (Q, 2 l^2) of the neighbours and their through-plane offsets dz
+        (Q, 2 l^2): -t on the lower slice, 1 - t on the upper. Their in-plane offsets are
+        the window's, the same for every query (``in_plane``)."""
         _, n_s, n_h, n_w = fm.shape
         ys = (q.y[:, None] + self.dy).clamp_(0, n_h - 1)
         xs = (q.x[:, None] + self.dx).clamp_(0, n_w - 1)
@@ -74,33 +78,28 @@ class LASA(nn.Module):
             ],
             dim=1,
         )
-        n_win = self.dy.numel()
-        t = q.t.float()[:, None].expand(-1, n_win)
-        dz = torch.cat([-t, 1 - t], dim=1)
-        dyx = torch.stack([self.dy, self.dx], dim=-1).to(dz.dtype).repeat(2, 1)
-        delta = torch.cat([dz[..., None], dyx.expand(len(q), -1, -1)], dim=-1)
-        return idx, delta
+        t = q.t.float()[:, None].expand(-1, self.dy.numel())
+        return idx, torch.cat([-t, 1 - t], dim=1)
 
     def forward(self, z0: torch.Tensor, fm: FeatureMap, q: Queries) -> torch.Tensor:
         """Attended features (Q, C, fp32) for query features z0 (Q, C) at queries q."""
-        assert fm.key is not None and fm.value is not None, "call project_kv first"
         with _full_precision(z0):
             return self._attend(z0.float(), fm, q)
 
     def _attend(self, z0: torch.Tensor, fm: FeatureMap, q: Queries) -> torch.Tensor:
-        idx, delta = self.neighbours(fm, q)
-        qv = self.query(z0)
-        logits = torch.einsum("qc,qnc->qn", qv, rows(fm.key, idx))
+        idx, dz = self.neighbours(fm, q)
+        feat = rows(fm.feat, idx).float()  # (Q, 2 l^2, C)
+        qk = self.query(z0) @ self.key.weight  # Phi_W^T Theta z: scores features directly
+        logits = torch.einsum("qc,qnc->qn", qk, feat)
         if self.offset is not None:
-            qk = qv @ self.key.weight
-            logits = logits + torch.einsum("qd,qnd->qn", qk @ self.offset.weight, delta)
-            logits = logits + (qk @ self.offset.bias)[:, None]
+            w = qk @ self.offset.weight  # (Q, 3): the weight of dz, dy and dx in the logit
+            logits = logits + w[:, :1] * dz + w[:, 1:] @ self.in_plane.T
         attn = torch.softmax(logits * self.scale, dim=-1)
-        out = torch.einsum("qn,qnc->qc", attn, rows(fm.value, idx))
+        mixed = torch.einsum("qn,qnc->qc", attn, feat)
         if self.offset is not None:
-            mean_delta = torch.einsum("qn,qnd->qd", attn, delta)
-            out = out + self.offset(mean_delta) @ self.value.weight.T
-        return z0 + out
+            mean_dz = (attn * dz).sum(dim=1, keepdim=True)
+            mixed = mixed + self.offset(torch.cat([mean_dz, attn @ self.in_plane], dim=1))
+        return z0 + self.value(mixed)
 
 
 def _full_precision(like: torch.Tensor) -> torch.autocast:

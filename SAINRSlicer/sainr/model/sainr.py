@@ -81,8 +81,7 @@ class SAINR(nn.Module):
         """Features of LR volumes (B, 1, S, H, W) with S the slice axis; run once per volume.
         ``acquisition`` (B, 2) holds 1 / factor and the relative slice thickness of each
         volume (:func:`acquisition_tensor`); a conditioned model needs it."""
-        fm = encode_grid(self.encoder(lr), lr, acquisition)
-        return self.lasa.project_kv(fm) if self.lasa is not None else fm
+        return encode_grid(self.encoder(lr), lr, acquisition)
 
     def decode(self, z: torch.Tensor, fm: FeatureMap, q: Queries) -> torch.Tensor:
         """MLP residual of the queries from their (attended) features and, for a conditioned
