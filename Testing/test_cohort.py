@@ -234,3 +234,10 @@ def test_each_cpu_process_gets_its_share_of_the_cores():
         assert torch.get_num_threads() == max(1, cores // 64)
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_process_started_without_torchrun_is_told_so(monkeypatch):
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SainrError, match="could not join the other processes.*start with torchrun"):
+        cohort.join(Launch(0, 2))

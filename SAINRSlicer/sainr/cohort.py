@@ -12,9 +12,9 @@ process carries on and still reaches the gather, so no process waits for one tha
 from __future__ import annotations
 
 import os
+import pickle
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -126,23 +126,20 @@ def bind_device(launch: Launch, name: str) -> torch.device:
     return device
 
 
-@contextmanager
-def process_group(launch: Launch) -> Iterator[None]:
-    """The torch.distributed group of the launch (gloo, from torchrun's MASTER_ADDR/PORT)
-    while inside. gloo also on GPUs: the one message is a few names per process, and gloo
-    waits for a slow process on a socket, without tying up a GPU stream or NCCL's watchdog."""
+def join(launch: Launch) -> dist.Store:
+    """The key-value store torchrun set up for the launch (``env://``: MASTER_ADDR/PORT; the
+    elastic agent's own store where it shares one). Reports travel through it, not through a
+    process group: a gloo group's worker threads could abort a process at exit ("terminate
+    called without an active exception") after its work was done: 3 of ~30 test runs here."""
     try:
-        dist.init_process_group(
-            "gloo", timeout=GATHER_TIMEOUT, rank=launch.rank, world_size=launch.world_size
+        store, _, _ = next(
+            dist.rendezvous("env://", launch.rank, launch.world_size, timeout=GATHER_TIMEOUT)
         )
     except (ValueError, RuntimeError) as exc:
         raise SainrError(
             f"could not join the other processes ({exc}); start with torchrun"
         ) from exc
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
+    return store
 
 
 def reduce_share(rank: int, pairs: Sequence[Pair], prepare: Callable[[], ReduceFn]) -> Report:
@@ -172,12 +169,19 @@ def reduce_share(rank: int, pairs: Sequence[Pair], prepare: Callable[[], ReduceF
     return report
 
 
-def gather(report: Report, world_size: int) -> list[Report] | None:
+def gather(report: Report, store: dist.Store, world_size: int) -> list[Report] | None:
     """Every process's report at rank 0 (None elsewhere): the launch's one exchange, which
-    every process reaches whatever happened to its inputs."""
-    reports: list[Report] | None = [report] * world_size if report.rank == 0 else None
-    dist.gather_object(report, reports, dst=0)  # replaces every entry of ``reports``
-    return reports
+    every process reaches whatever happened to its inputs. Rank 0 waits for all of them."""
+    store.set(_report_key(report.rank), pickle.dumps(report))
+    if report.rank != 0:
+        return None
+    keys = [_report_key(rank) for rank in range(world_size)]
+    store.wait(keys, GATHER_TIMEOUT)
+    return [pickle.loads(store.get(key)) for key in keys]
+
+
+def _report_key(rank: int) -> str:
+    return f"sainr/cohort/report/{rank}"
 
 
 def summary(reports: Sequence[Report]) -> str:
@@ -203,11 +207,8 @@ def run(
     that torchrun never stops rank 0 before it has printed the summary."""
     mine = share(sorted(pairs, key=lambda pair: str(pair[0])), launch.rank, launch.world_size)
     bind_device(launch, device)
-    with process_group(launch):
-        reports = gather(reduce_share(launch.rank, mine, prepare), launch.world_size)
-        # Nobody tears the group down while a peer is still in the gather: a gloo pair
-        # closed under a peer's running transfer aborts that process ("terminate called").
-        dist.barrier()
+    store = join(launch)
+    reports = gather(reduce_share(launch.rank, mine, prepare), store, launch.world_size)
     if reports is None:
         return True
     print(summary(reports), file=sys.stderr, flush=True)
