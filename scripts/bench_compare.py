@@ -1,9 +1,10 @@
-"""Time one checkout of the core the way `sainr bench` does, for before/after tables.
+"""Time one checkout of the core with one fixed procedure, for before/after tables.
 
 The same procedure for any version of the code on PYTHONPATH (it uses only sainr.bench's timing
-functions, which older versions have too): SimpleITK linear and B-spline to the thin-slice grid
-(best of 3), then SA-INR end to end (second of two runs), on the bundled sample and on the sample
-resized in-plane to 384 x 384; one JSON line per volume on stdout.
+functions that older versions have too, so not ``best_sainr``): SimpleITK linear and B-spline to
+the thin-slice grid (best of 3), then SA-INR end to end (second of two runs; `sainr bench` now
+takes the best of 3 after a warm-up), on the bundled sample and on the sample resized in-plane
+to 384 x 384; one JSON line per volume on stdout.
 
     git worktree add --detach /tmp/before OLD_COMMIT
     PYTHONPATH=/tmp/before/SAINRSlicer python scripts/bench_compare.py before default fp32
