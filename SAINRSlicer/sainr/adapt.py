@@ -34,7 +34,6 @@ from .api import slice_first
 from .data import PatchDataset, PatchSpec, Volume, collate, gradient_target
 from .degradation import Acquisition, acquire, lr_count
 from .errors import Cancelled, InputImageError, OutputPathError, SainrError
-from .geometry import relative_thickness
 from .inference import CancelFn, ProgressFn, autocast, memory_format, resolve_precision
 from .intensity import robust_scale
 from .io import check_writable
@@ -42,6 +41,7 @@ from .model import SAINR
 from .planning import plan_reduction
 from .protocol import DEFAULT_ADAPT_STEPS, DEFAULT_MODEL
 from .request import ReduceOptions, Target
+from .thickness import resolve_slice_thickness
 from .training import TrainConfig, sainr_loss
 from .weights import check_not_shipped, save_checkpoint
 
@@ -226,12 +226,13 @@ def adapt_to_image(
 ) -> Adapted:
     """:func:`adapt` for a SimpleITK image and the request of the reduction that follows
     (:func:`sainr.api.reduce_spacing`): same checks, slice axis and intensity normalisation,
-    and the model is told the image's slice thickness (``options.slice_thickness_mm`` relative
-    to its slice spacing) and runs at ``options.precision``; the budget and seed are
+    and the model is told the image's slice thickness (``options.slice_thickness_mm``, else
+    its header's or its estimate: :func:`sainr.thickness.resolve_slice_thickness`) and runs at ``options.precision``; the budget and seed are
     ``config``'s."""
     ax, out_geom = plan_reduction(image, target)
     volume, spacing = slice_first(image, ax, options.nan_policy)
-    thickness = relative_thickness(options.slice_thickness_mm, spacing[0])
+    trained = getattr(model, "trained_thickness", None)
+    thickness = resolve_slice_thickness(image, ax, options.slice_thickness_mm, trained).relative
     config = replace(config, precision=options.precision, thickness=thickness)
     normalised = robust_scale(volume).normalize(volume)
     done = [0]
@@ -273,4 +274,9 @@ def save_adapted(adapted: Adapted, path: Path, base: str | None, input_name: str
     """Checkpoint loadable as weights, with its provenance: the base model (None: the shipped
     default), the input's name, the settings and the steps actually done."""
     meta = {"base": base or DEFAULT_MODEL, "input": input_name, "steps_done": adapted.steps_done}
-    save_checkpoint(adapted.model, path, meta={"adapted": {**meta, **asdict(adapted.config)}})
+    trained = getattr(adapted.model, "trained_thickness", None)  # the base model's range
+    save_checkpoint(
+        adapted.model,
+        path,
+        meta={"adapted": {**meta, **asdict(adapted.config)}, "thickness_range": trained},
+    )

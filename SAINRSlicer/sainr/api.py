@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import Geometry, axis_label, relative_thickness, slice_grid
+from .geometry import Geometry, axis_label, slice_grid
 from .inference import (
     CancelFn,
     NoticeFn,
@@ -28,6 +28,7 @@ from .intensity import robust_scale
 from .model import SAINR
 from .planning import geometry_of, plan_reduction
 from .request import ReduceOptions, Target
+from .thickness import resolve_slice_thickness
 from .validation import check_values
 from .weights import load_model
 
@@ -95,16 +96,22 @@ def reduce_spacing(
     device, precision, memory budget, NaN policy). ``weights`` names a shipped model
     ("default") or a checkpoint file; ``model`` passes an already loaded one (to adapt it to
     the image first: :func:`sainr.adapt.adapt_to_image` with the same target and options).
-    The acquired slice thickness (default: the slice spacing, i.e. contiguous thick slices;
-    smaller for slices with gaps) tells the model how much to deblur.
+    The acquired slice thickness tells the model how much to deblur: ``options``' value, else
+    the image header's (DICOM SliceThickness, NRRD thicknesses), else estimated from the
+    voxels (:func:`sainr.thickness.resolve_slice_thickness`); ``info`` says which, and a
+    warning about it also goes to ``notice``.
     """
     ax, out_geom = plan_reduction(image, target)
     geom = geometry_of(image)
-    thickness = relative_thickness(options.slice_thickness_mm, geom.spacing[ax])
     grid = slice_grid(geom.size[ax], geom.spacing[ax], out_geom.spacing[ax])
     volume, _ = slice_first(image, ax, options.nan_policy)
-    scale = robust_scale(volume)
     net = model if model is not None else load_model(weights)
+    trained = getattr(net, "trained_thickness", None)
+    resolved = resolve_slice_thickness(image, ax, options.slice_thickness_mm, trained)
+    if resolved.warning is not None and notice is not None:
+        notice(resolved.warning)
+    thickness = resolved.relative
+    scale = robust_scale(volume)
     dev = choose_device(options.device)
     hr, mask = super_resolve_with_fallback(
         net,
@@ -133,7 +140,9 @@ def reduce_spacing(
             "factor": grid.factor,
             "slices_in": grid.n_lr,
             "slices_out": grid.n_hr,
-            "slice_thickness": thickness * geom.spacing[ax],
+            "slice_thickness": resolved.mm,
+            "slice_thickness_source": resolved.source,
+            "slice_thickness_warning": resolved.warning,
             "gated_fraction": float(mask.mean()),
             "device": str(dev),
         },

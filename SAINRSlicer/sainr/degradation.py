@@ -151,6 +151,17 @@ class AcquisitionSampler:
         usable = [f for f in self.factors if profile != "none" or float(f).is_integer()]
         return float(rng.choice(usable))
 
+    @property
+    def relative_range(self) -> tuple[float, float]:
+        """The relative slice thicknesses (thickness / slice spacing) this sampler produces:
+        ``thickness`` for the Gaussian and box profiles, 1 / factor for pure decimation."""
+        values: list[float] = []
+        if any(p != "none" for p in self.profiles):
+            values += [float(self.thickness[0]), float(self.thickness[1])]
+        if "none" in self.profiles:
+            values += [1.0 / float(f) for f in self.factors if float(f).is_integer()]
+        return min(values), max(values)
+
     def acquisition(self, profile: str, factor: float, rng: np.random.Generator) -> Acquisition:
         thickness = float(rng.uniform(*self.thickness)) if profile != "none" else 1.0
         return Acquisition(factor, thickness, profile)

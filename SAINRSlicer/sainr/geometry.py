@@ -189,15 +189,21 @@ def resolve_target_spacing(geom: Geometry, axis: int, target: Target) -> float:
     return float(spacing)
 
 
-#: Thicker slices than this multiple of their spacing are no MRI acquisition (overlap of 3x).
+#: Thicker slices than this multiple of their spacing are no MRI acquisition (overlap of 3x):
+#: the bound when the model does not say which thicknesses it was trained for.
 MAX_RELATIVE_THICKNESS = 3.0
 
 
-def relative_thickness(thickness_mm: float | None, spacing_mm: float) -> float:
+def relative_thickness(
+    thickness_mm: float | None,
+    spacing_mm: float,
+    trained: tuple[float, float] | None = None,
+) -> float:
     """Acquired slice thickness / slice spacing, 1 (contiguous slices) when not given.
 
-    Below 1 the slices have gaps, above 1 they overlap; beyond ``MAX_RELATIVE_THICKNESS`` (or
-    not a positive number) it is refused, as a typo or a header in other units."""
+    Below 1 the slices have gaps, above 1 they overlap. Not a positive number, beyond
+    ``MAX_RELATIVE_THICKNESS`` (a typo or a header in other units) or outside the ``trained``
+    range of the model (relative; its output is untested there) is refused, with the range."""
     if thickness_mm is None:
         return 1.0
     if not (math.isfinite(thickness_mm) and thickness_mm > 0):
@@ -205,11 +211,18 @@ def relative_thickness(thickness_mm: float | None, spacing_mm: float) -> float:
             f"the slice thickness must be a positive number of mm, got {thickness_mm}"
         )
     ratio = thickness_mm / spacing_mm
-    if ratio > MAX_RELATIVE_THICKNESS + EPS:
+    lo, hi = trained if trained is not None else (0.0, MAX_RELATIVE_THICKNESS)
+    if not (lo * (1 - EPS) <= ratio <= hi * (1 + EPS)):
         raise SpacingError(
-            f"a slice thickness of {thickness_mm:g} mm is {ratio:.1f}x the slice spacing "
-            f"{spacing_mm:.4g} mm (limit {MAX_RELATIVE_THICKNESS:g}x); give the thickness in mm "
-            "as the scanner reports it (DICOM SliceThickness)"
+            f"a slice thickness of {thickness_mm:g} mm is {ratio:.2g}x the slice spacing "
+            f"{spacing_mm:.4g} mm; "
+            + (
+                f"this model was trained for {lo:g}-{hi:g}x ({lo * spacing_mm:.3g}-"
+                f"{hi * spacing_mm:.3g} mm here); give a thickness in that range"
+                if trained is not None
+                else f"the limit is {hi:g}x; give the thickness in mm as the scanner reports "
+                "it (DICOM SliceThickness)"
+            )
         )
     return float(ratio)
 

@@ -9,11 +9,12 @@ thicknesses (the project's own acquisition model, :mod:`sainr.degradation`), mea
 scale-free statistic of the simulated slice-to-slice signal, and pick the thickness whose
 statistic matches the real through-plane one.
 
-The statistic is the mean squared difference of adjacent slices: thicker slices average more
-tissue and differ less from their neighbours. Real and simulated slices come from the same
-volume, so its intensity scale cancels. Noise is the same in a voxel whichever axis one reads
-it along, while averaging in the simulation removes it; the noise level is measured in-plane
-and put back into the simulated slices so that both sides carry the same noise.
+The statistic is the sharpness of the strongest edges met across the slices (tissue
+boundaries, sharp in every direction): thin slices see a boundary as a step from one slice
+to the next, thick slices spread it over two. It ignores the intensity scale and how much
+anatomy lies along each axis. Noise is the same in a voxel whichever axis one reads it along,
+while averaging in the simulation removes it; the noise level is measured in-plane and put
+back into the simulated slices so that both sides carry the same noise.
 
 Only lines through the foreground count (a robust threshold), and the in-plane lines are
 thinned, so the estimate takes a fraction of a second on a clinical volume.
@@ -25,9 +26,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 
 from .degradation import weights
 from .errors import SainrError
+from .geometry import relative_thickness
 
 #: Candidate relative thicknesses (slice thickness / slice spacing) of the simulation.
 CANDIDATES: tuple[float, ...] = tuple(float(t) for t in np.geomspace(0.15, 2.5, 15))
@@ -38,6 +41,8 @@ REFERENCE_PROFILE = "gaussian"
 MAX_LINES = 2000
 #: Fewer slices than this leave too few slice pairs for a statistic.
 MIN_SLICES = 4
+#: Share of the strongest monotone rises whose sharpness is measured.
+EDGE_QUANTILE = 0.03
 #: Foreground: voxels above this fraction of the volume's high percentile.
 FOREGROUND_FRACTION = 0.1
 _HIGH_PERCENTILE = 99.0
@@ -70,20 +75,34 @@ SOURCE_GIVEN = "given"
 SOURCE_DICOM = "DICOM SliceThickness"
 SOURCE_NRRD = "NRRD thicknesses"
 SOURCE_ESTIMATE = "estimated from the image"
+SOURCE_ASSUMED = "assumed contiguous"
 
 
 @dataclass(frozen=True)
-class _Energy:
-    """Sum of squared adjacent-sample differences and how many pairs it holds."""
+class _Sharpness:
+    """Sum of the edge sharpness of the strongest edges and how many edges it holds."""
 
     total: float
-    pairs: int
+    edges: int
 
 
-def _difference_energy(lines: np.ndarray) -> _Energy:
-    """Squared differences of adjacent samples along the last axis of ``lines`` (L, n)."""
-    d = np.diff(lines, axis=-1)
-    return _Energy(float(np.sum(d * d, dtype=np.float64)), int(d.size))
+def _edge_sharpness(lines: np.ndarray) -> _Sharpness:
+    """Sharpness of the strongest edges crossed by ``lines`` (L, n), three samples at a time.
+
+    An edge rises monotonically over the two steps of three adjacent samples; its sharpness is
+    the share of the rise taken by the larger step: 1 when the edge falls between two samples
+    (thin slices see a step), towards 1/2 when slices thicker than their spacing spread it over
+    both. Only the top EDGE_QUANTILE of rises count: tissue boundaries, not texture or noise."""
+    step_a = lines[:, 1:-1] - lines[:, :-2]
+    step_b = lines[:, 2:] - lines[:, 1:-1]
+    rise = np.abs(step_a + step_b)
+    monotone = step_a * step_b >= 0
+    if not monotone.any():
+        return _Sharpness(0.0, 0)
+    cut = np.quantile(rise[monotone], 1.0 - EDGE_QUANTILE)
+    strong = monotone & (rise >= cut) & (rise > 0)
+    larger = np.maximum(np.abs(step_a[strong]), np.abs(step_b[strong]))
+    return _Sharpness(float(np.sum(larger / rise[strong])), int(strong.sum()))
 
 
 def _threshold(volume: np.ndarray) -> float:
@@ -135,40 +154,40 @@ def _sampling_matrix(
     return np.stack(rows), np.asarray(energy)
 
 
-def _simulated_energies(
+def _simulated_sharpness(
     lines: np.ndarray, factor: float, sigma: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Per candidate thickness, the mean squared adjacent-slice difference of slices simulated
-    along ``lines`` (L, n_hr) at ``factor`` HR samples apart (NaN when no pair fits). Each
+    """Per candidate thickness, the mean edge sharpness of slices simulated along ``lines``
+    (L, n_hr) at ``factor`` HR samples apart (NaN when no three slices fit). Each
     phase takes its share of the lines; the noise that the averaging removed is added back, so
     that every simulated slice carries the voxel noise ``sigma`` as a real slice does."""
     groups = np.array_split(lines, len(_PHASES))
     noise = [rng.standard_normal(g.shape, dtype=np.float32) for g in groups]
     out = []
     for t in CANDIDATES:
-        total, pairs = 0.0, 0
+        total, edges = 0.0, 0
         for group, phase, z in zip(groups, _PHASES, noise):
             mat, kept = _sampling_matrix(lines.shape[1], factor, t, phase)
-            if mat.shape[0] < 2 or group.shape[0] == 0:
+            if mat.shape[0] < 3 or group.shape[0] == 0:
                 continue
             lr = group @ mat.T
             lr += z[:, : mat.shape[0]] * (sigma * np.sqrt(np.clip(1.0 - kept, 0.0, None)))
-            e = _difference_energy(lr)
-            total, pairs = total + e.total, pairs + e.pairs
-        out.append(total / pairs if pairs else math.nan)
+            e = _edge_sharpness(lr)
+            total, edges = total + e.total, edges + e.edges
+        out.append(total / edges if edges else math.nan)
     return np.asarray(out)
 
 
 def _match(real: float, simulated: np.ndarray) -> float:
-    """The candidate thickness whose simulated energy equals ``real``, interpolated linearly in
-    log thickness; the simulated energies are made non-increasing first (thicker slices are
-    smoother), and an energy beyond the candidates' gives the end of the range."""
+    """The candidate thickness whose simulated sharpness equals ``real``, interpolated linearly
+    in log thickness; the simulated values are made non-increasing first (thicker slices are
+    smoother), and a value beyond the candidates' gives the end of the range."""
     t = np.log(np.asarray(CANDIDATES))
     ok = np.isfinite(simulated)
     if ok.sum() < 2:
         raise ThicknessEstimateError("too few in-plane samples to estimate the slice thickness")
     t, e = t[ok], np.minimum.accumulate(simulated[ok])
-    # np.interp needs increasing x: energies decrease with thickness, so reverse both.
+    # np.interp needs increasing x: sharpness decreases with thickness, so reverse both.
     return float(np.exp(np.interp(real, e[::-1], t[::-1])))
 
 
@@ -208,9 +227,115 @@ def estimate_relative_thickness(
         lines = np.moveaxis(volume, v, -1).reshape(-1, volume.shape[v])
         lines = _foreground_lines(lines, threshold, MAX_LINES)
         if factor >= 1 and lines.shape[0] > 0:
-            curves.append(_simulated_energies(lines, factor, sigma, rng))
+            curves.append(_simulated_sharpness(lines, factor, sigma, rng))
             counts.append(lines.shape[0])
     if not curves:
         raise ThicknessEstimateError("too little in-plane extent to estimate the thickness")
-    simulated = np.average(np.stack(curves), axis=0, weights=np.asarray(counts, dtype=float))
-    return _match(_difference_energy(real).total / _difference_energy(real).pairs, simulated)
+    stacked, w = np.stack(curves), np.asarray(counts, dtype=float)[:, None]
+    ok = np.isfinite(stacked)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        simulated = np.where(ok, stacked * w, 0.0).sum(0) / np.where(ok, w, 0.0).sum(0)
+    sharp = _edge_sharpness(real)
+    if sharp.edges == 0:
+        raise ThicknessEstimateError("no edges across the slices to estimate the thickness from")
+    return _match(sharp.total / sharp.edges, simulated)
+
+
+# --- where a slice thickness comes from ----------------------------------------------------
+
+#: SimpleITK metadata key of DICOM SliceThickness (0018,0050), as the DICOM readers name it.
+DICOM_THICKNESS_KEY = "0018|0050"
+#: SimpleITK metadata key of an NRRD header's per-axis ``thicknesses`` field.
+NRRD_THICKNESS_KEY = "NRRD_thicknesses"
+#: Header and estimate disagreeing by more than this (relative) earn a warning.
+DISAGREEMENT = 0.3
+#: The thickness range (relative) of checkpoints that do not record theirs: the shipped
+#: models were trained on Gaussian and box profiles of 0.5-1.2x the spacing and on pure
+#: decimation at factors 2-5 (1/5 to 1/2).
+FALLBACK_TRAINED_RANGE = (0.2, 1.2)
+
+
+def header_thickness(image: sitk.Image, axis: int) -> tuple[float, str] | None:
+    """(thickness in mm, source) from the image's header: DICOM SliceThickness (a DICOM
+    series' readers and :mod:`sainr.cli` put it in the metadata), else the slice axis' entry
+    of an NRRD ``thicknesses`` field; None when neither holds a positive finite number."""
+    if image.HasMetaDataKey(DICOM_THICKNESS_KEY):
+        value = _positive(image.GetMetaData(DICOM_THICKNESS_KEY).strip().split("\\")[0])
+        if value is not None:
+            return value, SOURCE_DICOM
+    if image.HasMetaDataKey(NRRD_THICKNESS_KEY):
+        fields = image.GetMetaData(NRRD_THICKNESS_KEY).split()
+        if len(fields) == image.GetDimension():
+            value = _positive(fields[axis])
+            if value is not None:
+                return value, SOURCE_NRRD
+    return None
+
+
+def _positive(text: str) -> float | None:
+    """``text`` as a positive finite number, else None (NRRD writes ``nan`` for unknown)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _clipped(relative: float, trained: tuple[float, float] | None) -> tuple[float, str | None]:
+    """``relative`` clipped to the trained range, with a warning when it was outside."""
+    if trained is None:
+        return relative, None
+    lo, hi = trained
+    inside = min(max(relative, lo), hi)
+    if abs(inside - relative) <= 1e-6 * relative:
+        return relative, None
+    return inside, (
+        f"the slice thickness {relative:.2f}x the spacing lies outside the {lo:g}-{hi:g}x this "
+        f"model was trained for; the model is told {inside:.2f}x"
+    )
+
+
+def resolve_slice_thickness(
+    image: sitk.Image,
+    axis: int,
+    given_mm: float | None = None,
+    trained: tuple[float, float] | None = None,
+) -> SliceThickness:
+    """The slice thickness to tell the model: the user's ``given_mm`` (refused outside the
+    ``trained`` range), else the header's (DICOM SliceThickness, NRRD thicknesses), else the
+    estimate from the voxels (:func:`estimate_relative_thickness`). Header and estimate
+    values outside ``trained`` are clipped to it with a warning; a header the estimate
+    disagrees with by more than DISAGREEMENT is kept with a warning. When nothing is known and
+    the volume is too small to estimate, contiguous slices are assumed, with a warning."""
+    spacing = float(image.GetSpacing()[axis])
+    if given_mm is not None:
+        relative = relative_thickness(given_mm, spacing, trained)
+        return SliceThickness(relative * spacing, relative, SOURCE_GIVEN)
+    header = header_thickness(image, axis)
+    try:
+        estimate = estimate_relative_thickness(
+            sitk.GetArrayViewFromImage(image), image.GetSpacing(), axis
+        )
+    except ThicknessEstimateError as exc:
+        estimate, why = None, str(exc)
+    if header is not None:
+        relative = relative_thickness(header[0], spacing)
+        notes = []
+        if estimate is not None and abs(estimate - relative) > DISAGREEMENT * relative:
+            notes.append(
+                f"the {header[1]} ({header[0]:.4g} mm) and the image ({estimate * spacing:.2g} "
+                "mm thick by its own estimate) disagree; check the header or give "
+                "--slice-thickness"
+            )
+        inside, clip = _clipped(relative, trained)
+        warning = "; ".join(notes + ([clip] if clip else [])) or None
+        return SliceThickness(inside * spacing, inside, header[1], warning)
+    if estimate is None:
+        return SliceThickness(
+            spacing,
+            1.0,
+            SOURCE_ASSUMED,
+            f"{why}; contiguous slices assumed (thickness = spacing): give --slice-thickness",
+        )
+    inside, clip = _clipped(estimate, trained)
+    return SliceThickness(inside * spacing, inside, SOURCE_ESTIMATE, clip)

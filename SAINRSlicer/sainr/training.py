@@ -353,7 +353,11 @@ def train(
     net = DistributedDataParallel(model) if world > 1 else model
     history = History(out) if rank == 0 else None
     halving = max(cfg.steps // cfg.gamma_halvings, 1)
-    state = {"config": asdict(cfg)}
+    # the thicknesses the model learns, so that a reduction refuses others (sainr.weights)
+    state = {
+        "config": asdict(cfg),
+        "thickness_range": PatchSpec(**cfg.patch).sampler.relative_range,
+    }
 
     def checkpoint(path: Path, **meta: Any) -> None:
         if rank == 0:

@@ -17,11 +17,13 @@ from typing import Any
 
 import torch
 
+from .data import PatchSpec
 from .errors import OutputPathError, SainrError, WeightsError
 from .io import check_writable, write_atomically
 from .model import SAINR, ModelConfig
 from .protocol import DEFAULT_MODEL
 from .resources import resource_folders
+from .thickness import FALLBACK_TRAINED_RANGE
 
 FORMAT = "sainr-checkpoint-v1"
 CATALOG = "models.json"
@@ -81,7 +83,36 @@ def load_model(weights: str | os.PathLike | None = None) -> SAINR:
         raise WeightsError(f"the weights file {path} is missing; reinstall SAINRSlicer")
     if expected is not None and sha256(path) != expected:
         raise WeightsError(f"{path.name} fails its SHA-256 check (corrupt or replaced); reinstall")
-    return build_model(read_checkpoint(path), path.name).eval()
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt, path.name).eval()
+    model.trained_thickness = thickness_range(ckpt)
+    return model
+
+
+def thickness_range(ckpt: dict[str, Any]) -> tuple[float, float] | None:
+    """The relative slice thicknesses (thickness / spacing) a checkpoint's model was trained
+    for: None when it is not told the thickness (any thickness is alike to it); the range its
+    meta records (``thickness_range``, written by training since it was added), else the one
+    its training config implies, else the shipped models' (:data:`FALLBACK_TRAINED_RANGE`)."""
+    if not ckpt.get("config", {}).get("conditioning", False):
+        return None
+    meta = ckpt.get("meta", {})
+    recorded = meta.get("thickness_range")
+    if isinstance(recorded, (list, tuple)) and len(recorded) == 2:
+        return float(recorded[0]), float(recorded[1])
+    patch = meta.get("config", {}).get("patch") if isinstance(meta.get("config"), dict) else None
+    if isinstance(patch, dict):
+        try:
+            return PatchSpec(**patch).sampler.relative_range
+        except (TypeError, ValueError):
+            pass
+    return FALLBACK_TRAINED_RANGE
+
+
+def trained_thickness_range(weights: str | os.PathLike | None = None) -> tuple[float, float] | None:
+    """:func:`thickness_range` of a shipped model name or weights file, without building it."""
+    path, _ = resolve(weights)
+    return thickness_range(read_checkpoint(path))
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -220,6 +251,7 @@ def export_model(
         raise WeightsError(f"the model catalog {index} is unreadable; fix or remove it")
     meta = {
         **ckpt.get("meta", {}),
+        "thickness_range": thickness_range(ckpt),
         "step": ckpt.get("step"),
         "minutes": ckpt.get("elapsed", 0) / 60,
     }

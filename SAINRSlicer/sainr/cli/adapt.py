@@ -22,7 +22,7 @@ from ..io import check_output_path, write_volume
 from ..model import SAINR
 from ..protocol import PROGRESS_TAG
 from ..request import Target
-from ..weights import load_model
+from ..weights import load_model, trained_thickness_range
 from .common import (
     CheckedInput,
     add_run_arguments,
@@ -99,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.reduce, (args.input,))
     target, options = target_of(args), options_of(args)
     choose_device(options.device)  # an unavailable device fails before any work
-    checked = checked_input(args.input, None, target, options)
+    checked = checked_input(
+        args.input, None, target, options, trained_thickness_range(args.weights)
+    )
     model = load_model(args.weights)
     config = AdaptConfig(steps=args.steps, minutes=args.minutes, seed=args.seed)
     name = args.input.name

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -22,6 +22,7 @@ from ..io import dicom_slice_thickness, read_volume
 from ..planning import plan_reduction
 from ..protocol import PROGRESS_TAG
 from ..request import ReduceOptions, Target
+from ..thickness import DICOM_THICKNESS_KEY
 from ..validation import check_values
 
 
@@ -80,12 +81,26 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--slice-thickness",
-        type=float,
-        metavar="MM",
-        help="acquired slice thickness in mm (default: DICOM SliceThickness, else the slice "
-        "spacing; give the smaller thickness when slices have gaps)",
+        type=thickness_argument,
+        default=None,
+        metavar="MM|auto",
+        help="acquired slice thickness in mm; auto (default): the header's (DICOM SliceThickness, "
+        "NRRD thicknesses), else estimated from the image. Values outside what the model was "
+        "trained for are refused",
     )
     p.add_argument("--progress", choices=("bar", "lines", "none"), default="bar")
+
+
+def thickness_argument(text: str) -> float | None:
+    """``--slice-thickness``: ``auto`` (None: header, else estimate) or a number of mm."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"give a thickness in mm or 'auto', not {text!r}"
+        ) from None
 
 
 def target_of(args: argparse.Namespace) -> Target:
@@ -112,24 +127,33 @@ def options_of(args: argparse.Namespace) -> ReduceOptions:
 
 @dataclass(frozen=True)
 class CheckedInput:
-    """An input read and checked, with the options of its run: the slice thickness is the
-    one given, else its DICOM SliceThickness, resolved once here."""
+    """An input read and checked, with the options of its run. A DICOM series' SliceThickness
+    travels in the image's metadata (:data:`sainr.thickness.DICOM_THICKNESS_KEY`), where the
+    reduction finds it as a header thickness."""
 
     image: sitk.Image
     options: ReduceOptions
 
 
 def checked_input(
-    src: Path, series: str | None, target: Target, options: ReduceOptions
+    src: Path,
+    series: str | None,
+    target: Target,
+    options: ReduceOptions,
+    trained: tuple[float, float] | None = None,
 ) -> CheckedInput:
     """Read ``src`` (one ``series`` of a DICOM folder) and run every check that needs no
-    model: grid, target, slice thickness, voxel values."""
+    model: grid, target, a given slice thickness (against the model's ``trained`` range),
+    voxel values."""
     with native_stderr_silenced():
         image = read_volume(src, series)
     axis, _ = plan_reduction(image, target)
     if options.slice_thickness_mm is None:
-        options = replace(options, slice_thickness_mm=dicom_slice_thickness(src, series))
-    relative_thickness(options.slice_thickness_mm, image.GetSpacing()[axis])
+        dicom_mm = dicom_slice_thickness(src, series)
+        if dicom_mm is not None:
+            image.SetMetaData(DICOM_THICKNESS_KEY, f"{dicom_mm:.17g}")
+    else:
+        relative_thickness(options.slice_thickness_mm, image.GetSpacing()[axis], trained)
     check_values(sitk.GetArrayViewFromImage(image), options.nan_policy)
     return CheckedInput(image, options)
 

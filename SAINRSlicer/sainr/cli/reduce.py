@@ -28,7 +28,7 @@ from ..io import (
 from ..model import SAINR
 from ..protocol import ADAPT_TAG, EXIT_USER
 from ..request import ReduceOptions, Target
-from ..weights import load_model
+from ..weights import load_model, trained_thickness_range
 from .adapt import adapt_with_progress
 from .common import (
     CheckedInput,
@@ -103,10 +103,11 @@ def run(args: argparse.Namespace) -> int:
     # Every input is checked before the model loads (batch: before the first result is
     # written); only the first image is kept, the others are read again in turn, with the
     # slice thickness resolved by the check.
-    first = checked_input(pairs[0][0], args.series, target, options)
+    trained = trained_thickness_range(args.weights)
+    first = checked_input(pairs[0][0], args.series, target, options, trained)
     resolved = [first.options]
     resolved += [
-        checked_input(src, args.series, target, options).options for src, _, _ in pairs[1:]
+        checked_input(src, args.series, target, options, trained).options for src, _, _ in pairs[1:]
     ]
     if len(pairs) > 1 and (skipped := _skipped_folders(args.input)):
         print(
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     written: list[Path] = []
     try:
         for n, (src, dst, mask_dst) in enumerate(pairs):
-            one = first if n == 0 else checked_input(src, args.series, target, resolved[n])
+            one = first if n == 0 else checked_input(src, args.series, target, resolved[n], trained)
             net = _model_for(src, one, model, target, args)
             _reduce_one(src, one, dst, mask_dst, net, target, args, written)
     except KeyboardInterrupt as exc:
@@ -138,7 +139,7 @@ def _pair_reducer(
     model = load_model(args.weights)
 
     def reduce_pair(src: Path, dst: Path, mask_dst: Path | None) -> None:
-        one = checked_input(src, args.series, target, options)
+        one = checked_input(src, args.series, target, options, model.trained_thickness)
         net = _model_for(src, one, model, target, args)
         _reduce_one(src, one, dst, mask_dst, net, target, args, [])
 
@@ -204,7 +205,8 @@ def _reduce_one(
     info = result.info
     print(
         f"{src.name}: axis {info['axis_label']}, {info['slices_in']} slices at "
-        f"{info['spacing_in']:.4g} mm ({info['slice_thickness']:.4g} mm thick) -> "
+        f"{info['spacing_in']:.4g} mm ({info['slice_thickness']:.2g} mm thick, "
+        f"{info['slice_thickness_source']}) -> "
         f"{info['slices_out']} at {info['spacing_out']:.4g} mm, "
         f"gated {100 * info['gated_fraction']:.0f} % ({info['device']}) -> {dst}",
         file=sys.stderr,
