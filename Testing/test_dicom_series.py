@@ -280,9 +280,9 @@ def test_reduce_uses_the_series_slice_thickness_unless_told_otherwise(
         "none",
     ]
     assert main(argv) == 0
-    assert "(1.2 mm thick)" in capfd.readouterr().err
+    assert "(1.2 mm thick, DICOM SliceThickness)" in capfd.readouterr().err
     assert main([*argv, "--slice-thickness", "1.5"]) == 0
-    assert "(1.5 mm thick)" in capfd.readouterr().err
+    assert "(1.5 mm thick, given)" in capfd.readouterr().err
     bad = write_series(tmp_path / "bad", knee, thickness="12")  # 8x the spacing: a typo
     assert (
         main(
@@ -336,6 +336,6 @@ def test_reduce_reads_the_series_slice_thickness_once_and_adapts_with_it(
     ]
     assert main(argv) == 0, capfd.readouterr().err
     assert reads == [folder]
-    assert "(1.2 mm thick)" in capfd.readouterr().err
+    assert "(1.2 mm thick, DICOM SliceThickness)" in capfd.readouterr().err
     meta = torch.load(weights, map_location="cpu", weights_only=True)["meta"]["adapted"]
     assert meta["thickness"] == pytest.approx(1.2 / 1.5, rel=1e-3)

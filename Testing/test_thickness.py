@@ -16,6 +16,7 @@ from sainr.cli import main
 from sainr.errors import SpacingError
 from sainr.geometry import relative_thickness
 from sainr.model import SAINR, ModelConfig, Queries
+from sainr.thickness import resolve_slice_thickness
 from sainr.training import warm_start
 
 CONDITIONED = ModelConfig(**{**TINY.to_dict(), "conditioning": True})
@@ -33,8 +34,10 @@ def _reduce(image: sitk.Image, model: SAINR, thickness_mm: float | None) -> np.n
 
 
 def test_the_slice_thickness_changes_a_conditioned_models_output(knee_thick, conditioned):
-    contiguous = _reduce(knee_thick, conditioned, None)  # default: thickness = spacing (3 mm)
-    np.testing.assert_array_equal(_reduce(knee_thick, conditioned, 3.0), contiguous)
+    auto = _reduce(knee_thick, conditioned, None)  # default: estimated from the image
+    estimated = resolve_slice_thickness(knee_thick, 2).mm
+    np.testing.assert_array_equal(_reduce(knee_thick, conditioned, estimated), auto)
+    contiguous = _reduce(knee_thick, conditioned, 3.0)
     gapped = _reduce(knee_thick, conditioned, 1.0)
     assert np.abs(gapped - contiguous).mean() > 0.5  # int16 units
 
@@ -115,7 +118,7 @@ def _sha(path: Path) -> str:
         ("0", "positive number"),
         ("-1", "positive number"),
         ("nan", "positive number"),
-        ("10", "limit 3x"),
+        ("10", "3.3x the slice spacing 3 mm; this model was trained for 0.2-1.2x"),
     ],
 )
 def test_cli_refuses_a_bad_slice_thickness_before_any_work(
@@ -165,4 +168,4 @@ def test_cli_reports_the_thickness_it_used(tmp_path: Path, knee_thick, capsys) -
         )
         == 0
     )
-    assert "(2 mm thick)" in capsys.readouterr().err
+    assert "(2 mm thick, given)" in capsys.readouterr().err

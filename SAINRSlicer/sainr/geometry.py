@@ -213,16 +213,17 @@ def relative_thickness(
     ratio = thickness_mm / spacing_mm
     lo, hi = trained if trained is not None else (0.0, MAX_RELATIVE_THICKNESS)
     if not (lo * (1 - EPS) <= ratio <= hi * (1 + EPS)):
+        if trained is None:
+            raise SpacingError(
+                f"a slice thickness of {thickness_mm:g} mm is {ratio:.1f}x the slice spacing "
+                f"{spacing_mm:.4g} mm (limit {hi:g}x); give the thickness in mm as the scanner "
+                "reports it (DICOM SliceThickness)"
+            )
         raise SpacingError(
             f"a slice thickness of {thickness_mm:g} mm is {ratio:.2g}x the slice spacing "
-            f"{spacing_mm:.4g} mm; "
-            + (
-                f"this model was trained for {lo:g}-{hi:g}x ({lo * spacing_mm:.3g}-"
-                f"{hi * spacing_mm:.3g} mm here); give a thickness in that range"
-                if trained is not None
-                else f"the limit is {hi:g}x; give the thickness in mm as the scanner reports "
-                "it (DICOM SliceThickness)"
-            )
+            f"{spacing_mm:.4g} mm; this model was trained for {lo:g}-{hi:g}x "
+            f"({lo * spacing_mm:.3g}-{hi * spacing_mm:.3g} mm here); give a thickness in that "
+            "range, or --slice-thickness auto"
         )
     return float(ratio)
 

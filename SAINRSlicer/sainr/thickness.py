@@ -23,6 +23,7 @@ thinned, so the estimate takes a fraction of a second on a clinical volume.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -247,6 +248,7 @@ def estimate_relative_thickness(
 DICOM_THICKNESS_KEY = "0018|0050"
 #: SimpleITK metadata key of an NRRD header's per-axis ``thicknesses`` field.
 NRRD_THICKNESS_KEY = "NRRD_thicknesses"
+_NRRD_HEADER_BYTES = 65536
 #: Header and estimate disagreeing by more than this (relative) earn a warning.
 DISAGREEMENT = 0.3
 #: The thickness range (relative) of checkpoints that do not record theirs: the shipped
@@ -269,6 +271,24 @@ def header_thickness(image: sitk.Image, axis: int) -> tuple[float, str] | None:
             value = _positive(fields[axis])
             if value is not None:
                 return value, SOURCE_NRRD
+    return None
+
+
+def nrrd_thicknesses(path: str | os.PathLike) -> str | None:
+    """The ``thicknesses`` field of an NRRD file's text header (``.nrrd`` / ``.nhdr``), e.g.
+    ``"nan nan 1.5"``, or None. ITK reads the field but SimpleITK cannot show its values, so
+    the header is read here; put it in the image as :data:`NRRD_THICKNESS_KEY`."""
+    if not str(path).lower().endswith((".nrrd", ".nhdr")):
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_NRRD_HEADER_BYTES)
+    except OSError:
+        return None
+    for raw in head.split(b"\n\n", 1)[0].splitlines()[1:]:
+        key, sep, value = raw.decode("latin-1").partition(":")
+        if sep and key.strip() == "thicknesses":
+            return value.strip()
     return None
 
 

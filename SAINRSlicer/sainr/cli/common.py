@@ -22,7 +22,7 @@ from ..io import dicom_slice_thickness, read_volume
 from ..planning import plan_reduction
 from ..protocol import PROGRESS_TAG
 from ..request import ReduceOptions, Target
-from ..thickness import DICOM_THICKNESS_KEY
+from ..thickness import DICOM_THICKNESS_KEY, NRRD_THICKNESS_KEY, nrrd_thicknesses
 from ..validation import check_values
 
 
@@ -152,6 +152,8 @@ def checked_input(
         dicom_mm = dicom_slice_thickness(src, series)
         if dicom_mm is not None:
             image.SetMetaData(DICOM_THICKNESS_KEY, f"{dicom_mm:.17g}")
+        if (nrrd := nrrd_thicknesses(src)) is not None:
+            image.SetMetaData(NRRD_THICKNESS_KEY, nrrd)
     else:
         relative_thickness(options.slice_thickness_mm, image.GetSpacing()[axis], trained)
     check_values(sitk.GetArrayViewFromImage(image), options.nan_policy)
