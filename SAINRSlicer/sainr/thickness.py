@@ -226,6 +226,9 @@ def estimate_relative_thickness(
     volume = np.moveaxis(np.asarray(array, dtype=np.float32), 2 - axis, 0)
     if not np.isfinite(volume).all():  # as --nan-to-zero does for the model
         volume = np.nan_to_num(volume, nan=0.0, posinf=0.0, neginf=0.0)
+    peak = float(np.max(np.abs(volume)))
+    if peak > 0:  # the statistic is scale-free; unit scale keeps differences finite
+        volume = volume / np.float32(peak)
     if volume.shape[0] < MIN_SLICES:
         raise ThicknessEstimateError(
             f"{volume.shape[0]} slices are too few to estimate the slice thickness "
@@ -254,7 +257,7 @@ def estimate_relative_thickness(
     with np.errstate(invalid="ignore", divide="ignore"):
         simulated = np.where(ok, stacked * w, 0.0).sum(0) / np.where(ok, w, 0.0).sum(0)
     sharp = _edge_sharpness(real)
-    if sharp.edges == 0:
+    if sharp.edges == 0 or not math.isfinite(sharp.total):
         raise ThicknessEstimateError("no edges across the slices to estimate the thickness from")
     return _match(sharp.total / sharp.edges, simulated)
 

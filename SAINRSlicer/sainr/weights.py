@@ -78,15 +78,21 @@ def resolve(weights: str | os.PathLike | None) -> tuple[Path, str | None]:
 
 def load_model(weights: str | os.PathLike | None = None) -> SAINR:
     """Build the model from a checkpoint; strict keys, checksum for shipped models."""
+    path = _checked(weights)
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt, path.name).eval()
+    model.trained_thickness = thickness_range(ckpt)
+    return model
+
+
+def _checked(weights: str | os.PathLike | None) -> Path:
+    """The weights file of ``weights``, present and (for a shipped model) intact."""
     path, expected = resolve(weights)
     if not path.is_file():
         raise WeightsError(f"the weights file {path} is missing; reinstall SAINRSlicer")
     if expected is not None and sha256(path) != expected:
         raise WeightsError(f"{path.name} fails its SHA-256 check (corrupt or replaced); reinstall")
-    ckpt = read_checkpoint(path)
-    model = build_model(ckpt, path.name).eval()
-    model.trained_thickness = thickness_range(ckpt)
-    return model
+    return path
 
 
 def thickness_range(ckpt: dict[str, Any]) -> tuple[float, float] | None:
@@ -110,9 +116,9 @@ def thickness_range(ckpt: dict[str, Any]) -> tuple[float, float] | None:
 
 
 def trained_thickness_range(weights: str | os.PathLike | None = None) -> tuple[float, float] | None:
-    """:func:`thickness_range` of a shipped model name or weights file, without building it."""
-    path, _ = resolve(weights)
-    return thickness_range(read_checkpoint(path))
+    """:func:`thickness_range` of a shipped model name or weights file, without building it
+    (checked as :func:`load_model` checks it)."""
+    return thickness_range(read_checkpoint(_checked(weights)))
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
