@@ -237,3 +237,34 @@ def test_a_resolved_thickness_is_a_frozen_record():
     value = SliceThickness(1.5, 0.5, "given")
     with pytest.raises(dataclasses.FrozenInstanceError):
         value.mm = 2.0  # type: ignore[misc]
+
+
+def test_training_and_export_record_the_thickness_range(tmp_path):
+    """A model trained on Gaussian slices 0.4-1.5x thick and on decimation at x2/x3 carries
+    1/3-1.5x in its checkpoint and in the exported copy; a reduction refuses 1.6x."""
+    import torch
+
+    from sainr.training import TrainConfig, train
+    from sainr.weights import export_model
+
+    patch = {"lr_slices": 5, "size": 24, "queries": 256, "factors": [2, 3]}
+    patch |= {"profiles": ["none", "gaussian"], "profile_weights": [1, 1], "thickness": [0.4, 1.5]}
+    config = TrainConfig(
+        data=[{"path": KNEE_QDESS.name}],
+        val=[],
+        model={"channels": 8, "blocks": 1, "hidden": 16, "conditioning": True},
+        patch=patch,
+        steps=2,
+        batch=2,
+        checkpoint_minutes=100,
+        log_every=1000,
+    )
+    train(config, tmp_path / "run", KNEE_QDESS.parent, log=lambda *_: None)
+    meta = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["meta"]
+    assert meta["thickness_range"] == pytest.approx((1 / 3, 1.5))
+    (tmp_path / "models").mkdir()
+    entry = export_model(tmp_path / "run" / "last.pt", "t", "test", tmp_path / "models")
+    exported = tmp_path / "models" / entry["file"]
+    assert trained_thickness_range(exported) == pytest.approx((1 / 3, 1.5))
+    with pytest.raises(SpacingError, match=r"trained for 0\.33-1\.5x"):
+        relative_thickness(4.8, 3.0, trained_thickness_range(exported))

@@ -221,7 +221,7 @@ def relative_thickness(
             )
         raise SpacingError(
             f"a slice thickness of {thickness_mm:g} mm is {ratio:.2g}x the slice spacing "
-            f"{spacing_mm:.4g} mm; this model was trained for {lo:g}-{hi:g}x "
+            f"{spacing_mm:.4g} mm; this model was trained for {lo:.2g}-{hi:.2g}x "
             f"({lo * spacing_mm:.3g}-{hi * spacing_mm:.3g} mm here); give a thickness in that "
             "range, or --slice-thickness auto"
         )

@@ -330,7 +330,7 @@ def _clipped(relative: float, trained: tuple[float, float] | None) -> tuple[floa
     if abs(inside - relative) <= 1e-6 * relative:
         return relative, None
     return inside, (
-        f"the slice thickness {relative:.2f}x the spacing lies outside the {lo:g}-{hi:g}x this "
+        f"the slice thickness {relative:.2f}x the spacing lies outside the {lo:.2g}-{hi:.2g}x this "
         f"model was trained for; the model is told {inside:.2f}x"
     )
 
