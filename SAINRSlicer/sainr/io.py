@@ -27,14 +27,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from . import dicom
+from . import dicom, dicom_file
 from .errors import InputImageError, OutputPathError
 from .geometry import check_direction, check_spacing
+from .validation import MAX_INPUT_VOXELS
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-#: Refuse headers that declare more voxels than this (2^30, e.g. 1024^3): a corrupt size field
-#: must not make ITK allocate gigabytes before the read fails.
-MAX_INPUT_VOXELS = 2**30
 #: Bytes of a text header (NRRD, MetaImage) inspected before ITK reads the file.
 _TEXT_HEADER_BYTES = 65536
 
@@ -50,18 +48,33 @@ def is_dicom_folder(path: Path) -> bool:
 
 
 def dicom_slice_thickness(path: str | os.PathLike, series: str | None = None) -> float | None:
-    """SliceThickness (0018,0050) of the DICOM series folder ``path`` (``series`` picks one of
-    several, as in :func:`read_volume`, which raises the same InputImageError when the choice
-    is missing or unknown); None for a volume file, a folder without DICOM, or when the tag is
-    absent, invalid or not the same in every image."""
+    """SliceThickness (0018,0050) of the DICOM series folder or DICOM file ``path``
+    (``series`` picks one of several, as in :func:`read_volume`, which raises the same
+    InputImageError when the choice is missing or unknown); None for another volume file, a
+    folder without DICOM, or when the tag is absent, invalid or not the same in every frame."""
     path = Path(path)
-    return dicom.slice_thickness(path, series) if is_dicom_folder(path) else None
+    if is_dicom_folder(path):
+        return dicom.slice_thickness(dicom.choose_series(path, series))
+    return dicom.slice_thickness([path]) if is_dicom_file(path) else None
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM file: the 'DICM' preamble, or (without one) a file ITK reads as DICOM."""
+    if dicom_file.is_dicom(path):
+        return True
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    return reader.GetImageIO() == "GDCMImageIO"
 
 
 def read_volume(path: str | os.PathLike, series: str | None = None) -> sitk.Image:
-    """Read a volume file or a DICOM series folder (``series``: the SeriesInstanceUID when
-    the folder holds several); raise InputImageError else. A DICOM series is read only when
-    its slices form one regular stack (see :mod:`sainr.dicom`)."""
+    """Read a volume file, a DICOM file or a DICOM series folder (``series``: the
+    SeriesInstanceUID when the folder holds several); raise InputImageError else. DICOM is
+    read only when its slices or frames form one regular stack (see :mod:`sainr.dicom`)."""
     path = Path(path)
     if not path.exists():
         raise InputImageError(f"input not found: {path}; check the path")
@@ -69,6 +82,8 @@ def read_volume(path: str | os.PathLike, series: str | None = None) -> sitk.Imag
         return dicom.read_series(path, series)
     if path.stat().st_size == 0:
         raise InputImageError(f"input file is empty (0 bytes): {path}; export the volume again")
+    if is_dicom_file(path):  # its frames are checked like a series' slices
+        return dicom.read_stack([path])
     check_header(path)
     try:
         return sitk.ReadImage(str(path))

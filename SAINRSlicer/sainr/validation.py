@@ -27,6 +27,9 @@ SUPPORTED_TYPES = {
     sitk.sitkFloat32,
     sitk.sitkFloat64,
 }
+#: Refuse headers that declare more voxels than this (2^30, e.g. 1024^3): a corrupt size field
+#: must not make a reader allocate gigabytes before the read fails.
+MAX_INPUT_VOXELS = 2**30
 #: Refuse (unless forced) outputs whose result arrays would need more memory than this.
 MAX_RESULT_BYTES = 4 * 2**30
 #: Memory per output voxel besides the output itself: float32 result, uint8 gating mask and
