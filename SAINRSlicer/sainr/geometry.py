@@ -208,8 +208,8 @@ def relative_thickness(thickness_mm: float | None, spacing_mm: float) -> float:
     if ratio > MAX_RELATIVE_THICKNESS + EPS:
         raise SpacingError(
             f"a slice thickness of {thickness_mm:g} mm is {ratio:.1f}x the slice spacing "
-            f"{spacing_mm:.4g} mm (limit {MAX_RELATIVE_THICKNESS:g}x); give the thickness in mm "
-            "as the scanner reports it (DICOM SliceThickness)"
+            f"{spacing_mm:.4g} mm (limit {MAX_RELATIVE_THICKNESS:g}x); give the acquired slice "
+            "thickness in mm with --slice-thickness MM (Python: slice_thickness_mm)"
         )
     return float(ratio)
 
