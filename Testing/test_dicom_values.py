@@ -59,9 +59,10 @@ def tiny_weights(tmp_path_factory) -> Path:
     return path
 
 
-def write_enhanced(path: Path, volume: sitk.Image) -> Path:
+def write_enhanced(path: Path, volume: sitk.Image, compressor: str | None = None) -> Path:
     """One enhanced MR file (GDCM writes a per-frame PlanePositionSequence from the volume's
-    geometry, a shared orientation and pixel measures)."""
+    geometry, a shared orientation and pixel measures), its pixels compressed losslessly
+    with ``compressor`` when given."""
     path.parent.mkdir(parents=True, exist_ok=True)
     image = sitk.Image(volume)
     for key, text in {
@@ -74,6 +75,9 @@ def write_enhanced(path: Path, volume: sitk.Image) -> Path:
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     writer.SetFileName(str(path))
+    if compressor:
+        writer.SetUseCompression(True)
+        writer.SetCompressor(compressor)
     writer.Execute(image)
     return path
 
@@ -167,11 +171,13 @@ def _assert_geometry(image: sitk.Image, volume: sitk.Image) -> None:
 # --- enhanced (multi-frame) files, given as a file or in a folder ----------------------------
 
 
-def test_an_enhanced_file_reads_exactly_as_a_file_and_in_a_folder(tmp_path, knee):
+@pytest.mark.parametrize("compressor", [None, "JPEG"])
+def test_an_enhanced_file_reads_exactly_as_a_file_and_in_a_folder(tmp_path, knee, compressor):
     """A regular enhanced MR file reads with the knee's exact grid and voxels, as ITK reads
     it, whether it is given as a file or as a folder holding only it (a regression: the folder
-    was refused for lacking a top-level ImagePositionPatient)."""
-    path = write_enhanced(tmp_path / "one" / "enh.dcm", knee)
+    was refused for lacking a top-level ImagePositionPatient); compressed pixel data (lossless
+    JPEG) is decoded by ITK."""
+    path = write_enhanced(tmp_path / "one" / "enh.dcm", knee, compressor)
     for given in (path, path.parent):
         image = read_volume(given)
         _assert_geometry(image, knee)

@@ -269,6 +269,8 @@ def read_values(frames: list[Frame]) -> np.ndarray:
 
 
 def _rescaled(values: np.ndarray, slope: float, intercept: float, dtype: np.dtype) -> np.ndarray:
+    """``values x slope + intercept`` computed in float64, rounded for an integer ``dtype``
+    (chosen so that every such value fits)."""
     real = values.astype(np.float64) * slope + intercept
     return np.rint(real) if dtype.kind in "iu" else real
 
@@ -323,6 +325,12 @@ def _decoded(path: Path, layout: PixelLayout) -> np.ndarray:
             f"DICOM file {path.name} is a colour image, not a scalar one; export a greyscale series"
         )
     array = sitk.GetArrayFromImage(image)
+    if array.size != layout.frames * layout.rows * layout.columns:
+        raise InputImageError(
+            f"DICOM file {path.name} decodes to {array.size} pixels, not the {layout.rows} x "
+            f"{layout.columns} x {layout.frames} frame(s) its header declares; export the "
+            "series again"
+        )
     return array.reshape(layout.frames, layout.rows, layout.columns)
 
 
@@ -330,11 +338,13 @@ def _value_type(frames: list[Frame]) -> np.dtype:
     """The type of the real values: the stored type when no frame is rescaled, the narrowest
     integer type that holds every possible value when all rescales are integers, else float32
     (float64 beyond float32's exact integers)."""
-    kinds = {_stored_type(frame) for frame in frames}
+    one_per_file = {frame.source.path: frame for frame in frames}
+    types = {path: _stored_type(frame) for path, frame in one_per_file.items()}
+    kinds = set(types.values())
     rescales = {_own_rescale(frame) for frame in frames}
     if len(kinds) == 1 and rescales == {(1.0, 0.0)}:
         return kinds.pop()
-    low, high = _value_range(frames)
+    low, high = _value_range(frames, types)
     if all(float(v).is_integer() for pair in rescales for v in pair):
         for dtype in (*sorted(kinds, key=lambda d: d.itemsize), np.dtype(np.int32)):
             if dtype.kind in "iu" and np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
@@ -343,20 +353,28 @@ def _value_type(frames: list[Frame]) -> np.dtype:
 
 
 def _stored_type(frame: Frame) -> np.dtype:
-    """The type of a frame's values before its rescale (native byte order)."""
+    """The type of a frame's values before its rescale (native byte order); for pixel data
+    ITK decodes, the type ITK gives it."""
     if _plain(frame):
         return frame.layout.dtype("=")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(frame.source.path))
-    reader.ReadImageInformation()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputImageError(
+            f"cannot read DICOM file {frame.source.path.name} (ITK cannot decode its pixel "
+            "data); export the series again uncompressed"
+        ) from exc
     return sitk.GetArrayViewFromImage(sitk.Image([1, 1], reader.GetPixelID())).dtype
 
 
-def _value_range(frames: list[Frame]) -> tuple[float, float]:
-    """The lowest and highest real value any frame can hold (from its stored type's range)."""
+def _value_range(frames: list[Frame], types: dict[Path, np.dtype]) -> tuple[float, float]:
+    """The lowest and highest real value any frame can hold (from its stored type's range;
+    ``types``: the stored type of each file)."""
     lows, highs = [], []
     for frame in frames:
-        dtype = _stored_type(frame)
+        dtype = types[frame.source.path]
         if dtype.kind == "f":
             return -np.inf, np.inf
         bits = frame.layout.bits_stored if _plain(frame) else dtype.itemsize * 8
