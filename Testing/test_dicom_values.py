@@ -24,7 +24,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 from dicom_edit import load, save, value
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_dicom_series import write_series
+from test_reader_fuzz import FUZZ, assert_valid_or_refused
 
 from conftest import KNEE_QDESS, TINY
 from sainr import reduce_spacing
@@ -178,11 +181,11 @@ def test_an_enhanced_file_reads_exactly_as_a_file_and_in_a_folder(tmp_path, knee
     was refused for lacking a top-level ImagePositionPatient); compressed pixel data (lossless
     JPEG) is decoded by ITK."""
     path = write_enhanced(tmp_path / "one" / "enh.dcm", knee, compressor)
-    for given in (path, path.parent):
-        image = read_volume(given)
+    for src in (path, path.parent):
+        image = read_volume(src)
         _assert_geometry(image, knee)
         _assert_geometry(image, sitk.ReadImage(str(path)))
-        _assert_geometry(read_volume(given), image)  # a second read: identical
+        _assert_geometry(read_volume(src), image)  # a second read: identical
 
 
 BROKEN_ENHANCED = {
@@ -200,15 +203,15 @@ BROKEN_ENHANCED = {
 }
 
 
-@pytest.mark.parametrize("given", ["file", "folder"])
+@pytest.mark.parametrize("form", ["file", "folder"])
 @pytest.mark.parametrize("name", BROKEN_ENHANCED)
-def test_a_broken_enhanced_file_is_refused(tmp_path, knee, tiny_weights, capfd, name, given):
+def test_a_broken_enhanced_file_is_refused(tmp_path, knee, tiny_weights, capfd, name, form):
     """The frames of an enhanced file go through the series checks (given as a file they
     were skipped: the tilt put slices 9 mm off; a missing frame looked "nearly isotropic", and
     with --axis 2 slices were 19 mm off)."""
     make, pattern = BROKEN_ENHANCED[name]
     path = _edit(write_enhanced(tmp_path / "dcm" / "enh.dcm", knee), make(knee))
-    src = path if given == "file" else path.parent
+    src = path if form == "file" else path.parent
     with pytest.raises(InputImageError, match=pattern):
         read_volume(src)
     _refused(capfd, src, tmp_path, tiny_weights, pattern)
@@ -325,6 +328,24 @@ def test_one_dicom_image_given_as_a_file_is_one_slice(tmp_path, knee, tiny_weigh
     with pytest.raises(InputImageError, match="single slice"):
         check_image(image)
     _refused(capfd, path, tmp_path, tiny_weights, r"the input is a single slice")
+
+
+@settings(FUZZ, max_examples=60)
+@given(
+    flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=8),
+    keep=st.one_of(st.none(), st.floats(0, 1)),
+)
+def test_corrupted_dicom_files_are_read_or_refused(flips, keep, knee, tmp_path_factory):
+    """Byte flips and truncation of an enhanced file: a valid volume or a SainrError."""
+    folder = tmp_path_factory.mktemp("corrupt")
+    raw = bytearray(write_enhanced(folder / "valid.dcm", knee).read_bytes())
+    for where, byte in flips:
+        raw[int(where * len(raw))] = byte
+    if keep is not None:
+        raw = raw[: int(keep * len(raw))]
+    path = folder / "fuzz.dcm"
+    path.write_bytes(bytes(raw))
+    assert_valid_or_refused(path)
 
 
 # --- values, weights and options ----------------------------------------------------------

@@ -100,7 +100,7 @@ def _parse(path: Path, buf: mmap.mmap) -> DicomFile:
         encoding = Encoding(syntax != IMPLICIT_LITTLE, ">" if syntax == EXPLICIT_BIG else "<")
         body = _inflate(buf[pos:]) if syntax == DEFLATED else buf
         dataset, _ = _read_dataset(body, 0 if syntax == DEFLATED else pos, len(body), encoding)
-    except (_Corrupt, struct.error, zlib.error) as exc:
+    except (_Corrupt, struct.error, zlib.error, RecursionError) as exc:
         raise InputImageError(
             f"{path.name} is a corrupt DICOM file ({exc or 'it ends inside an element'}); "
             "export the series again"
