@@ -243,6 +243,15 @@ def _series(folder: Path, knee: sitk.Image, tags: dict, files=range(SLICES)) -> 
     return folder
 
 
+def test_rectangular_pixels_keep_their_row_and_column_spacing(tmp_path, knee):
+    """PixelSpacing is (row spacing, column spacing): the column spacing is the volume's first
+    (i) spacing."""
+    volume = sitk.Image(knee)
+    volume.SetSpacing((0.3, 0.4, 1.5))
+    _assert_geometry(read_volume(write_series(tmp_path / "dcm", volume)), volume)
+    _assert_geometry(read_volume(write_enhanced(tmp_path / "enh.dcm", volume)), volume)
+
+
 def test_one_slice_with_another_pixel_spacing_is_refused(tmp_path, knee, tiny_weights, capfd):
     """ITK would place that slice's pixels on the others' grid, up to mm off."""
     folder = _series(tmp_path / "dcm", knee, {_PIXEL_SPACING: value("0.4\\0.4")}, [3])
