@@ -256,7 +256,7 @@ def test_one_slice_with_another_pixel_spacing_is_refused(tmp_path, knee, tiny_we
     """ITK would place that slice's pixels on the others' grid, up to mm off."""
     folder = _series(tmp_path / "dcm", knee, {_PIXEL_SPACING: value("0.4\\0.4")}, [3])
     pattern = (
-        r"mixes pixel sizes: 1 of its 8 images \(IM0003.dcm\) have PixelSpacing 0.4 x 0.4 mm, "
+        r"mixes pixel sizes: 1 of its 8 images \(IM0003.dcm\) has PixelSpacing 0.4 x 0.4 mm, "
         r"the others 0.3125 x 0.3125 mm; export each kind as its own series, or resample"
     )
     with pytest.raises(InputImageError, match=pattern):

@@ -153,7 +153,8 @@ def _check_pixel_spacing(slices: list[Frame]) -> None:
     if other:
         raise InputImageError(
             f"the DICOM series mixes pixel sizes: {len(other)} of its {len(slices)} images "
-            f"({_names(other)}) have PixelSpacing {_mm(other[0].pixel_spacing)} mm, the others "
+            f"({_names(other)}) {'has' if len(other) == 1 else 'have'} PixelSpacing "
+            f"{_mm(other[0].pixel_spacing)} mm, the others "
             f"{_mm(common)} mm; export each kind as its own series, or resample the images to "
             "one grid first"
         )
