@@ -26,8 +26,21 @@ PIXEL_DATA: Tag = (0x7FE0, 0x0010)
 _ITEM, _ITEM_END, _SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE00D), (0xFFFE, 0xE0DD)
 _UNDEFINED = 0xFFFFFFFF
 #: Explicit-VR value representations with a 4-byte length (after 2 reserved bytes).
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR"}
-_LONG_VRS |= {b"UT", b"UV"}
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
 #: Sequences this package reads, recognised by tag where the VR is implicit.
 SEQUENCES: set[Tag] = {
     (0x5200, 0x9229),  # SharedFunctionalGroupsSequence
@@ -55,8 +68,8 @@ class Encoding:
 @dataclass(frozen=True)
 class DicomFile:
     """A parsed DICOM file: its data set (up to the pixel data), transfer syntax and encoding,
-    and the pixel data's byte offset and length (length None: encapsulated, i.e. compressed;
-    offset None: no pixel data)."""
+    and the pixel data's byte offset and length (length None: compressed, i.e. encapsulated or
+    in a deflated data set; offset None: no pixel data)."""
 
     path: Path
     dataset: DataSet
@@ -99,7 +112,9 @@ def _parse(path: Path, buf: mmap.mmap) -> DicomFile:
         syntax = text(meta, (0x0002, 0x0010)) or IMPLICIT_LITTLE
         encoding = Encoding(syntax != IMPLICIT_LITTLE, ">" if syntax == EXPLICIT_BIG else "<")
         body = _inflate(buf[pos:]) if syntax == DEFLATED else buf
-        dataset, _ = _read_dataset(body, 0 if syntax == DEFLATED else pos, len(body), encoding)
+        dataset, _ = _read_dataset(
+            body, 0 if syntax == DEFLATED else pos, len(body), encoding, top=True
+        )
     except (_Corrupt, struct.error, zlib.error, RecursionError) as exc:
         raise InputImageError(
             f"{path.name} is a corrupt DICOM file ({exc or 'it ends inside an element'}); "
@@ -121,20 +136,24 @@ class _Corrupt(Exception):
 
 
 def _read_dataset(
-    buf, pos: int, end: int, enc: Encoding, group: int | None = None
+    buf, pos: int, end: int, enc: Encoding, group: int | None = None, top: bool = False
 ) -> tuple[DataSet, int]:
     """Elements from ``pos`` to ``end`` (or the end of an undefined-length item, or, with
-    ``group``, the last element of that group); top-level pixel data is recorded as
-    (offset, length or None) and ends the data set. Returns the data set and where it ended."""
+    ``group``, the last element of that group). The ``top``-level pixel data is recorded as
+    (offset, length or None) and ends the data set; nested pixel data (an icon) is skipped.
+    Returns the data set and where it ended."""
     dataset: DataSet = {}
     while pos + 8 <= end:
         tag = struct.unpack_from(enc.endian + "HH", buf, pos)
         if (group is not None and tag[0] != group) or tag == _ITEM_END:
             return dataset, pos + (8 if tag == _ITEM_END else 0)
         vr, length, pos = _element_header(buf, pos, enc, tag)
-        if tag == PIXEL_DATA:
+        if tag == PIXEL_DATA and top:
             dataset[tag] = (pos, None if length == _UNDEFINED else length)
             return dataset, end
+        if tag == PIXEL_DATA and length == _UNDEFINED:
+            pos = _skip_fragments(buf, pos, end, enc)
+            continue
         if vr == b"SQ" or (length == _UNDEFINED) or (vr is None and tag in SEQUENCES):
             inner = enc if vr != b"UN" else Encoding(False, "<")
             dataset[tag], pos = _read_sequence(buf, pos, length, end, inner)
@@ -181,6 +200,21 @@ def _read_sequence(buf, pos: int, length: int, end: int, enc: Encoding) -> tuple
         items.append(item)
         pos = after if item_length == _UNDEFINED else item_end
     return items, pos
+
+
+def _skip_fragments(buf, pos: int, end: int, enc: Encoding) -> int:
+    """The position after encapsulated pixel data (items of compressed bytes, then a
+    sequence delimiter) that starts at ``pos``."""
+    while pos + 8 <= end:
+        tag = struct.unpack_from(enc.endian + "HH", buf, pos)
+        (length,) = struct.unpack_from(enc.endian + "I", buf, pos + 4)
+        pos += 8
+        if tag == _SEQUENCE_END:
+            return pos
+        if tag != _ITEM or pos + length > end:
+            raise _Corrupt("encapsulated pixel data runs past the end of the file")
+        pos += length
+    raise _Corrupt("encapsulated pixel data runs past the end of the file")
 
 
 def text(dataset: DataSet, tag: Tag) -> str:
