@@ -349,6 +349,19 @@ def test_a_fractional_rescale_slope_is_not_truncated(tmp_path, knee, tiny_weight
     assert sitk.ReadImage(str(out)).GetPixelID() == sitk.sitkFloat32
 
 
+@pytest.mark.parametrize("slope", ["0", "nan", "abc", "1\\2"])
+def test_an_invalid_rescale_slope_is_refused(tmp_path, knee, slope):
+    """Values of an unknown scale are not guessed (ITK would take a slope of 1)."""
+    folder = _series(tmp_path / "dcm", knee, {_SLOPE: value(slope)}, [5])
+    with pytest.raises(
+        InputImageError,
+        match=r"DICOM image IM0005.dcm has an invalid RescaleSlope/RescaleIntercept \("
+        + re.escape(repr(slope))
+        + r"\), so its values are unknown; export the series again",
+    ):
+        read_volume(folder)
+
+
 def test_one_dicom_image_given_as_a_file_is_one_slice(tmp_path, knee, tiny_weights, capfd):
     """A single-frame file goes through the same reader: a one-slice volume, refused."""
     path = write_series(tmp_path / "dcm", knee) / "IM0000.dcm"

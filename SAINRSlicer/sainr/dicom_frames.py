@@ -91,13 +91,18 @@ class Frame:
 
     @property
     def name(self) -> str:
-        """The file's name, with the frame number for a multi-frame file."""
-        file = self.source.path.name
-        return file if self.layout.frames == 1 else f"{file} frame {self.index + 1}"
+        return frame_name(self.source, self.layout, self.index)
 
     @property
     def normal(self) -> np.ndarray:
         return np.cross(self.orientation[:3], self.orientation[3:])
+
+
+def frame_name(source: df.DicomFile, layout: PixelLayout, k: int) -> str:
+    """How messages name frame ``k``: the file's name, with the frame number for a
+    multi-frame file."""
+    file = source.path.name
+    return file if layout.frames == 1 else f"{file} frame {k + 1}"
 
 
 def numbers(text: str) -> np.ndarray | None:
@@ -198,7 +203,7 @@ def _check_decoded_rescale(frames: list[Frame]) -> None:
 
 def _frame(source: df.DicomFile, layout: PixelLayout, k: int) -> Frame:
     """Frame ``k`` of ``source`` with its attributes; refuses a frame without geometry."""
-    name = source.path.name if layout.frames == 1 else f"{source.path.name} frame {k + 1}"
+    name = frame_name(source, layout, k)
     position = numbers(_attribute(source, _POSITION, k))
     orientation = numbers(_attribute(source, _ORIENTATION, k))
     if position is None or position.size != 3 or orientation is None or orientation.size != 6:
@@ -214,8 +219,6 @@ def _frame(source: df.DicomFile, layout: PixelLayout, k: int) -> Frame:
             "export the series again"
         )
     thickness = numbers(_attribute(source, _SLICE_THICKNESS, k))
-    slope = numbers(_attribute(source, _SLOPE, k))
-    intercept = numbers(_attribute(source, _INTERCEPT, k))
     return Frame(
         source=source,
         layout=layout,
@@ -224,11 +227,24 @@ def _frame(source: df.DicomFile, layout: PixelLayout, k: int) -> Frame:
         orientation=orientation,
         pixel_spacing=spacing,
         thickness=float(thickness[0]) if _one_positive(thickness) else None,
-        rescale=(
-            float(slope[0]) if slope is not None and slope.size == 1 else 1.0,
-            float(intercept[0]) if intercept is not None and intercept.size == 1 else 0.0,
-        ),
+        rescale=_rescale(source, k, name),
     )
+
+
+def _rescale(source: df.DicomFile, k: int, name: str) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept) of frame ``k``: (1, 0) when absent; refused when
+    present but not one finite number (or a zero slope), as its values would be unknown."""
+    pair = []
+    for tag, default in ((_SLOPE, 1.0), (_INTERCEPT, 0.0)):
+        text = _attribute(source, tag, k)
+        values = numbers(text) if text else np.array([default])
+        if values is None or values.size != 1 or (tag == _SLOPE and values[0] == 0):
+            raise InputImageError(
+                f"DICOM image {name} has an invalid RescaleSlope/RescaleIntercept ({text!r}), "
+                "so its values are unknown; export the series again"
+            )
+        pair.append(float(values[0]))
+    return pair[0], pair[1]
 
 
 def _one_positive(values: np.ndarray | None) -> bool:
