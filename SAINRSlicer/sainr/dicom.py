@@ -109,8 +109,8 @@ def check_series_geometry(slices: list[Frame]) -> SeriesGeometry:
     _check_orientation(slices)
     normal = slices[0].normal / np.linalg.norm(slices[0].normal)
     slices = sorted(slices, key=lambda s: float(s.position @ normal))
-    if len(slices) < 2:  # a single image: refused as a single slice once read
-        return SeriesGeometry(slices, slices[0].position, normal, 1.0)
+    if len(slices) < 2:  # a single image (its thickness as spacing): refused once read
+        return SeriesGeometry(slices, slices[0].position, normal, slices[0].thickness or 1.0)
     depth = np.array([s.position @ normal for s in slices])
     steps = np.diff(depth)
     nominal = float(np.median(steps))
@@ -244,8 +244,7 @@ def read_stack(files: list[Path]) -> sitk.Image:
     geometry = check_series_geometry(read_frames(files))
     first = geometry.frames[0]
     image = sitk.GetImageFromArray(read_values(geometry.frames))
-    spacing = geometry.spacing if len(geometry.frames) > 1 else first.thickness or 1.0
-    image.SetSpacing((*first.pixel_spacing[::-1].tolist(), spacing))
+    image.SetSpacing((*first.pixel_spacing[::-1].tolist(), geometry.spacing))
     image.SetOrigin(tuple(float(v) for v in geometry.origin))
     columns = np.column_stack([first.orientation[:3], first.orientation[3:], geometry.normal])
     image.SetDirection(tuple(float(v) for v in columns.reshape(-1)))

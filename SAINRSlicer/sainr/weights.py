@@ -26,10 +26,10 @@ from .resources import resource_folders
 
 FORMAT = "sainr-checkpoint-v1"
 CATALOG = "models.json"
-#: Config fields that set how many modules (so state tensors) the model has; building a
-#: model with a corrupt count takes minutes even on the meta device, so these counts are
-#: checked against the file first. The other fields set tensor sizes, which cost nothing
-#: on the meta device.
+#: Config fields that set how many modules (so state tensors) the model has: a model with a
+#: corrupt count is slow and large to build even on the meta device (one Python module per
+#: block), so these counts are checked against the file first. The other fields set tensor
+#: sizes, which cost nothing on the meta device.
 _COUNT_FIELDS = ("blocks", "decoder_layers")
 
 
@@ -124,6 +124,7 @@ def build_model(ckpt: dict[str, Any], name: str) -> SAINR:
     are first checked against the number of stored tensors, so that an absurd count is refused
     before that skeleton is built."""
     state = ckpt.get("ema_state_dict", ckpt.get("state_dict"))
+    state = state if isinstance(state, dict) else {}
     try:
         config = ModelConfig.from_dict(ckpt["config"])
         _check_module_counts(config, state, name)
@@ -142,11 +143,10 @@ def build_model(ckpt: dict[str, Any], name: str) -> SAINR:
     return model
 
 
-def _check_module_counts(config: ModelConfig, state: Any, name: str) -> None:
-    """Refuse a config whose module counts declare another number of state tensors than the
-    checkpoint holds; counted from skeletons with at most 3 modules each."""
-    if not isinstance(state, dict):
-        return  # reported as "no state_dict" by the comparison with the skeleton
+def _check_module_counts(config: ModelConfig, state: dict[str, Any], name: str) -> None:
+    """Refuse a config whose module counts declare more state tensors than the checkpoint
+    holds (counted from skeletons with at most 3 modules each), so that the skeleton built
+    next is no larger than the file; the comparison with it describes any other mismatch."""
     for field in _COUNT_FIELDS:
         if not isinstance(getattr(config, field), int) or getattr(config, field) < 1:
             raise ValueError(f"{field} must be a positive integer, got {getattr(config, field)!r}")
@@ -157,10 +157,10 @@ def _check_module_counts(config: ModelConfig, state: Any, name: str) -> None:
         * (getattr(config, field) - 2)
         for field in _COUNT_FIELDS
     )
-    if declared != len(state):
+    if declared > len(state):
         counts = ", ".join(f"{field}={getattr(config, field)}" for field in _COUNT_FIELDS)
         raise WeightsError(
-            f"{name} declares a model of {declared} weight tensors ({counts}) but holds "
+            f"{name} declares a model of {declared} weight tensors ({counts}) but holds only "
             f"{len(state)}: it is corrupt or of another architecture; use the checkpoint that "
             "belongs to this configuration"
         )
@@ -172,10 +172,8 @@ def _tensor_count(config: ModelConfig) -> int:
         return len(SAINR(config).state_dict())
 
 
-def _state_mismatch(model: SAINR, state: Any) -> str:
+def _state_mismatch(model: SAINR, state: dict[str, Any]) -> str:
     """Short description of how ``state`` differs from ``model``'s parameters ('' if not)."""
-    if not isinstance(state, dict):
-        return "no state_dict"
     expected = model.state_dict()
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
