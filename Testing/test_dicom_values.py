@@ -299,6 +299,17 @@ def test_rows_larger_than_the_pixel_data_are_refused_every_time(
     )
 
 
+def test_rows_smaller_than_the_pixel_data_are_refused(tmp_path, knee):
+    """Rows 8 in every file of 16 x 16 pixels would read half of each image as the slice."""
+    folder = _series(tmp_path / "dcm", knee, {_ROWS: struct.pack("<H", 8)})
+    with pytest.raises(
+        InputImageError,
+        match=r"DICOM file IM0000.dcm: its header declares 8 x 16 pixels x 1 frame\(s\), 256 "
+        r"bytes, but its pixel data holds 512: the Rows/Columns are wrong",
+    ):
+        read_volume(folder)
+
+
 def test_a_huge_declared_matrix_is_refused_before_reading(tmp_path, knee, tiny_weights, capfd):
     """Rows/Columns 16384 in a few KB of files: refused from the headers, nothing allocated."""
     huge = {_ROWS: struct.pack("<H", 16384), _COLUMNS: struct.pack("<H", 16384)}

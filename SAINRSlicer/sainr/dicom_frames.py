@@ -166,7 +166,9 @@ def _check_budget(layouts: list[PixelLayout]) -> None:
 
 
 def _check_pixel_data(source: df.DicomFile, layout: PixelLayout) -> None:
-    """A file must hold pixel data, and plain pixel data every byte its header declares."""
+    """A file must hold pixel data, and plain pixel data exactly the bytes its header
+    declares (plus one byte that pads an odd length): fewer would leave pixels unread, more
+    means that Rows/Columns/NumberOfFrames cut the data into the wrong images."""
     name = source.path.name
     if source.pixel_offset is None:
         raise InputImageError(
@@ -176,7 +178,7 @@ def _check_pixel_data(source: df.DicomFile, layout: PixelLayout) -> None:
     if source.native and layout.readable:
         needed = layout.voxels * layout.bits_allocated // 8
         held = min(source.pixel_length, source.path.stat().st_size - source.pixel_offset)
-        if held < needed:
+        if held not in (needed, needed + 1):
             raise InputImageError(
                 f"DICOM file {name}: its header declares {layout.rows} x {layout.columns} "
                 f"pixels x {layout.frames} frame(s), {needed} bytes, but its pixel data holds "
