@@ -97,6 +97,8 @@ def _edit(path: Path, edit: Edit) -> Path:
 
 
 def _set(tags: dict) -> Edit:
+    """Set the top-level elements ``tags`` (tag -> raw value bytes)."""
+
     def edit(dataset, pixels):
         dataset.update(tags)
         return pixels
@@ -105,11 +107,12 @@ def _set(tags: dict) -> Edit:
 
 
 def _frame_position(dataset, k: int) -> np.ndarray:
+    """The PlanePosition (mm) of frame ``k`` of an enhanced file."""
     text = dataset[_PER_FRAME][k][_POSITION_SEQ][0][_POSITION].decode()
     return np.array([float(v) for v in text.split("\\")])
 
 
-def _shift_frames(shift) -> Edit:
+def _shift_frames(shift: Callable[[int], np.ndarray]) -> Edit:
     """Move frame k's PlanePosition by ``shift(k)`` mm."""
 
     def edit(dataset, pixels):
