@@ -524,4 +524,4 @@ def test_self_test_plans_and_skips_the_run_without_pytorch(monkeypatch):
     scene = slicer_scene.newScene().scene
     SAINRSlicer.SAINRSlicerTest().runTest()
     assert scene.GetFirstNodeByName("knee_qdess_sag_3mm") is not None
-    assert scene.GetFirstNodeByName("knee_qdess_sag_3mm_1.0mm") is None
+    assert scene.GetFirstNodeByName("knee_qdess_sag_3mm_SAINR_1mm") is None
