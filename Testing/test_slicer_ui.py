@@ -81,9 +81,7 @@ def widgets() -> dict[str, ET.Element]:
 def used_names() -> set[str]:
     """Widgets the Widget code reaches: ``self.ui.NAME`` and the names it locks by list."""
     code = WIDGET_FILE.read_text(encoding="utf-8")
-    return set(re.findall(r"self\.ui\.(\w+)", code)) | set(
-        SAINRSlicerLib.widget.PARAMETER_WIDGETS
-    )
+    return set(re.findall(r"self\.ui\.(\w+)", code)) | set(SAINRSlicerLib.widget.PARAMETER_WIDGETS)
 
 
 def test_module_file_is_a_thin_shell():

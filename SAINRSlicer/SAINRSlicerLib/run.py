@@ -52,7 +52,7 @@ AUTO_NAME_ATTRIBUTE = "SAINRSlicer.AutoName"
 SOURCE_ATTRIBUTE = "SAINRSlicer.InputVolumeID"
 #: The worker's summary line names the slice thickness it used: "(3 mm thick)", possibly
 #: followed by where it came from: "(2.1 mm thick, estimated)".
-_THICKNESS_IN_SUMMARY = re.compile(r"\((\d+(?:\.\d*)?) mm thick(?:[,;:] *([^)]*))?\)")
+_THICKNESS_IN_SUMMARY = re.compile(r"(\d+(?:\.\d*)?) mm thick(?:[,;:] *([^),]*))?")
 #: What the panel says about where the thickness came from (the core's word when it names one).
 THICKNESS_SOURCE_WORDS = {"user": "your value", "dicom": "from DICOM", "auto": "automatic"}
 
