@@ -141,6 +141,10 @@ def test_thickness_is_prefilled_from_dicom_and_a_typed_value_becomes_the_users(
     assert parameters.sliceThicknessSource == "user"
     assert ui.sliceThicknessSourceLabel.text == "your value"
 
+    parameters.sliceThicknessMm = 0.0  # typed back to 0, shown as "Automatic"
+    widget._onParameterNodeModified()
+    assert ui.sliceThicknessSourceLabel.text == "estimated when you run"
+
     parameters.inputVolume = panel.volume  # another input: filled in afresh
     widget._onParameterNodeModified()
     assert (parameters.sliceThicknessMm, parameters.sliceThicknessSource) == (0.0, "auto")

@@ -15,6 +15,7 @@ from .core import SAINRSlicerError, forgetLibraryModules, resourcePath
 from .framework import ScriptedLoadableModuleWidget, _, processEvents
 from .logic import (
     DEFAULT_MODEL,
+    THICKNESS_AUTO,
     THICKNESS_USER,
     WEIGHTS_FILE,
     SAINRSlicerLogic,
@@ -240,12 +241,11 @@ class SAINRSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._filledThickness = round(value, 4)
             parameters.sliceThicknessMm = self._filledThickness
             parameters.sliceThicknessSource = source
-        elif (
-            volume is not None
-            and parameters.sliceThicknessSource != THICKNESS_USER
-            and parameters.sliceThicknessMm != self._filledThickness
-        ):
-            parameters.sliceThicknessSource = THICKNESS_USER
+        elif volume is not None and parameters.sliceThicknessMm != self._filledThickness:
+            # typed: the user's value; typed back to 0 ("Automatic"): the core chooses
+            typed = THICKNESS_USER if parameters.sliceThicknessMm > 0 else THICKNESS_AUTO
+            if parameters.sliceThicknessSource != typed:
+                parameters.sliceThicknessSource = typed
         self.ui.sliceThicknessSourceLabel.text = thicknessSourceText(
             parameters.sliceThicknessSource, self._lastThickness.get(volumeID)
         )
