@@ -31,7 +31,8 @@ from test_reliability import (
 
 import sainr.cli.reduce
 from conftest import KNEE_QDESS
-from sainr.io import STALE_DEAD_S, VOLUME_SUFFIXES, write_volume, write_volumes
+from sainr.io import STALE_DEAD_S, VOLUME_SUFFIXES
+from sainr.outputs import write_volume, write_volumes
 
 FACTOR2 = ["--factor", "2", "--progress", "none"]
 DATA_FILE = {".mhd": "out.zraw", ".nhdr": "out.raw.gz"}
