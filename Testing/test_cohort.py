@@ -26,6 +26,11 @@ from sainr.errors import InputImageError, SainrError
 CROPS = ["a.nii.gz", "b.nrrd", "c.nii.gz", "d.mha"]  # sorted: a, c -> rank 0; b, d -> rank 1
 
 
+def _results(folder: Path) -> list[str]:
+    """The result files in ``folder`` (without their ``.sainr.json`` records)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".sainr.json"))
+
+
 def _torchrun(src: Path, dst: Path, mask: Path) -> subprocess.CompletedProcess:
     """``sainr reduce`` on two CPU processes started by torchrun, their stderr lines prefixed
     with their rank (``--tee 2``), running this checkout's ``sainr``."""
@@ -107,11 +112,7 @@ def test_two_processes_reduce_a_folder_once_skip_complete_results_and_report_a_b
         "4 done, 0 skipped (already complete), 0 failed"
     )
     assert not any("cohort of" in text for text in lines[1])  # one summary, from rank 0
-    assert (
-        sorted(p.name for p in dst.iterdir())
-        == sorted(p.name for p in mask.iterdir())
-        == sorted(CROPS)
-    )
+    assert _results(dst) == _results(mask) == sorted(CROPS)
     for name, (x, y) in zip(CROPS, corners):
         result, gate = sitk.ReadImage(str(dst / name)), sitk.ReadImage(str(mask / name))
         assert result.GetSize() == gate.GetSize() == (32, 32, 39)
@@ -166,20 +167,6 @@ def test_launch_is_read_from_torchrun_environment_and_absent_without_it():
         cohort.launch_from_env({"RANK": "2", "WORLD_SIZE": "2"})
 
 
-def test_an_output_is_complete_only_when_all_its_final_files_exist(tmp_path):
-    result, gate = tmp_path / "r.mhd", tmp_path / "m.nii.gz"
-    pair = (tmp_path / "in.nii.gz", result, gate)
-    assert not cohort.is_complete(pair)
-    result.write_text("header")  # a .mhd header without its data file
-    gate.write_bytes(b"mask")
-    assert not cohort.is_complete(pair)
-    (tmp_path / "r.zraw").write_bytes(b"data")
-    assert cohort.is_complete(pair)
-    gate.unlink()  # result written, mask not (yet)
-    assert not cohort.is_complete(pair)
-    assert cohort.is_complete(pair[:2] + (None,))
-
-
 def test_a_bad_input_fails_alone_and_complete_ones_are_kept(tmp_path, capsys):
     (tmp_path / "kept.nii.gz").write_bytes(b"result")
     pairs = [(tmp_path / n, tmp_path / n, None) for n in ("bad.nrrd", "good.nrrd", "kept.nii.gz")]
@@ -195,7 +182,7 @@ def test_a_bad_input_fails_alone_and_complete_ones_are_kept(tmp_path, capsys):
 
         return reduce_one
 
-    report = cohort.reduce_share(1, pairs, prepare)
+    report = cohort.reduce_share(1, pairs, prepare, lambda pair: pair[1].is_file())
     assert report == Report(
         1,
         done=["good.nrrd"],
@@ -209,7 +196,9 @@ def test_a_bad_input_fails_alone_and_complete_ones_are_kept(tmp_path, capsys):
 def test_nothing_to_do_loads_no_model(tmp_path):
     (tmp_path / "kept.nii.gz").write_bytes(b"result")
     pair = (tmp_path / "in.nii.gz", tmp_path / "kept.nii.gz", None)
-    report = cohort.reduce_share(0, [pair], lambda: pytest.fail("the model was loaded"))
+    report = cohort.reduce_share(
+        0, [pair], lambda: pytest.fail("the model was loaded"), lambda pair: True
+    )
     assert report == Report(0, kept=["in.nii.gz"])
 
 

@@ -236,7 +236,7 @@ def _stage(
     header = stage / (data[: -len(ext)] + suffix)
     _write_image(image, header, compress)
     if data_file_of(header) != stage / data:
-        raise OutputPathError(f"ITK wrote {header.name} without its data file {data}")
+        raise OSError(errno.EIO, f"the header written does not name its data file {data}")
     return [(header, real), (stage / data, real.parent / data)]
 
 
@@ -251,7 +251,10 @@ def _verify(image: sitk.Image, files: list[tuple[Path, Path]]) -> None:
     for staged, _ in files:
         if staged.stat().st_size == 0:
             raise OSError(errno.EIO, f"{staged.name} is empty after writing")
-    back = sitk.ReadImage(str(files[0][0]))
+    try:
+        back = sitk.ReadImage(str(files[0][0]))
+    except RuntimeError as exc:
+        raise OSError(errno.EIO, "the file written cannot be read back (a short write)") from exc
     same = (
         back.GetSize() == image.GetSize()
         and back.GetPixelID() == image.GetPixelID()

@@ -50,6 +50,7 @@ from .common import (
     add_run_arguments,
     add_target_arguments,
     checked_input,
+    native_stderr_silenced,
     options_of,
     progress_printer,
     target_of,
@@ -282,7 +283,8 @@ def _reduce_one(
             path.parent.mkdir(parents=True, exist_ok=True)
     outputs = [(result.image, dst)] + ([(result.mask, mask_dst)] if mask_dst else [])
     try:
-        write_volumes(outputs, inputs=[src], made=made)  # image and mask together, or neither
+        with native_stderr_silenced():  # a failed read-back arrives as one error, not MetaIO's
+            write_volumes(outputs, inputs=[src], made=made)  # image and mask, or neither
     except LandedInterrupt:
         written.append(dst)
         raise
