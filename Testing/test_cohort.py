@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +18,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from test_reliability import _tiny_checkpoint, run_cli
 
 import sainr
+from conftest import KNEE_QDESS
 from sainr import cohort
 from sainr.cohort import Launch, Report
 from sainr.errors import InputImageError, SainrError
+from sainr.outputs import LandedInterrupt
 
 CROPS = ["a.nii.gz", "b.nrrd", "c.nii.gz", "d.mha"]  # sorted: a, c -> rank 0; b, d -> rank 1
 
@@ -230,3 +234,55 @@ def test_a_process_started_without_torchrun_is_told_so(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(SainrError, match="could not join the other processes.*start with torchrun"):
         cohort.join(Launch(0, 2))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_cohort_rerun_with_another_target_redoes_every_result(tmp_path, capfd, monkeypatch):
+    """Issue 26: a cohort rerun with --spacing 1 over earlier 2 mm results printed "0 done,
+    4 skipped (already complete)": complete is judged by each result's record, as in a plain
+    batch. One process of a launch (RANK 0 of 1), in the test's own process."""
+    knee = sitk.ReadImage(str(KNEE_QDESS))[24:36, 24:36, 10:18:2]  # 12 x 12 x 4 at 3 mm
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.nrrd", "b.nrrd"):
+        sitk.WriteImage(knee, str(src / name))
+    weights = str(_tiny_checkpoint(tmp_path / "tiny.pt"))
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        monkeypatch.setenv(name, value)
+    argv = ["reduce", str(src), str(tmp_path / "out"), "--device", "cpu", "--weights", weights]
+    threads = torch.get_num_threads()
+    try:
+        for spacing, summary in (
+            ("2", "2 done, 0 skipped (already complete), 0 failed"),
+            ("2", "0 done, 2 skipped (already complete), 0 failed"),
+            ("1", "2 done, 0 skipped (already complete), 0 failed"),
+        ):
+            monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+            code, err = run_cli([*argv, "--spacing", spacing, "--progress", "none"], capfd)
+            assert code == 0 and err[-1].endswith(summary), err
+    finally:
+        torch.set_num_threads(threads)
+    assert sitk.ReadImage(str(tmp_path / "out" / "a.nrrd")).GetSize() == (12, 12, 10)
+
+
+def test_an_interrupt_as_a_result_lands_counts_that_result(tmp_path):
+    """Ctrl+C held back until a result was whole in place: that result is counted."""
+    pairs = [(tmp_path / n, tmp_path / "out" / n, None) for n in ("a.nrrd", "b.nrrd")]
+
+    def stopped_as(exc: type[KeyboardInterrupt]) -> cohort.ReduceFn:
+        def reduce_one(src: Path, dst: Path, mask: Path | None) -> None:
+            raise exc(dst) if exc is LandedInterrupt else exc()
+
+        return reduce_one
+
+    landed = r"this process wrote 1 result\(s\) \(the last: .*a.nrrd\); the same command does"
+    with pytest.raises(KeyboardInterrupt, match=landed):
+        cohort.reduce_share(0, pairs, lambda: stopped_as(LandedInterrupt), lambda p: False)
+    before = r"this process wrote 0 result\(s\), not the one in progress"
+    with pytest.raises(KeyboardInterrupt, match=before):
+        cohort.reduce_share(0, pairs, lambda: stopped_as(KeyboardInterrupt), lambda p: False)

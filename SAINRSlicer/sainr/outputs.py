@@ -261,10 +261,15 @@ def _verify(image: sitk.Image, files: list[tuple[Path, Path]]) -> None:
         and np.allclose(back.GetSpacing(), image.GetSpacing(), rtol=1e-5, atol=0)
         and np.allclose(back.GetDirection(), image.GetDirection(), atol=1e-5)
         and np.allclose(back.GetOrigin(), image.GetOrigin(), rtol=1e-6, atol=1e-4)
-        and np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image))
+        and _same_voxels(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image))
     )
     if not same:
         raise OSError(errno.EIO, "the file read back differs from the result (a short write)")
+
+
+def _same_voxels(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal arrays (NaN equal to NaN in float ones: a NaN voxel is written as NaN)."""
+    return np.array_equal(a, b, equal_nan=a.dtype.kind == "f" and b.dtype.kind == "f")
 
 
 def _file_entry(staged: Path, final: Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from ..adapt import (
     save_adapted,
 )
 from ..api import reduce_spacing
-from ..errors import OutputPathError, SainrError
+from ..errors import InputImageError, OutputPathError, SainrError
 from ..inference import choose_device
 from ..io import (
     check_output_folder,
@@ -176,7 +176,10 @@ def _checked(
     enough to adapt to (in batch mode before any result is written)."""
     one = checked_input(src, args.series, target, options)
     if args.adapt_steps != 0:
-        check_adaptable(one.image, target)
+        try:
+            check_adaptable(one.image, target)
+        except InputImageError as exc:
+            raise InputImageError(f"{src.name}: {exc}") from exc
     return one
 
 
