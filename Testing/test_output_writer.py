@@ -511,6 +511,25 @@ def test_ctrl_c_as_a_single_result_lands_never_claims_no_output(
     assert _voxels(tmp_path / "out.mhd").shape == (7, 12, 12) and _no_temps(tmp_path)
 
 
+def test_ctrl_c_after_a_single_result_landed_says_it_was_written(
+    tmp_path, knee, weights, capfd, monkeypatch
+):
+    """Stopped while --preview is drawn: the result is in place, and the message says so."""
+    preview = pytest.importorskip("sainr.preview")
+    src = _write(knee, tmp_path / "in.nrrd")
+
+    def drawing(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(preview, "save_comparison", drawing)
+    out = tmp_path / "out.nrrd"
+    argv = ["reduce", str(src), str(out), "--preview", str(tmp_path / "p.png"), *FACTOR2]
+    code, err = run_cli([*argv, *weights], capfd)
+    assert code == 130
+    assert err[-1] == f"sainr: cancelled; 1 of 1 results were written (the last: {out})"
+    assert _voxels(out).shape == (7, 12, 12) and not (tmp_path / "p.png").exists()
+
+
 # --- the smaller items -----------------------------------------------------------------------
 
 

@@ -137,8 +137,6 @@ def destination(path: str | os.PathLike, inputs: Sequence[Path] = ()) -> Path:
             f"the output {path} is a link to {real}, a name of another format; write to "
             f"{real} itself or give another output name"
         )
-    if real.is_dir():
-        raise OutputPathError(f"the output {path} is a link to the folder {real}; give a file")
     folder = real.parent
     if folder.exists() and not folder.is_dir():
         raise OutputPathError(f"the output folder {folder} is a file; choose another folder")

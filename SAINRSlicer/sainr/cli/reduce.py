@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
             complete,
         )
         return 0 if ok else EXIT_USER
-    todo = [pair for pair in pairs if not (_is_batch(args.input) and complete(pair))]
+    batch = _is_batch(args.input)
+    todo = [pair for pair in pairs if not (batch and complete(pair))]
     for src, dst, _ in (pair for pair in pairs if pair not in todo):
         print(f"{src.name}: skipped (already complete) -> {dst}", file=sys.stderr)
     if not todo:
@@ -154,13 +155,13 @@ def run(args: argparse.Namespace) -> int:
             net = _model_for(src, one, model, target, args)
             _reduce_one(src, one, dst, mask_dst, net, target, args, _made_for(made, src), written)
     except KeyboardInterrupt as exc:
-        if written and len(todo) > 1:
-            rest = len(todo) - len(written)
-            raise KeyboardInterrupt(
-                f"{len(written)} of {len(todo)} results were written (the last: {written[-1]})"
-                + (f"; the other {rest} were not" if rest else "")
-            ) from exc
-        raise
+        if not written or (isinstance(exc, LandedInterrupt) and len(todo) == 1):
+            raise  # its own message is true: nothing written, or the one result landed
+        rest = len(todo) - len(written)
+        raise KeyboardInterrupt(
+            f"{len(written)} of {len(todo)} results were written (the last: {written[-1]})"
+            + (f"; the other {rest} were not" if rest else "")
+        ) from exc
     return 0
 
 
