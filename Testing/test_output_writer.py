@@ -200,8 +200,14 @@ def _short_write(image: sitk.Image, path: Path, compress: bool) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
 
 
+def _full_at_fsync(fd: int) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr"])
-@pytest.mark.parametrize("failure", ["ENOSPC at 0 bytes", "ENOSPC midway", "short write"], ids=str)
+@pytest.mark.parametrize(
+    "failure", ["ENOSPC at 0 bytes", "ENOSPC midway", "short write", "ENOSPC at fsync"], ids=str
+)
 def test_a_full_disk_leaves_the_previous_result_byte_for_byte(
     tmp_path, knee, weights, capfd, monkeypatch, suffix, failure
 ):
@@ -209,12 +215,15 @@ def test_a_full_disk_leaves_the_previous_result_byte_for_byte(
     out = tmp_path / f"out{suffix}"
     _reduce(src, out, weights, capfd)
     before = _tree(tmp_path)
-    write = {
-        "ENOSPC at 0 bytes": _disk_full_after(0),
-        "ENOSPC midway": _disk_full_after(200),
-        "short write": _short_write,
-    }[failure]
-    monkeypatch.setattr(outputs, "_write_image", write)
+    if failure == "ENOSPC at fsync":  # late allocation: the writes and the read-back worked
+        monkeypatch.setattr(os, "fsync", _full_at_fsync)
+    else:
+        write = {
+            "ENOSPC at 0 bytes": _disk_full_after(0),
+            "ENOSPC midway": _disk_full_after(200),
+            "short write": _short_write,
+        }[failure]
+        monkeypatch.setattr(outputs, "_write_image", write)
     pattern = "could not write .*out.* any earlier result there is unchanged"
     argv = ["reduce", str(src), str(out), "--factor", "3", "--progress", "none", *weights]
     assert_cli_refuses(tmp_path, argv, pattern, capfd)

@@ -7,9 +7,9 @@ the name is checked (a known format, matched case-insensitively; no name a heade
 and no file the write would create, replace or remove may be a file of an input (same path or
 same file: symbolic and hard links included). **Staging** writes every file of the result under
 a hidden folder in the destination folder (the destination's file system, so the moves below
-are renames), reads it back and compares it voxel for voxel with the image, and writes the
-record ``<name>.sainr.json``; a full disk or any other failure here leaves the old result as it
-was. **Landing** moves the files into place with Ctrl+C and SIGTERM held back, in an order
+are renames), reads it back and compares it voxel for voxel with the image, writes the record
+``<name>.sainr.json`` and flushes every file to the disk (where a file system that allocates
+late reports a full disk); a failure here leaves the old result as it was. **Landing** moves the files into place with Ctrl+C and SIGTERM held back, in an order
 that keeps one whole result at every instant: a header + data format (.mhd, .nhdr) gets its new
 data file under a name no file has, then its header is replaced atomically (the switch from
 the old result to the new one), then the record, and only then is the old data file removed.
@@ -265,6 +265,14 @@ def _verify(image: sitk.Image, files: list[tuple[Path, Path]]) -> None:
         raise OSError(errno.EIO, "the file read back differs from the result (a short write)")
 
 
+def _sync(path: Path) -> None:
+    """Flush a staged file to the disk before it replaces anything: a file system that
+    allocates late (ext4, XFS, network shares) reports a full disk only here, after the
+    writes and the read-back (from memory) succeeded."""
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
 def _same_voxels(a: np.ndarray, b: np.ndarray) -> bool:
     """Equal arrays (NaN equal to NaN in float ones: a NaN voxel is written as NaN)."""
     return np.array_equal(a, b, equal_nan=a.dtype.kind == "f" and b.dtype.kind == "f")
@@ -427,6 +435,8 @@ def write_volumes(
             files = _stage(image, real, stage, compress, taken)
             _verify(image, files)
             record = _write_record(stage, image, files, made, run) if made is not None else None
+            for path in [*(f for f, _ in files), *([record] if record else [])]:
+                _sync(path)
             staged.append(Staged(real, files, record))
         with _signals_held() as arrived:
             for one in staged:
