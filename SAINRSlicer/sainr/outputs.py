@@ -307,7 +307,7 @@ def _write_record(
     record = {
         "format": RECORD_FORMAT,
         "sainr": __version__,
-        "made": made,
+        "made": _jsonable(made),
         "run": run,
         "files": [_file_entry(staged, final) for staged, final in files],
         "grid": _grid(image),
@@ -487,7 +487,7 @@ def is_complete(paths: Sequence[Path], made: dict[str, Any]) -> bool:
     its record says so, names the same run for all of them, and every file it lists is there
     with the recorded size and SHA-256 (a truncated, replaced or half-replaced result is not
     complete). Anything else (no record, another request, input or model) is redone."""
-    runs = set()
+    runs, made = set(), _jsonable(made)
     for path in paths:
         real = Path(os.path.realpath(path))
         record = _read_record(record_path(real))
@@ -516,6 +516,6 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record.get("files"), list) else None
 
 
-def jsonable(value: Any) -> Any:
+def _jsonable(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples become lists), for comparing requests."""
     return json.loads(json.dumps(value))

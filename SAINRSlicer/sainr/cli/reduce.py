@@ -36,7 +36,6 @@ from ..outputs import (
     destination,
     input_fingerprint,
     is_complete,
-    jsonable,
     planned_files,
     real_path,
     write_volumes,
@@ -190,17 +189,15 @@ def _request(args: argparse.Namespace, target: Target, options: ReduceOptions) -
     for a checkpoint, from the catalog for a shipped model). Device and memory budget are
     left out: they change how a result is computed, not which."""
     path, expected = resolve(args.weights)
-    return jsonable(
-        {
-            "target": {k: v for k, v in asdict(target).items() if k != "force"},
-            "slice_thickness_mm": options.slice_thickness_mm,
-            "precision": options.precision,
-            "nan_policy": options.nan_policy,
-            "series": args.series,
-            "adapt_steps": args.adapt_steps,
-            "model_sha256": expected or sha256(path),
-        }
-    )
+    return {
+        "target": {k: v for k, v in asdict(target).items() if k != "force"},
+        "slice_thickness_mm": options.slice_thickness_mm,
+        "precision": options.precision,
+        "nan_policy": options.nan_policy,
+        "series": args.series,
+        "adapt_steps": args.adapt_steps,
+        "model_sha256": expected or sha256(path),
+    }
 
 
 def _made_for(request: dict[str, Any], src: Path) -> dict[str, Any]:
