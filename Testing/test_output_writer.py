@@ -332,6 +332,27 @@ def test_a_kill_at_any_step_of_a_replace_leaves_the_old_or_the_new_result_whole(
     assert _no_temps(folder)
 
 
+def test_a_failed_move_of_the_mask_says_the_result_was_written(tmp_path, knee, monkeypatch):
+    """A rename refused between the result and its mask (a permission changed meanwhile):
+    the message names what was written, and the pair is not complete."""
+    out, mask = tmp_path / "out.nrrd", tmp_path / "mask.nrrd"
+    write_volumes([(knee, out), (knee, mask)], made={"run": 1})
+    old_mask = _sha(mask)
+    real = outputs._replace
+
+    def refuse_mask(src: Path, dst: Path) -> None:
+        if dst == mask:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(outputs, "_replace", refuse_mask)
+    pattern = f"could not write {mask} \\(Permission denied\\); {out} was written; any earlier"
+    with pytest.raises(OutputPathError, match=pattern):
+        write_volumes([(knee[:, :, :2], out), (knee[:, :, :2], mask)], made={"run": 2})
+    assert _voxels(out).shape == (2, 12, 12) and _sha(mask) == old_mask
+    assert not is_complete([out, mask], {"run": 2}) and _no_temps(tmp_path)
+
+
 def test_a_result_with_a_mask_of_another_run_is_not_complete(tmp_path, knee):
     out, mask = tmp_path / "out.nrrd", tmp_path / "mask.nrrd"
     write_volumes([(knee, out), (knee, mask)], made={"same": 1})

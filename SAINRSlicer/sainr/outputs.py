@@ -424,7 +424,7 @@ def write_volumes(
             f"the outputs {', '.join(str(p) for _, p in items)} would write the same file "
             "twice; give them different names"
         )
-    stages: list[Path] = []
+    stages, landed = [], []
     run, taken = secrets.token_hex(8), set()
     try:
         for folder in {real.parent for real in reals}:
@@ -441,12 +441,15 @@ def write_volumes(
         with _signals_held() as arrived:
             for one in staged:
                 _land(one)
+                landed.append(one.real)
         for signum in arrived:
             _deliver(signum, reals[0])
     except (RuntimeError, OSError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        failed = [str(real) for real in reals if real not in landed]
+        written = f"{', '.join(map(str, landed))} was written; " if landed else ""
         raise OutputPathError(
-            f"could not write {', '.join(map(str, reals))} ({_reason(reason)}); any earlier "
+            f"could not write {', '.join(failed)} ({_reason(reason)}); {written}any earlier "
             "result there is unchanged; check the free disk space and the folder"
         ) from exc
     finally:
