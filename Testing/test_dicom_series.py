@@ -21,7 +21,7 @@ from conftest import KNEE_QDESS, TINY
 from sainr.cli import main
 from sainr.errors import InputImageError
 from sainr.io import dicom_slice_thickness, read_volume
-from sainr.model import SAINR
+from sainr.model import SAINR, ModelConfig
 from sainr.weights import save_checkpoint
 
 SLICES = 8
@@ -187,8 +187,9 @@ def test_a_broken_series_is_refused_by_the_api(tmp_path, knee, name):
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> Path:
+    """A tiny model told the slice thickness (only such a model's summary names it)."""
     path = tmp_path_factory.mktemp("weights") / "tiny.pt"
-    save_checkpoint(SAINR(TINY), path)
+    save_checkpoint(SAINR(ModelConfig(**{**TINY.to_dict(), "conditioning": True})), path)
     return path
 
 

@@ -73,6 +73,16 @@ def resolve(weights: str | os.PathLike | None) -> tuple[Path, str | None]:
     models = catalog() if weights is None or not Path(name).suffix else {}
     if name in models:
         entry = models[name]
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("file"), str)
+            and isinstance(entry.get("sha256"), str)
+        ):
+            raise WeightsError(
+                f"the model catalog {models_dir() / CATALOG} lists {name!r} without its file "
+                "and SHA-256, so it cannot be checked; reinstall SAINRSlicer, or give a "
+                "checkpoint file with --weights FILE.pt"
+            )
         return models_dir() / entry["file"], entry["sha256"]
     path = Path(name)
     if not path.is_file():
