@@ -88,6 +88,14 @@ def _rotated(volume: sitk.Image, degrees: float) -> np.ndarray:
     return np.concatenate([row, np.cos(t) * col + np.sin(t) * normal])
 
 
+def _turned_in_plane(volume: sitk.Image, degrees: float) -> np.ndarray:
+    """Row and column cosines of ``volume`` turned by ``degrees`` about the slice normal."""
+    cosines = np.array(volume.GetDirection()).reshape(3, 3)
+    row, col = cosines[:, 0], cosines[:, 1]
+    t = np.radians(degrees)
+    return np.concatenate([np.cos(t) * row + np.sin(t) * col, np.cos(t) * col - np.sin(t) * row])
+
+
 def _tree(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -164,6 +172,12 @@ BROKEN = {
             f, v, orientations={k: _rotated(v, 20) for k in range(4, SLICES)}
         ),
         r"mixes slice orientations: 4 of its 8 images \(IM0004.dcm, IM0005.dcm, IM0006.dcm and 1 more\) are turned by 20.0 degrees",
+    ),
+    "mixed orientation (half turned 30 degrees within the slice plane)": (
+        lambda f, v: write_series(
+            f, v, orientations={k: _turned_in_plane(v, 30) for k in range(4, SLICES)}
+        ),
+        r"mixes slice orientations: 4 of its 8 images \(IM0004.dcm, IM0005.dcm, IM0006.dcm and 1 more\) are turned by 30.0 degrees",
     ),
     "two series in one folder": (
         lambda f, v: write_series(

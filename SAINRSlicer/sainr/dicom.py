@@ -169,13 +169,22 @@ def _check_orientation(slices: list[Frame]) -> None:
     other = [s for s in slices if np.abs(s.orientation - first).max() > ORIENTATION_TOL]
     if other:
         same = [s for s in slices if s not in other]
-        angle = math.degrees(math.acos(np.clip(abs(other[0].normal @ slices[0].normal), -1, 1)))
+        angle = _turn_degrees(slices[0], other[0])
         raise InputImageError(
             f"the DICOM series mixes slice orientations: {len(other)} of its {len(slices)} images "
             f"({_names(other)}) are turned by {angle:.1f} degrees against the others "
             f"({_names(same)}); a volume needs one orientation: export each stack as its own "
             "series, or pick the images of one stack into a folder"
         )
+
+
+def _turn_degrees(a: Frame, b: Frame) -> float:
+    """The angle of the rotation that takes slice ``a``'s (row, column, normal) frame to
+    ``b``'s: a turn within the slice plane counts as much as a tilt of the plane."""
+    frame_a = np.stack([a.orientation[:3], a.orientation[3:], a.normal])
+    frame_b = np.stack([b.orientation[:3], b.orientation[3:], b.normal])
+    cos = (np.trace(frame_a @ frame_b.T) - 1) / 2
+    return math.degrees(math.acos(float(np.clip(cos, -1, 1))))
 
 
 def _check_duplicates(slices: list[Frame], steps: np.ndarray, nominal: float) -> None:
