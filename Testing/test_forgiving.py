@@ -243,3 +243,23 @@ def test_validation_tracks_a_mis_told_thickness(tiny_model) -> None:
         tiny_model, [load_volume(KNEE_FAIR)], (2,), 32, profiles=("gaussian", "gaussian@1.25")
     )
     assert {"psnr_x2_gaussian", "psnr_x2_gaussian@1.25", "gain_gaussian@1.25"} <= set(scores)
+
+
+def test_the_gate_stays_on_its_voxels_under_elastic_deformation() -> None:
+    """HR = slice index, gate = odd slices: after a (near-identity) deformation each query's
+    gate still belongs to its own target voxel, margin slices included."""
+    n, size = 120, 24
+    ramp = np.ascontiguousarray(
+        np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None], (n, size, size))
+    )
+    odd = np.ascontiguousarray(
+        np.broadcast_to((np.arange(n) % 2 == 1)[:, None, None], (n, size, size))
+    )
+    vol = data_module.Volume("ramp", ramp, (1.0, 1.0, 1.0), odd, (2,))
+    spec = PatchSpec(lr_slices=8, size=16, queries=512, min_foreground=0.0, elastic=0.01)
+    acq = Acquisition(2.5, 1.0, "gaussian")
+    assert margin(acq) % 2 == 1  # an odd margin: a gate shifted by it flips every parity
+    for seed in range(3):
+        item = sample_patch([vol], spec, acq, np.random.default_rng(seed))
+        parity = np.round(item["target"].numpy()) % 2 == 1
+        np.testing.assert_array_equal(item["gate"].numpy() > 0.5, parity)

@@ -293,25 +293,27 @@ def contrast_map(hr: np.ndarray, rng, segments: int = 4) -> np.ndarray:
 
 
 def elastic(arrays: tuple[np.ndarray, ...], strength: float, rng) -> tuple[np.ndarray, ...]:
-    """The same small smooth deformation of all ``arrays`` (HR with margin first, then masks):
+    """The same small smooth deformation of all ``arrays`` (same shape; HR first, then masks):
     displacements up to a drawn fraction of ``strength`` HR voxels per axis on a coarse grid,
-    trilinearly upsampled; the HR is resampled linearly, masks (bool) by nearest neighbour.
-    Anatomy differs in shape between subjects more than three volumes can show."""
+    trilinearly upsampled; one linear resampling of all arrays together, masks (bool)
+    thresholded at 1/2. Anatomy differs in shape between subjects more than a few training
+    volumes can show."""
     shape = arrays[0].shape
     amp = float(rng.uniform(0, strength))
-    disp = [_smooth_field(shape, 4, amp, rng) for _ in range(3)]  # (z, y, x) in voxels
-    base = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
-    # grid_sample wants (x, y, z) in [-1, 1] (align_corners=True: -1/1 at the end voxels)
-    norm = [2 * (b + d) / max(n - 1, 1) - 1 for b, d, n in zip(base, disp, shape)]
-    grid = torch.from_numpy(np.stack(norm[::-1], axis=-1))[None]
-    out = []
-    for a in arrays:
-        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
-        mode = "nearest" if a.dtype == bool else "bilinear"
-        warped = F.grid_sample(t, grid, mode=mode, padding_mode="border", align_corners=True)
-        w = warped[0, 0].numpy()
-        out.append(w > 0.5 if a.dtype == bool else w.astype(a.dtype))
-    return tuple(out)
+    coarse = rng.uniform(-amp, amp, (3, 4, 4, 4)).astype(np.float32)  # (z, y, x) in voxels
+    disp = F.interpolate(
+        torch.from_numpy(coarse)[None], size=shape, mode="trilinear", align_corners=True
+    )[0]
+    # grid_sample wants (x, y, z) in [-1, 1] (align_corners=True: -1 and 1 at the end voxels)
+    units = torch.tensor([2 / max(n - 1, 1) for n in shape], dtype=torch.float32)
+    disp = (disp * units[:, None, None, None]).flip(0).permute(1, 2, 3, 0)
+    identity = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]])[None]
+    grid = F.affine_grid(identity, [1, 1, *shape], align_corners=True) + disp[None]
+    stack = np.stack([np.asarray(a, dtype=np.float32) for a in arrays])
+    warped = F.grid_sample(
+        torch.from_numpy(stack)[None], grid, padding_mode="border", align_corners=True
+    )[0].numpy()
+    return tuple(w > 0.5 if a.dtype == bool else w.astype(a.dtype) for w, a in zip(warped, arrays))
 
 
 def rician_noise(lr: np.ndarray, sigma: float, rng) -> np.ndarray:
@@ -342,8 +344,12 @@ def sample_patch(
     padded, gate, valid, lead = _crop(vol, axis, spec, n_hr, margin(acq), rng)
     masks = (gate,) if valid is None else (gate, valid)
     padded, *masks = _augment((padded, *masks), rng)
-    if spec.elastic > 0:
-        padded, *masks = elastic((padded, *masks), spec.elastic, rng)
+    if spec.elastic > 0:  # masks cover the patch proper: warp them on the HR's grid
+        full = [np.zeros(padded.shape, bool) for _ in masks]
+        for f, m in zip(full, masks):
+            f[lead : lead + len(m)] = m
+        padded, *full = elastic((padded, *full), spec.elastic, rng)
+        masks = [f[lead : lead + len(m)] for f, m in zip(full, masks)]
     gate, valid = masks[0], (masks[1] if len(masks) > 1 else None)
     padded = _intensity(padded, spec, rng)
     if spec.contrast > 0 and rng.random() < spec.contrast:

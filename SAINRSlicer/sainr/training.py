@@ -75,6 +75,9 @@ class TrainConfig:
     ema: float = 0.0  # decay per step of the weights' moving average (validated, exported); 0: off
     seed: int = 0
     amp: str = "none"  # none | bf16 | fp16 (CUDA)
+    # patch-making processes: items are seeded by their index, so the stream (and an exact
+    # resume) does not depend on it; on a GPU the augmentations would otherwise starve it
+    workers: int = 0
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
@@ -391,7 +394,9 @@ def train(
     )
     remaining = Subset(dataset, range(step * cfg.batch * world, len(dataset)))
     sampler = DistributedSampler(remaining, world, rank, shuffle=False) if world > 1 else None
-    loader = DataLoader(remaining, cfg.batch, sampler=sampler, collate_fn=collate)
+    loader = DataLoader(
+        remaining, cfg.batch, sampler=sampler, collate_fn=collate, num_workers=cfg.workers
+    )
     net = DistributedDataParallel(model) if world > 1 else model
     history = History(out) if rank == 0 else None
     halving = max(cfg.steps // cfg.gamma_halvings, 1)
