@@ -100,7 +100,12 @@ def test_batch_mode_processes_every_volume_in_a_folder(tmp_path, knee_thick):
     sitk.WriteImage(knee_thick[:32, :, :], str(src / "b.nrrd"))
     dst = tmp_path / "out"
     assert main(["reduce", str(src), str(dst), "--factor", "2", "--progress", "none"]) == 0
-    assert sorted(p.name for p in dst.iterdir()) == ["a.nii.gz", "b.nrrd"]
+    assert sorted(p.name for p in dst.iterdir()) == [
+        "a.nii.gz",
+        "a.nii.gz.sainr.json",  # each result's record (how it was made, for reruns)
+        "b.nrrd",
+        "b.nrrd.sainr.json",
+    ]
     assert sitk.ReadImage(str(dst / "b.nrrd")).GetSize() == (32, 64, 39)
 
 

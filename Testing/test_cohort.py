@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +18,21 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from test_reliability import _tiny_checkpoint, run_cli
 
 import sainr
+from conftest import KNEE_QDESS
 from sainr import cohort
 from sainr.cohort import Launch, Report
 from sainr.errors import InputImageError, SainrError
+from sainr.outputs import LandedInterrupt
 
 CROPS = ["a.nii.gz", "b.nrrd", "c.nii.gz", "d.mha"]  # sorted: a, c -> rank 0; b, d -> rank 1
+
+
+def _results(folder: Path) -> list[str]:
+    """The result files in ``folder`` (without their ``.sainr.json`` records)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".sainr.json"))
 
 
 def _torchrun(src: Path, dst: Path, mask: Path) -> subprocess.CompletedProcess:
@@ -107,11 +116,7 @@ def test_two_processes_reduce_a_folder_once_skip_complete_results_and_report_a_b
         "4 done, 0 skipped (already complete), 0 failed"
     )
     assert not any("cohort of" in text for text in lines[1])  # one summary, from rank 0
-    assert (
-        sorted(p.name for p in dst.iterdir())
-        == sorted(p.name for p in mask.iterdir())
-        == sorted(CROPS)
-    )
+    assert _results(dst) == _results(mask) == sorted(CROPS)
     for name, (x, y) in zip(CROPS, corners):
         result, gate = sitk.ReadImage(str(dst / name)), sitk.ReadImage(str(mask / name))
         assert result.GetSize() == gate.GetSize() == (32, 32, 39)
@@ -166,20 +171,6 @@ def test_launch_is_read_from_torchrun_environment_and_absent_without_it():
         cohort.launch_from_env({"RANK": "2", "WORLD_SIZE": "2"})
 
 
-def test_an_output_is_complete_only_when_all_its_final_files_exist(tmp_path):
-    result, gate = tmp_path / "r.mhd", tmp_path / "m.nii.gz"
-    pair = (tmp_path / "in.nii.gz", result, gate)
-    assert not cohort.is_complete(pair)
-    result.write_text("header")  # a .mhd header without its data file
-    gate.write_bytes(b"mask")
-    assert not cohort.is_complete(pair)
-    (tmp_path / "r.zraw").write_bytes(b"data")
-    assert cohort.is_complete(pair)
-    gate.unlink()  # result written, mask not (yet)
-    assert not cohort.is_complete(pair)
-    assert cohort.is_complete(pair[:2] + (None,))
-
-
 def test_a_bad_input_fails_alone_and_complete_ones_are_kept(tmp_path, capsys):
     (tmp_path / "kept.nii.gz").write_bytes(b"result")
     pairs = [(tmp_path / n, tmp_path / n, None) for n in ("bad.nrrd", "good.nrrd", "kept.nii.gz")]
@@ -195,7 +186,7 @@ def test_a_bad_input_fails_alone_and_complete_ones_are_kept(tmp_path, capsys):
 
         return reduce_one
 
-    report = cohort.reduce_share(1, pairs, prepare)
+    report = cohort.reduce_share(1, pairs, prepare, lambda pair: pair[1].is_file())
     assert report == Report(
         1,
         done=["good.nrrd"],
@@ -209,7 +200,9 @@ def test_a_bad_input_fails_alone_and_complete_ones_are_kept(tmp_path, capsys):
 def test_nothing_to_do_loads_no_model(tmp_path):
     (tmp_path / "kept.nii.gz").write_bytes(b"result")
     pair = (tmp_path / "in.nii.gz", tmp_path / "kept.nii.gz", None)
-    report = cohort.reduce_share(0, [pair], lambda: pytest.fail("the model was loaded"))
+    report = cohort.reduce_share(
+        0, [pair], lambda: pytest.fail("the model was loaded"), lambda pair: True
+    )
     assert report == Report(0, kept=["in.nii.gz"])
 
 
@@ -241,3 +234,55 @@ def test_a_process_started_without_torchrun_is_told_so(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(SainrError, match="could not join the other processes.*start with torchrun"):
         cohort.join(Launch(0, 2))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_cohort_rerun_with_another_target_redoes_every_result(tmp_path, capfd, monkeypatch):
+    """Issue 26: a cohort rerun with --spacing 1 over earlier 2 mm results printed "0 done,
+    4 skipped (already complete)": complete is judged by each result's record, as in a plain
+    batch. One process of a launch (RANK 0 of 1), in the test's own process."""
+    knee = sitk.ReadImage(str(KNEE_QDESS))[24:36, 24:36, 10:18:2]  # 12 x 12 x 4 at 3 mm
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.nrrd", "b.nrrd"):
+        sitk.WriteImage(knee, str(src / name))
+    weights = str(_tiny_checkpoint(tmp_path / "tiny.pt"))
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        monkeypatch.setenv(name, value)
+    argv = ["reduce", str(src), str(tmp_path / "out"), "--device", "cpu", "--weights", weights]
+    threads = torch.get_num_threads()
+    try:
+        for spacing, summary in (
+            ("2", "2 done, 0 skipped (already complete), 0 failed"),
+            ("2", "0 done, 2 skipped (already complete), 0 failed"),
+            ("1", "2 done, 0 skipped (already complete), 0 failed"),
+        ):
+            monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+            code, err = run_cli([*argv, "--spacing", spacing, "--progress", "none"], capfd)
+            assert code == 0 and err[-1].endswith(summary), err
+    finally:
+        torch.set_num_threads(threads)
+    assert sitk.ReadImage(str(tmp_path / "out" / "a.nrrd")).GetSize() == (12, 12, 10)
+
+
+def test_an_interrupt_as_a_result_lands_counts_that_result(tmp_path):
+    """Ctrl+C held back until a result was whole in place: that result is counted."""
+    pairs = [(tmp_path / n, tmp_path / "out" / n, None) for n in ("a.nrrd", "b.nrrd")]
+
+    def stopped_as(exc: type[KeyboardInterrupt]) -> cohort.ReduceFn:
+        def reduce_one(src: Path, dst: Path, mask: Path | None) -> None:
+            raise exc(dst) if exc is LandedInterrupt else exc()
+
+        return reduce_one
+
+    landed = r"this process wrote 1 result\(s\) \(the last: .*a.nrrd\); the same command does"
+    with pytest.raises(KeyboardInterrupt, match=landed):
+        cohort.reduce_share(0, pairs, lambda: stopped_as(LandedInterrupt), lambda p: False)
+    before = r"this process wrote 0 result\(s\), not the one in progress"
+    with pytest.raises(KeyboardInterrupt, match=before):
+        cohort.reduce_share(0, pairs, lambda: stopped_as(KeyboardInterrupt), lambda p: False)

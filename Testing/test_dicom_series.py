@@ -21,7 +21,7 @@ from conftest import KNEE_QDESS, TINY
 from sainr.cli import main
 from sainr.errors import InputImageError
 from sainr.io import dicom_slice_thickness, read_volume
-from sainr.model import SAINR
+from sainr.model import SAINR, ModelConfig
 from sainr.weights import save_checkpoint
 
 SLICES = 8
@@ -86,6 +86,14 @@ def _rotated(volume: sitk.Image, degrees: float) -> np.ndarray:
     row, col, normal = cosines[:, 0], cosines[:, 1], cosines[:, 2]
     t = np.radians(degrees)
     return np.concatenate([row, np.cos(t) * col + np.sin(t) * normal])
+
+
+def _turned_in_plane(volume: sitk.Image, degrees: float) -> np.ndarray:
+    """Row and column cosines of ``volume`` turned by ``degrees`` about the slice normal."""
+    cosines = np.array(volume.GetDirection()).reshape(3, 3)
+    row, col = cosines[:, 0], cosines[:, 1]
+    t = np.radians(degrees)
+    return np.concatenate([np.cos(t) * row + np.sin(t) * col, np.cos(t) * col - np.sin(t) * row])
 
 
 def _tree(folder: Path) -> dict[str, str]:
@@ -165,6 +173,12 @@ BROKEN = {
         ),
         r"mixes slice orientations: 4 of its 8 images \(IM0004.dcm, IM0005.dcm, IM0006.dcm and 1 more\) are turned by 20.0 degrees",
     ),
+    "mixed orientation (half turned 30 degrees within the slice plane)": (
+        lambda f, v: write_series(
+            f, v, orientations={k: _turned_in_plane(v, 30) for k in range(4, SLICES)}
+        ),
+        r"mixes slice orientations: 4 of its 8 images \(IM0004.dcm, IM0005.dcm, IM0006.dcm and 1 more\) are turned by 30.0 degrees",
+    ),
     "two series in one folder": (
         lambda f, v: write_series(
             write_series(f, v[:, :, :4]),
@@ -187,8 +201,9 @@ def test_a_broken_series_is_refused_by_the_api(tmp_path, knee, name):
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> Path:
+    """A tiny model told the slice thickness (only such a model's summary names it)."""
     path = tmp_path_factory.mktemp("weights") / "tiny.pt"
-    save_checkpoint(SAINR(TINY), path)
+    save_checkpoint(SAINR(ModelConfig(**{**TINY.to_dict(), "conditioning": True})), path)
     return path
 
 

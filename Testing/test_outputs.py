@@ -31,7 +31,8 @@ from test_reliability import (
 
 import sainr.cli.reduce
 from conftest import KNEE_QDESS
-from sainr.io import STALE_DEAD_S, VOLUME_SUFFIXES, write_volume, write_volumes
+from sainr.io import STALE_DEAD_S, VOLUME_SUFFIXES
+from sainr.outputs import write_volume, write_volumes
 
 FACTOR2 = ["--factor", "2", "--progress", "none"]
 DATA_FILE = {".mhd": "out.zraw", ".nhdr": "out.raw.gz"}
@@ -50,7 +51,8 @@ def test_every_output_opens_from_its_final_name_after_being_moved(tmp_path, suff
         ["reduce", str(src), str(out), "--mask", str(mask), *FACTOR2, *weights], capfd
     )
     assert code == 0, err
-    expected = {"in.nrrd", "tiny.pt", out.name, mask.name}
+    records = {f"{out.name}.sainr.json", f"{mask.name}.sainr.json"}
+    expected = {"in.nrrd", "tiny.pt", out.name, mask.name} | records
     if suffix in DATA_FILE:  # the data files under their final names, next to the headers
         expected |= {DATA_FILE[suffix], DATA_FILE[suffix].replace("out", "mask")}
         assert f"{DATA_FILE[suffix]}\n" in out.read_text(errors="replace")
@@ -58,7 +60,7 @@ def test_every_output_opens_from_its_final_name_after_being_moved(tmp_path, suff
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     moved = tmp_path / "moved"
     moved.mkdir()
-    for name in expected - {"in.nrrd", "tiny.pt"}:
+    for name in expected - {"in.nrrd", "tiny.pt"} - records:
         (tmp_path / name).rename(moved / name)
     image = sitk.ReadImage(str(moved / out.name))
     assert image.GetSize() == (12, 12, 7)
@@ -77,8 +79,11 @@ def test_overwriting_a_header_and_data_output_leaves_no_orphan(tmp_path, suffix)
         np.testing.assert_array_equal(
             sitk.GetArrayFromImage(sitk.ReadImage(str(out))), sitk.GetArrayFromImage(image)
         )
-    compressed = sorted([out.name, DATA_FILE[suffix]])
-    assert listings == [compressed, sorted([out.name, "out.raw"]), compressed]
+    # the new data file never takes the name the old header still names: the plain name
+    # when it is free, else a new one; the old data file goes once the new header is in place
+    assert listings[0] == sorted([out.name, DATA_FILE[suffix]])
+    assert listings[1] == sorted([out.name, "out.raw"])
+    assert listings[2] == sorted([out.name, DATA_FILE[suffix]])
 
 
 def _dead_pid() -> int:
@@ -131,7 +136,8 @@ def test_batch_mode_processes_dicom_subfolders_and_names_what_it_skips(tmp_path,
     (src / "notes" / "readme.txt").write_text("not a volume")
     code, err = run_cli(["reduce", str(src), str(tmp_path / "out"), *FACTOR2, *weights], capfd)
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nrrd", "series1.nii.gz"]
+    results = sorted(p.name for p in (tmp_path / "out").glob("*") if "sainr" not in p.name)
+    assert results == ["a.nrrd", "series1.nii.gz"]
     assert sitk.ReadImage(str(tmp_path / "out" / "series1.nii.gz")).GetSize() == (16, 16, 7)
     assert "note: skipped subfolders without a DICOM series: notes" in err
 
@@ -188,9 +194,9 @@ def test_interrupting_a_batch_says_which_results_were_written(
     assert code == 130
     assert err[-1] == (
         f"sainr: cancelled; 1 of 2 results were written (the last: {out / 'a.nrrd'}); "
-        "the one in progress was not"
+        "the other 1 were not"
     )
-    assert sorted(p.name for p in out.iterdir()) == ["a.nrrd"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.nrrd", "a.nrrd.sainr.json"]
 
 
 def _mhd_input(folder: Path) -> Path:

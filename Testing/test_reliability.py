@@ -44,8 +44,9 @@ from sainr.errors import (
     WeightsError,
 )
 from sainr.inference import choose_device, super_resolve_with_fallback
-from sainr.io import read_volume, write_volume, write_volumes
+from sainr.io import read_volume
 from sainr.model import SAINR, ModelConfig
+from sainr.outputs import write_volume, write_volumes
 from sainr.weights import save_checkpoint, sha256
 
 # --- inputs ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ small: an existing output node, a failing and a cancelled run, the console examp
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import math
 import pathlib
@@ -151,7 +152,7 @@ def test_thin_slices_on_acquired_positions_show_the_acquired_anatomy(reduced):
 
 def test_result_is_named_displayed_and_placed_like_the_input(reduced):
     output, scene = reduced["output"], reduced["scene"]
-    assert output.GetName() == "knee_1.0mm"
+    assert output.GetName() == "knee_SAINR_1mm"  # says it was synthesized by SA-INR
     assert slicer.util.arrayFromVolume(output).dtype == np.int16
     display = output.GetDisplayNode()
     assert (display.GetWindow(), display.GetLevel()) == (1234.0, 567.0)
@@ -164,7 +165,7 @@ def test_result_is_named_displayed_and_placed_like_the_input(reduced):
 def test_gating_mask_is_a_labelmap_on_the_output_grid(reduced):
     output, scene = reduced["output"], reduced["scene"]
     mask = output.GetNodeReference(MASK_REFERENCE_ROLE)
-    assert mask.IsA("vtkMRMLLabelMapVolumeNode") and mask.GetName() == "knee_1.0mm_gating"
+    assert mask.IsA("vtkMRMLLabelMapVolumeNode") and mask.GetName() == "knee_SAINR_1mm_attention"
     assert mask.GetImageData().GetDimensions() == output.GetImageData().GetDimensions()
     np.testing.assert_array_equal(matrix_array(mask), matrix_array(output))
     values = slicer.util.arrayFromVolume(mask)
@@ -189,6 +190,8 @@ def test_progress_reaches_one_with_percentages(reduced):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any("%" in message for _, message in reduced["reports"])
     assert reduced["reports"][-1][1].startswith("Done in")
+    # the thickness the worker used, from its summary line, and where it came from
+    assert re.search(r"Slice thickness \d[\d.]* mm \(\w", reduced["reports"][-1][1])
 
 
 def test_compare_shows_input_left_output_right_cut_through_the_slice_axis(reduced):
@@ -466,7 +469,16 @@ def test_parameters_survive_saving_and_loading_the_scene(tmp_path):
     assert (restored.adaptToVolume, restored.adaptSteps) == (True, 500)
 
 
-def test_console_example_of_the_help_runs_as_written():
+def readme_console_example() -> str:
+    """The Python block of the README's 3D Slicer section that follows "From the Python
+    console", exactly as written there."""
+    readme = (slicer_scene.REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## 3D Slicer") :]
+    section = section[section.index("From the Python console") :]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_console_example_runs_as_written():
     handles = slicer_scene.newScene()
     scene = handles.scene
     array = slicer_scene.readArray(KNEE)[::2][:6, 24:40, 24:40]
@@ -479,17 +491,31 @@ def test_console_example_of_the_help_runs_as_written():
     scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "segmentation")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        exec(SAINRSlicer.CONSOLE_EXAMPLE, {"slicer": slicer})
+        exec(readme_console_example(), {"slicer": slicer})
     lines = printed.getvalue().splitlines()
-    assert lines[0] == "thick -> thick_1.0mm"
+    assert lines[0] == "thick -> thick_SAINR_1mm"
     assert lines[1].startswith("iso: skipped (cannot tell the slice axis")
     assert len(lines) == 2
-    assert scene.GetFirstNodeByName("thick_1.0mm").GetImageData().GetDimensions() == (16, 16, 16)
+    output = scene.GetFirstNodeByName("thick_SAINR_1mm")
+    assert output.GetImageData().GetDimensions() == (16, 16, 16)
 
 
-def test_readme_shows_the_console_example_that_runs_above():
-    readme = (slicer_scene.REPO / "README.md").read_text(encoding="utf-8")
-    assert SAINRSlicer.CONSOLE_EXAMPLE in re.findall(r"```python\n(.*?)```", readme, re.S)
+def test_the_help_shows_the_readme_console_example():
+    assert readme_console_example() == SAINRSlicer.CONSOLE_EXAMPLE
+
+
+def test_readme_documents_process_with_its_real_signature():
+    """The README's ``process(...)`` line lists the parameters in the code's order with the
+    code's defaults (it once documented outputVolume third, where a callback was)."""
+    readme = " ".join((slicer_scene.REPO / "README.md").read_text(encoding="utf-8").split())
+    documented = re.search(r"`process\((.*?)\)`", readme).group(1)
+    signature = inspect.signature(SAINRSlicerLogic.process)
+    actual = [
+        name if p.default is inspect.Parameter.empty else f"{name}={p.default!r}"
+        for name, p in signature.parameters.items()
+        if name != "self"
+    ]
+    assert documented.replace('"', "'").split(", ") == actual
 
 
 def test_self_test_passes_on_a_crop_of_the_sample(monkeypatch, tmp_path):
@@ -504,7 +530,7 @@ def test_self_test_passes_on_a_crop_of_the_sample(monkeypatch, tmp_path):
     )
     slicer_scene.newScene()
     SAINRSlicer.SAINRSlicerTest().runTest()
-    output = slicer.mrmlScene.GetFirstNodeByName("knee_qdess_sag_3mm_1.0mm")
+    output = slicer.mrmlScene.GetFirstNodeByName("knee_qdess_sag_3mm_SAINR_1mm")
     assert output.GetImageData().GetDimensions() == (48, 48, 118)
 
 
@@ -628,3 +654,161 @@ def test_a_missing_device_is_refused_in_panel_words(small_scene):
         SAINRSlicerLogic().process(volume, 1.5, device="mps")
     assert str(refused.value) == "MPS was requested but is not available; choose CPU as the device"
     assert node_count(handles.scene) == nodes
+
+
+# Output nodes: made up front, reused, renamed, unique; a deleted node stops the run
+
+
+def test_output_is_made_up_front_reused_renamed_for_the_spacing_and_unique(small_scene):
+    handles, volume = small_scene
+    scene = handles.scene
+    scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "small_SAINR_1.5mm")  # name taken
+    logic = SAINRSlicerLogic()
+    run = logic.start(volume, 1.5, device="cpu")
+    first = run.outputVolume  # exists before the run ends: a panel selects it at once
+    assert first.GetScene() is scene and first.GetName() == "small_SAINR_1.5mm_1"
+    assert first.GetImageData() is None
+    run.wait()
+    mask = first.GetNodeReference(MASK_REFERENCE_ROLE)
+    assert mask.GetName() == "small_SAINR_1.5mm_1_attention"
+    nodes = node_count(scene)
+
+    assert logic.process(volume, 1.0, first, "cpu") is first  # reused: nothing added
+    assert node_count(scene) == nodes
+    assert first.GetImageData().GetDimensions() == (32, 32, 22)
+    assert first.GetName() == "small_SAINR_1mm"  # renamed for the new spacing
+    assert first.GetNodeReference(MASK_REFERENCE_ROLE) is mask
+    assert mask.GetName() == "small_SAINR_1mm_attention"
+
+    first.SetName("keep this name")  # a name the user gave stays
+    run = logic.start(volume, 0.75, first, "cpu")
+    run.cancel()
+    assert first.GetName() == "keep this name" and first.GetScene() is scene
+    assert node_count(scene) == nodes
+
+
+@pytest.mark.parametrize("deleted", ["input", "output"])
+def test_deleting_a_node_during_the_run_stops_it_with_a_message(small_scene, deleted):
+    handles, volume = small_scene
+    scene = handles.scene
+    nodes = node_count(scene)
+    run = SAINRSlicerLogic().start(volume, 1.0, device="cpu")
+    node = volume if deleted == "input" else run.outputVolume
+    name = node.GetName()
+    scene.RemoveNode(node)
+    started = time.monotonic()
+    assert not run.poll()
+    assert time.monotonic() - started < 1.5
+    assert run.state == run.CANCELLED
+    assert run.message == (
+        f"Stopped: the {deleted} volume {name} was deleted during the run; "
+        "nothing was added to the scene"
+    )
+    assert not psutil.pid_exists(run.pid) or psutil.Process(run.pid).status() == "zombie"
+    assert not run.outputPath.parent.exists()
+    assert run.outputVolume.GetScene() is None  # the output made up front is gone too
+    assert node_count(scene) == nodes - (deleted == "input")
+    with pytest.raises(SAINRSlicerError, match="was deleted during the run"):
+        run.wait()
+
+
+def test_resolved_thickness_is_read_from_the_workers_summary(small_scene):
+    _handles, volume = small_scene
+    run = SAINRSlicerLogic().start(volume, 1.0, device="cpu")
+    try:
+        run.handleLine(
+            "stderr",
+            "input.nrrd: axis k (S-I, axial slices), 8 slices at 3 mm (2.1 mm thick, "
+            "estimated) -> 22 at 1 mm, gated 4 % (cpu) -> output.nrrd",
+        )
+        assert (run.sliceThickness, run.sliceThicknessSourceText) == (2.1, "estimated")
+        run.handleLine("stderr", "input.nrrd: ... 8 slices at 3 mm (3 mm thick) -> 22 ...")
+        assert (run.sliceThickness, run.sliceThicknessSourceText) == (3.0, "automatic")
+    finally:
+        run.cancel()
+
+
+# Slice thickness from the DICOM series a volume was loaded from
+
+
+class DicomFolderDatabase:
+    """A real, minimal DICOM database: DICOM files in a folder, indexed by SOPInstanceUID,
+    answering the two calls of Slicer's ctkDICOMDatabase that the module uses
+    (``fileForInstance``, ``fileValue`` with tags written as "gggg,eeee")."""
+
+    def __init__(self, folder: pathlib.Path):
+        self.files = {}
+        for path in folder.glob("*.dcm"):
+            self.files[self._read(path).GetMetaData("0008|0018").strip()] = path
+
+    @staticmethod
+    def _read(path):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return reader
+
+    def fileForInstance(self, uid: str) -> str:
+        return str(self.files.get(uid, ""))
+
+    def fileValue(self, fileName: str, tag: str) -> str:
+        if not fileName:
+            return ""
+        reader = self._read(fileName)
+        key = tag.replace(",", "|").lower()
+        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+
+def write_dicom_slices(folder: pathlib.Path, thickness: str | None) -> list[str]:
+    """Two MR slices as DICOM files (SimpleITK/GDCM); returns their SOPInstanceUIDs."""
+    folder.mkdir()
+    uids = []
+    for index in range(2):
+        image = sitk.Image(8, 8, sitk.sitkInt16)
+        uid = f"1.2.826.0.1.3680043.8.498.{index + 1}"
+        tags = {"0008|0018": uid, "0008|0060": "MR", "0020|0013": str(index + 1)}
+        if thickness is not None:
+            tags["0018|0050"] = thickness
+        for key, value in tags.items():
+            image.SetMetaData(key, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"slice{index}.dcm"))
+        writer.Execute(image)
+        uids.append(uid)
+    return uids
+
+
+def test_a_dicom_loaded_volume_gets_its_slice_thickness_from_the_tag(
+    small_scene, tmp_path, monkeypatch
+):
+    _handles, volume = small_scene
+    uids = write_dicom_slices(tmp_path / "series", "2.5")
+    database = DicomFolderDatabase(tmp_path / "series")
+    logic = SAINRSlicerLogic()
+    assert logic.sliceThicknessSuggestion(volume, database) == (0.0, "auto")  # not from DICOM
+    volume.SetAttribute("DICOM.instanceUIDs", " ".join(uids))  # as Slicer's DICOM module sets
+    assert logic.sliceThicknessSuggestion(volume, database) == (2.5, "dicom")
+    assert logic.dicomSliceThickness(volume) is None  # no DICOM database (slicer-core)
+
+    monkeypatch.setattr(slicer, "dicomDatabase", database, raising=False)
+    run = logic.start(volume, 1.0, device="cpu")  # thickness not given: the tag's
+    run.cancel()
+    assert "--slice-thickness 2.5" in run.log and run.thicknessSource == "dicom"
+    run = logic.start(volume, 1.0, device="cpu", sliceThicknessMm=1.5)  # the user's wins
+    run.cancel()
+    assert "--slice-thickness 1.5" in run.log and "2.5" not in run.log
+
+
+def test_without_a_thickness_tag_the_cli_chooses(small_scene, tmp_path, monkeypatch):
+    """No tag (or no DICOM): no --slice-thickness, so the command line's automatic choice
+    applies."""
+    _handles, volume = small_scene
+    uids = write_dicom_slices(tmp_path / "series", None)
+    monkeypatch.setattr(
+        slicer, "dicomDatabase", DicomFolderDatabase(tmp_path / "series"), raising=False
+    )
+    volume.SetAttribute("DICOM.instanceUIDs", " ".join(uids))
+    run = SAINRSlicerLogic().start(volume, 1.0, device="cpu")
+    run.cancel()
+    assert "--slice-thickness" not in run.log and run.thicknessSource == "auto"

@@ -131,7 +131,7 @@ def test_the_logic_plans_runs_and_reads_back_without_them(without_optional_modul
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "v_1.5mm (16, 16, 11)"
+    assert result.stdout.strip().splitlines()[-1] == "v_SAINR_1.5mm (16, 16, 11)"
 
 
 def test_cli_parses_a_command_without_importing_the_others():
@@ -147,3 +147,32 @@ def test_cli_parses_a_command_without_importing_the_others():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_cli_with_its_default_progress_runs_without_tqdm(
+    without_optional_modules, thick_file, tmp_path
+):
+    """``PythonSlicer -m sainr reduce ...`` as a user types it (progress defaults to a bar):
+    Slicer has no tqdm, so progress falls back to lines instead of an internal error."""
+    out = tmp_path / "out.nrrd"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sainr",
+            "reduce",
+            str(thick_file),
+            str(out),
+            "--spacing",
+            "1.5",
+            "--device",
+            "cpu",
+        ],
+        env=without_optional_modules,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "PROGRESS" in result.stdout
+    assert sitk.ReadImage(str(out)).GetSize() == (32, 32, 15)

@@ -2,12 +2,13 @@
 
 The Widget itself needs Qt; what can go wrong between it and the .ui file (a renamed widget, a
 wrong class, a binding Slicer's parameterNodeWrapper cannot make) is checked statically here,
-as are the texts the panel shows and what CMake and the .s4ext file ship and declare.
+as are the texts the panel shows and what CMake and the catalog entry ship and declare.
 """
 
 from __future__ import annotations
 
 import html
+import io
 import json
 import pathlib
 import re
@@ -27,14 +28,17 @@ from slicer_scene import SAINRSlicer, SAINRSlicerLib
 
 UI_FILE = slicer_scene.REPO / "Resources" / "UI" / "SAINRSlicer.ui"
 MODULE_FILE = slicer_scene.MODULE_DIR / "SAINRSlicer.py"
+WIDGET_FILE = slicer_scene.MODULE_DIR / "SAINRSlicerLib" / "widget.py"
 
 #: Class each widget the Widget code uses must have (what the code calls on it depends on it).
 EXPECTED_CLASSES = {
+    "researchNoticeLabel": "QLabel",
     "inputSelector": "qMRMLNodeComboBox",
     "spacingLabel": "QLabel",
     "axisLabel": "QLabel",
     "targetSpacingSpinBox": "QDoubleSpinBox",
     "sliceThicknessSpinBox": "QDoubleSpinBox",
+    "sliceThicknessSourceLabel": "QLabel",
     "isotropicButton": "QPushButton",
     "outputSizeLabel": "QLabel",
     "deviceComboBox": "QComboBox",
@@ -75,7 +79,15 @@ def widgets() -> dict[str, ET.Element]:
 
 
 def used_names() -> set[str]:
-    return set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
+    """Widgets the Widget code reaches: ``self.ui.NAME`` and the names it locks by list."""
+    code = WIDGET_FILE.read_text(encoding="utf-8")
+    return set(re.findall(r"self\.ui\.(\w+)", code)) | set(SAINRSlicerLib.widget.PARAMETER_WIDGETS)
+
+
+def test_module_file_is_a_thin_shell():
+    """Metadata, sample data, self-test; the panel lives in SAINRSlicerLib/widget.py."""
+    assert len(MODULE_FILE.read_text(encoding="utf-8").splitlines()) <= 150
+    assert SAINRSlicer.SAINRSlicerWidget is SAINRSlicerLib.widget.SAINRSlicerWidget
 
 
 def parameter_hints() -> dict[str, object]:
@@ -274,28 +286,60 @@ def test_core_advice_is_reworded_for_the_panel():
     assert "--" not in wording("--slice-thickness must be a positive number, got -1.0")
 
 
+#: A pip run that fails as it does offline or behind a proxy.
+FAILING_INSTALLER = (
+    "import sys; print('Collecting torch'); "
+    "print('ERROR: No matching distribution found for torch'); sys.exit(1)"
+)
+
+
 class FailingInstall(SAINRSlicer.SAINRSlicerLogic):
-    """The PyTorch extension's pip run failing, as it does offline or behind a proxy."""
+    """The PyTorch extension's install failing the way Slicer reports it: the installer runs
+    through slicer.util.launchConsoleProcess and logProcessOutput, which prints each line and
+    raises CalledProcessError whose ``output`` is the process' stdout, a file object it has
+    already read to the end (not text)."""
 
     def installTorch(self) -> None:
-        raise subprocess.CalledProcessError(
-            1, ["pip", "install", "torch"], output="ERROR: No matching distribution found for torch"
+        process = slicer.util.launchConsoleProcess(
+            [sys.executable, "-c", FAILING_INSTALLER], useStartupEnvironment=False
         )
+        slicer.util.logProcessOutput(process)
 
 
 def test_a_failed_pytorch_install_reaches_the_panels_error_display(monkeypatch):
     monkeypatch.setattr(SAINRSlicerLib.logic, "installedTorchVersion", lambda: None)
     slicer_scene.newScene()
+    with pytest.raises(SAINRSlicer.SAINRSlicerError) as raised:
+        FailingInstall().ensureTorch()
+    cause = raised.value.__cause__
+    assert isinstance(cause, subprocess.CalledProcessError)
+    assert hasattr(cause.output, "read") and not isinstance(cause.output, str)  # Slicer's shape
+
     shown, statuses = [], []
     with SAINRSlicerLib.panel.errorsShown("Cannot start:", lambda *report: shown.append(report)):
         FailingInstall().ensureTorch(statuses.append)
     assert statuses == ["Installing PyTorch through the PyTorch extension (several minutes)..."]
     ((message, details),) = shown
     assert message.startswith(
-        "Cannot start: PyTorch could not be installed (the installer exited with status 1)."
+        "Cannot start: PyTorch could not be installed (the installer exited with status 1)"
     )
-    assert "No matching distribution found for torch" in details
+    assert "PyTorch Utils" in message and "AttributeError" not in message
+    tail = details.split("Traceback")[0]
+    assert "Collecting torch" in tail and "No matching distribution found for torch" in tail
     assert "CalledProcessError" in details  # the traceback
+
+
+def test_installer_output_reads_text_bytes_and_pipes():
+    output = SAINRSlicerLib.logic.installerOutput
+    for given in ("pip says no", b"pip says no"):
+        error = subprocess.CalledProcessError(1, ["pip"], output=given)
+        assert "pip says no" in output(error)
+    closed = io.StringIO("gone")
+    closed.close()  # a pipe that cannot be read any more
+    error = subprocess.CalledProcessError(1, ["pip"], output=closed, stderr=None)
+    assert output(error, ["last line printed"]).startswith(
+        "The installer's last lines:\nlast line printed"
+    )
 
 
 def test_an_unexpected_exception_reaches_the_panels_error_display():
@@ -346,12 +390,6 @@ def extension_variables() -> dict[str, str]:
     return dict(re.findall(r'set\(EXTENSION_(\w+) "([^"]*)"\)', text))
 
 
-def s4ext() -> dict[str, str]:
-    lines = (slicer_scene.REPO / "SAINRSlicer.s4ext").read_text(encoding="utf-8").splitlines()
-    pairs = (line.split(" ", 1) for line in lines if line.strip() and not line.startswith("#"))
-    return {key: value for key, value in pairs}
-
-
 def test_every_library_and_core_file_is_installed_with_the_module():
     module = slicer_scene.MODULE_DIR
     on_disk = {
@@ -376,17 +414,6 @@ def test_every_shipped_resource_exists_including_the_catalog_models():
     for entry in catalog.values():
         assert f"Models/{entry['file']}" in listed
     assert "Sample/knee_qdess_sag_3mm.nii.gz" in listed  # the self-test reduces it
-
-
-def test_s4ext_agrees_with_cmake():
-    cmake, index = extension_variables(), s4ext()
-    assert index["depends"] == cmake["DEPENDS"] == "PyTorch"
-    assert index["category"] == cmake["CATEGORY"] == "Filtering"
-    assert index["homepage"] == cmake["HOMEPAGE"] == index["scmurl"]
-    assert index["scm"] == "git"
-    for key in ("iconurl", "screenshoturls", "description", "contributors"):
-        cmake_key = {"iconurl": "ICONURL", "screenshoturls": "SCREENSHOTURLS"}.get(key, key.upper())
-        assert index[key] == cmake[cmake_key], key
 
 
 def test_icon_and_screenshots_named_by_the_urls_exist():
@@ -417,31 +444,41 @@ CATALOG_KEYS = CATALOG_REQUIRED | {
 }
 
 
-def test_catalog_entry_follows_the_index_schema_and_agrees_with_s4ext_and_cmake():
-    entry, index, cmake = catalog_entry(), s4ext(), extension_variables()
+def test_catalog_entry_follows_the_index_schema_and_agrees_with_cmake():
+    """The Extensions Index takes JSON entries only (it moved from .s4ext files): one entry,
+    consistent with CMakeLists.txt, with a tier (1: experimental, as a research tool is)."""
+    entry, cmake = catalog_entry(), extension_variables()
+    assert not list(slicer_scene.REPO.glob("*.s4ext"))
     assert entry["$schema"] == CATALOG_SCHEMA
     assert CATALOG_REQUIRED <= set(entry) <= CATALOG_KEYS
-    assert entry["category"] == index["category"] == cmake["CATEGORY"]
-    assert entry["scm_url"] == index["scmurl"] == cmake["HOMEPAGE"]
-    assert entry["scm_revision"] == index["scmrevision"]
-    assert entry["scm_type"] == index["scm"]
-    assert entry["build_dependencies"] == index["depends"].split() == cmake["DEPENDS"].split()
-    assert entry["build_subdirectory"] == index["build_subdirectory"]
-    assert entry["enabled"] is (index["enabled"] == "1")
-    repository = entry["scm_url"].rsplit("/", 1)[-1]
-    assert "slicer" in repository.lower()  # the index's repository-name check
+    assert entry["category"] == cmake["CATEGORY"]
+    assert entry["scm_url"] == cmake["HOMEPAGE"]
+    assert (entry["scm_type"], entry["scm_revision"]) == ("git", "main")
+    assert entry["build_dependencies"] == cmake["DEPENDS"].split()
+    assert entry["build_subdirectory"] == "."
+    assert entry["enabled"] is True
+    assert entry["tier"] == 1
     project = re.search(
         r"project\((\w+)\)", (slicer_scene.REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     )
     assert project.group(1) == "SAINRSlicer"  # = the entry's file name
 
 
+def test_readme_says_what_a_maintainer_must_do_to_submit():
+    """The index's checks the code cannot meet alone: the repository's name and topic."""
+    readme = " ".join((slicer_scene.REPO / "README.md").read_text(encoding="utf-8").split())
+    section = readme[readme.index("## Submitting to the Extensions Index") :]
+    for must in ('starts with "Slicer"', "3d-slicer-extension", "SAINRSlicer.json", "tier"):
+        assert must in section, must
+
+
 def test_contributors_and_citation_are_the_same_everywhere():
+    """No person is named in the project's history or files: the contributors are its
+    developers, the same in the module and CMake (the catalog reads CMake's)."""
     parent = types.SimpleNamespace()
     SAINRSlicer.SAINRSlicer(parent)
-    assert (
-        parent.contributors == [extension_variables()["CONTRIBUTORS"]] == [s4ext()["contributors"]]
-    )
+    assert parent.contributors == [extension_variables()["CONTRIBUTORS"]]
+    assert parent.contributors == ["SAINRSlicer developers"]
     readme = (slicer_scene.REPO / "README.md").read_text(encoding="utf-8")
     citation = re.search(r"## How to cite\n\n(.*)", readme, re.S).group(1)
     for part in (
@@ -453,6 +490,29 @@ def test_contributors_and_citation_are_the_same_everywhere():
         assert part in " ".join(parent.acknowledgementText.split())
 
 
+def test_sample_licence_is_stated_in_the_licence_file_and_readme():
+    """The code is MIT; the bundled sample is CC BY-NC-SA 4.0, which LICENSE.txt must say."""
+    licence = (slicer_scene.REPO / "LICENSE.txt").read_text(encoding="utf-8")
+    readme = (slicer_scene.REPO / "README.md").read_text(encoding="utf-8")
+    sample = (slicer_scene.REPO / "Resources" / "Sample" / "README.md").read_text("utf-8")
+    assert licence.startswith("MIT License")
+    assert "CC BY-NC-SA 4.0" in sample
+    for text in (licence, readme):
+        assert "CC BY-NC-SA 4.0" in text and "knee_qdess_sag_3mm.nii.gz" in text
+
+
+def test_testing_folder_is_registered_with_ctest_as_in_the_template():
+    module = slicer_scene.MODULE_DIR
+    cmake = (module / "CMakeLists.txt").read_text(encoding="utf-8")
+    testing = re.search(r"if\(BUILD_TESTING\)(.*?)endif\(\)", cmake, re.S).group(1)
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in testing
+    assert "add_subdirectory(Testing)" in testing
+    assert "add_subdirectory(Python)" in (module / "Testing" / "CMakeLists.txt").read_text()
+    python = (module / "Testing" / "Python" / "CMakeLists.txt").read_text(encoding="utf-8")
+    scripts = re.findall(r"slicer_add_python_unittest\(SCRIPT (\S+)\)", python)
+    assert scripts and all((module / "Testing" / "Python" / s).is_file() for s in scripts)
+
+
 def test_self_test_plans_and_skips_the_run_without_pytorch(monkeypatch):
     """ctest runs the self-test on build machines without PyTorch: it must not install it."""
     monkeypatch.setattr(SAINRSlicerLib.torchenv, "installedTorchVersion", lambda: None)
@@ -462,4 +522,4 @@ def test_self_test_plans_and_skips_the_run_without_pytorch(monkeypatch):
     scene = slicer_scene.newScene().scene
     SAINRSlicer.SAINRSlicerTest().runTest()
     assert scene.GetFirstNodeByName("knee_qdess_sag_3mm") is not None
-    assert scene.GetFirstNodeByName("knee_qdess_sag_3mm_1.0mm") is None
+    assert scene.GetFirstNodeByName("knee_qdess_sag_3mm_SAINR_1mm") is None

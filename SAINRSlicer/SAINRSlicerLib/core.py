@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import pathlib
 import re
+import sys
 import types
 
 #: Folder of SAINRSlicer.py; the core package ``sainr`` lies beside it (repository and install
@@ -61,3 +62,20 @@ def coreModule(name: str) -> types.ModuleType:
             f"the SAINRSlicer core package 'sainr' is missing (expected in {MODULE_DIR}); "
             "reinstall the extension"
         ) from exc
+
+
+#: Packages that Reload must import afresh with SAINRSlicer.py (Slicer reloads only that file).
+RELOADED_PACKAGES = ("SAINRSlicerLib", "sainr")
+
+
+def forgetLibraryModules() -> list[str]:
+    """Drop the library and the core from ``sys.modules`` so that reloading the module file
+    imports their current code (Reload in Developer mode). Returns the names dropped."""
+    names = [
+        name
+        for name in sys.modules
+        if any(name == p or name.startswith(p + ".") for p in RELOADED_PACKAGES)
+    ]
+    for name in names:
+        del sys.modules[name]
+    return names

@@ -6,9 +6,14 @@ subprocess will read, so the panel's preview and refusals are those of the run.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
+import logging
+import math
 import pathlib
 import re
+import sys
 import traceback
 from collections.abc import Callable
 from typing import Annotated
@@ -41,6 +46,11 @@ DEFAULT_ADAPT_STEPS = _protocol.DEFAULT_ADAPT_STEPS
 MAX_ADAPT_STEPS = 10000
 #: Model choice meaning "the checkpoint in weightsPath".
 WEIGHTS_FILE = "file"
+#: Where the slice thickness comes from: the DICOM series' SliceThickness, the core's automatic
+#: choice when the run starts (header, else an estimate from the image), or the user.
+THICKNESS_DICOM, THICKNESS_AUTO, THICKNESS_USER = "dicom", "auto", "user"
+#: DICOM tag of SliceThickness, as Slicer's DICOM database names tags.
+SLICE_THICKNESS_TAG = "0018,0050"
 #: Devices the Logic accepts: auto (GPU if usable, else CPU), cpu, cuda or cuda:N, mps.
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -49,10 +59,13 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 class SAINRSlicerParameterNode:
     """The panel's settings, kept in the scene (they survive scene save and load).
 
-    inputVolume: thick-slice volume. outputVolume: volume to overwrite, or None for a new one.
-    resultVolume: the last result (what Compare and the mask overlay show). targetSpacing:
-    output slice spacing in mm. sliceThicknessMm: acquired slice thickness in mm (the panel
-    fills in the input's slice spacing; 0: not given). device: auto, cpu, cuda:N or mps.
+    inputVolume: thick-slice volume. outputVolume: volume to overwrite, or None for a new one
+    (the panel sets it to the node a run creates, so the next run reuses it). resultVolume:
+    the last result (what Compare and the mask overlay show). targetSpacing: output slice
+    spacing in mm. sliceThicknessMm: acquired slice thickness in mm (0: automatic);
+    sliceThicknessSource: where the panel's value came from (THICKNESS_DICOM, THICKNESS_AUTO,
+    THICKNESS_USER; only THICKNESS_USER values are passed on as given). device: auto, cpu,
+    cuda:N or mps.
     model: a shipped model name or "file" for weightsPath. showGatingMask, maskOpacity: the
     gating-mask overlay. adaptToVolume, adaptSteps: first fine-tune the model on the input.
     """
@@ -62,6 +75,7 @@ class SAINRSlicerParameterNode:
     resultVolume: slicer.vtkMRMLScalarVolumeNode
     targetSpacing: Annotated[float, WithinRange(0.05, 20.0)] = 1.0
     sliceThicknessMm: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
+    sliceThicknessSource: str = ""
     device: str = "auto"
     model: str = DEFAULT_MODEL
     weightsPath: pathlib.Path
@@ -162,13 +176,30 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
         axis, _label = self.sliceAxis(volume)
         return volume.GetSpacing()[axis]
 
+    # Slice thickness
+
+    def dicomSliceThickness(self, volume, database=None) -> float | None:
+        """The SliceThickness (0018,0050) of the DICOM series ``volume`` was loaded from, or
+        None (not loaded from DICOM, no DICOM database, tag missing or not a positive number).
+        ``database``: Slicer's DICOM database (``slicer.dicomDatabase``) by default."""
+        if database is None:
+            database = getattr(slicer, "dicomDatabase", None)
+        return dicomSliceThickness(volume, database)
+
+    def sliceThicknessSuggestion(self, volume, database=None) -> tuple[float, str]:
+        """(value, source) the panel fills in for ``volume``: the DICOM SliceThickness, else
+        (0, THICKNESS_AUTO): the core chooses when the run starts."""
+        value = self.dicomSliceThickness(volume, database)
+        return (value, THICKNESS_DICOM) if value is not None else (0.0, THICKNESS_AUTO)
+
     # Running
 
     def ensureTorch(self, statusCallback: Callable[[str], None] | None = None) -> bool:
         """Make sure PyTorch is installed for the subprocess; in Slicer, install it through
         the PyTorch extension (it asks the user first). ``statusCallback`` hears that an
         install is starting (it takes minutes). Returns True when PyTorch was installed now.
-        Every failure, of any type, is raised as SAINRSlicerError with details."""
+        Every failure, of any type, is raised as SAINRSlicerError; its details hold the last
+        lines the installer printed and the traceback."""
         version = installedTorchVersion()
         if version is not None:
             if versionTuple(version) < versionTuple(torchRequirement()):
@@ -183,17 +214,20 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
             statusCallback(
                 _("Installing PyTorch through the PyTorch extension (several minutes)...")
             )
+        printed = OutputTail()
         try:
-            self.installTorch()
+            with printed.capture():
+                self.installTorch()
         except SAINRSlicerError:
             raise
         except Exception as error:  # pip's CalledProcessError, a network or disk error, a bug
             raise SAINRSlicerError(
                 _(
-                    "PyTorch could not be installed ({reason}). Install it in the PyTorch Utils "
-                    "module, restart Slicer and try again."
+                    "PyTorch could not be installed ({reason}); the installer's last lines are "
+                    "under Details. Check the internet connection (or proxy), then install "
+                    "PyTorch in the PyTorch Utils module, restart Slicer and try again."
                 ).format(reason=_reason(error)),
-                _installerOutput(error),
+                installerOutput(error, printed.lines()),
             ) from error
         return True
 
@@ -217,15 +251,18 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
         """Start reducing the slice spacing of ``inputVolume`` to ``targetSpacing`` mm in the
         background and return the run (see ReductionRun).
 
-        outputVolume: scalar volume to overwrite; None creates ``<input>_<spacing>mm``.
+        outputVolume: scalar volume to overwrite; None creates ``<input>_SAINR_<spacing>mm``
+        now (``run.outputVolume``; removed again if the run does not succeed). A node this
+        Logic created and nobody renamed is renamed for the new spacing when reused.
         device: "auto" (GPU if usable, else CPU), "cpu", "cuda", "cuda:N" or "mps".
-        maskVolume: labelmap for the gating mask; None reuses the output's or creates one.
+        maskVolume: labelmap for the attention mask; None reuses the output's or creates one.
         weights: shipped model name or checkpoint file; None is the bundled default model.
         axis: slice axis (0, 1, 2 = i, j, k); detected (largest spacing) if None.
         adaptSteps: first fine-tune the model for this many steps on pairs made from the
         input's own in-plane detail (0: use the model as it is).
         saveAdaptedPath: also save the adapted weights to this .pt file (needs adaptSteps).
-        sliceThicknessMm: acquired slice thickness in mm (None: the slice spacing).
+        sliceThicknessMm: acquired slice thickness in mm. None: the DICOM SliceThickness of
+        the series the input was loaded from, else the core's automatic choice.
         """
         if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
             raise SAINRSlicerError(
@@ -241,6 +278,10 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
             raise SAINRSlicerError("saving adapted weights needs adaptSteps > 0")
         plan = self.plan(inputVolume, targetSpacing, axis)
         self.ensureTorch()
+        thicknessSource = THICKNESS_USER
+        if sliceThicknessMm is None:
+            sliceThicknessMm = self.dicomSliceThickness(inputVolume)
+            thicknessSource = THICKNESS_AUTO if sliceThicknessMm is None else THICKNESS_DICOM
         options = ["--device", device]
         for option, value in (
             ("--weights", weights),
@@ -258,26 +299,51 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
             {"PYTORCH_ENABLE_MPS_FALLBACK": "1"} if device == "mps" else None
         )
         return ReductionRun(
-            inputVolume, plan, options, outputVolume, maskVolume, adaptSteps, environment
+            inputVolume,
+            plan,
+            options,
+            outputVolume,
+            maskVolume,
+            adaptSteps,
+            environment,
+            thicknessSource=thicknessSource,
         )
 
     def process(
         self,
         inputVolume,
         targetSpacing: float,
+        outputVolume=None,
+        device: str = "auto",
+        maskVolume=None,
         progressCallback: Callable[[float, str], None] | None = None,
-        **startOptions,
+        weights: str | None = None,
+        axis: int | None = None,
+        adaptSteps: int = 0,
+        saveAdaptedPath: str | None = None,
+        sliceThicknessMm: float | None = None,
     ):
         """Reduce the slice spacing of ``inputVolume`` to ``targetSpacing`` mm and wait (the
-        Slicer GUI keeps repainting meanwhile): :meth:`start` with the same ``startOptions``
-        (outputVolume, device, maskVolume, weights, axis, adaptSteps, saveAdaptedPath,
-        sliceThicknessMm), then the run's ``wait``. ``progressCallback(fraction, message)`` is
-        called as the run progresses.
+        Slicer GUI keeps repainting meanwhile): :meth:`start` with the same arguments, then
+        the run's ``wait``. ``progressCallback(fraction, message)`` is called as the run
+        progresses.
 
         Returns the output volume node; raises SAINRSlicerError with the reason on failure,
         in which case the scene is unchanged.
         """
-        return self.start(inputVolume, targetSpacing, **startOptions).wait(progressCallback)
+        run = self.start(
+            inputVolume,
+            targetSpacing,
+            outputVolume,
+            device,
+            maskVolume,
+            weights=weights,
+            axis=axis,
+            adaptSteps=adaptSteps,
+            saveAdaptedPath=saveAdaptedPath,
+            sliceThicknessMm=sliceThicknessMm,
+        )
+        return run.wait(progressCallback)
 
     # Models and devices
 
@@ -337,11 +403,80 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _installerOutput(error: BaseException) -> str:
-    """What the installer printed (CalledProcessError's output), then the traceback."""
-    printed = [
-        text if isinstance(text, str) else text.decode(errors="replace")
-        for text in (getattr(error, "output", None), getattr(error, "stderr", None))
-        if text
-    ]
-    return "\n".join([*printed, "".join(traceback.format_exception(error))])
+def dicomSliceThickness(volume, database) -> float | None:
+    """SliceThickness (0018,0050) of the first DICOM instance ``volume`` was loaded from
+    (node attribute ``DICOM.instanceUIDs``, as Slicer's DICOM module sets it), read from
+    ``database`` (a ctkDICOMDatabase: ``fileForInstance``, ``fileValue``). None when any of
+    that is missing or the value is not a positive number."""
+    uids = (volume.GetAttribute("DICOM.instanceUIDs") or "").split() if volume else []
+    if not uids or database is None:
+        return None
+    try:
+        text = database.fileValue(database.fileForInstance(uids[0]), SLICE_THICKNESS_TAG)
+        value = float(str(text).split("\\")[0])
+    except (ValueError, TypeError, AttributeError, OSError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+class OutputTail:
+    """The last lines printed (``print``, as Slicer's ``logProcessOutput`` does with the
+    installer's output) and logged while :meth:`capture` is active, still shown as usual."""
+
+    def __init__(self, keep: int = 40):
+        self._lines: collections.deque[str] = collections.deque(maxlen=keep)
+        self._partial = ""
+
+    def lines(self) -> list[str]:
+        return [*self._lines, *([self._partial] if self._partial.strip() else [])]
+
+    def write(self, text: str) -> None:
+        self._partial += text
+        *complete, self._partial = self._partial.split("\n")
+        self._lines.extend(line for line in complete if line.strip())
+
+    @contextlib.contextmanager
+    def capture(self):
+        tail, original = self, sys.stdout
+
+        class Tee:
+            def write(self, text):
+                tail.write(text)
+                return original.write(text)
+
+            def __getattr__(self, name):
+                return getattr(original, name)
+
+        class Handler(logging.Handler):
+            def emit(self, record):
+                tail.write(record.getMessage() + "\n")
+
+        handler = Handler(logging.INFO)
+        logging.getLogger().addHandler(handler)
+        sys.stdout = Tee()
+        try:
+            yield self
+        finally:
+            sys.stdout = original
+            logging.getLogger().removeHandler(handler)
+
+
+def installerOutput(error: BaseException, printedLines: list[str] = ()) -> str:
+    """Details of a failed install: the installer's last lines, then the traceback.
+
+    Slicer's ``logProcessOutput`` raises CalledProcessError with the process' stdout as
+    ``output``: a file object it has already read to the end (nothing left to read), not
+    text; the lines it printed meanwhile are in ``printedLines``."""
+    texts = list(printedLines)
+    for value in (getattr(error, "output", None), getattr(error, "stderr", None)):
+        if hasattr(value, "read"):  # a pipe: whatever is left in it, if it can still be read
+            try:
+                value = value.read()
+            except (OSError, ValueError):
+                value = None
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        if isinstance(value, str) and value.strip():
+            texts.append(value.rstrip())
+    lines = ["The installer's last lines:", *texts] if texts else []
+    return "\n".join([*lines, "".join(traceback.format_exception(error))])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import pathlib
 import queue
+import re
 import shutil
 import tempfile
 import time
@@ -21,7 +22,14 @@ import slicer
 
 from .core import SAINRSlicerError, coreModule, panelWording
 from .framework import _, processEvents
-from .process import killProcessTree, pythonExecutable, readLines, startProcess
+from .process import (
+    WORKER_MODULE,
+    closeJob,
+    killProcessTree,
+    pythonExecutable,
+    readLines,
+    startProcess,
+)
 from .sceneio import (
     MASK_REFERENCE_ROLE,
     copyWindowLevel,
@@ -38,12 +46,49 @@ PROGRESS_TAG, ADAPT_TAG = _protocol.PROGRESS_TAG, _protocol.ADAPT_TAG
 ADAPT_PROGRESS_SHARE = 0.5
 #: Lines of a run's log kept for the error details (the panel's log view keeps its own).
 LOG_TAIL = 200
+#: Node attributes of an output node this module created: the name it gave the node (a node
+#: still so named is renamed when reused for another spacing) and the input it was made from.
+AUTO_NAME_ATTRIBUTE = "SAINRSlicer.AutoName"
+SOURCE_ATTRIBUTE = "SAINRSlicer.InputVolumeID"
+#: The worker's summary line names the slice thickness it used: "(3 mm thick)", possibly
+#: followed by where it came from: "(2.1 mm thick, estimated)".
+_THICKNESS_IN_SUMMARY = re.compile(r"(\d+(?:\.\d*)?) mm thick(?:[,;:] *([^),]*))?")
+#: What the panel says about where the thickness came from (the core's word when it names one).
+THICKNESS_SOURCE_WORDS = {"user": "your value", "dicom": "from DICOM", "auto": "automatic"}
 
 
 def formatMillimetres(value: float) -> str:
     """'1.0', '0.75', '0.3125': at least one decimal, at most four (node names, labels)."""
     text = f"{value:.4f}".rstrip("0")
     return text + "0" if text.endswith(".") else text
+
+
+def spacingForName(value: float) -> str:
+    """'1', '0.5', '0.3125': the spacing as node names show it."""
+    return formatMillimetres(value).removesuffix(".0")
+
+
+def outputName(inputName: str, spacing: float) -> str:
+    """Name of a new output node: it says the volume was synthesized by SA-INR, e.g.
+    'knee_SAINR_1mm'."""
+    return f"{inputName}_SAINR_{spacingForName(spacing)}mm"
+
+
+def nameAutomatically(node, name: str, scene) -> None:
+    """Give ``node`` a unique name based on ``name`` (unless it already has that one) and
+    remember it, so that a later reuse can tell whether the user renamed the node."""
+    if node.GetAttribute(AUTO_NAME_ATTRIBUTE) == node.GetName() == name:
+        return
+    taken = scene.GetNodesByName(name)
+    clash = any(taken.GetItemAsObject(i) is not node for i in range(taken.GetNumberOfItems()))
+    unique = scene.GenerateUniqueName(name) if clash else name
+    node.SetName(unique)
+    node.SetAttribute(AUTO_NAME_ATTRIBUTE, unique)
+
+
+def isAutoNamed(node) -> bool:
+    """The node still has the name this module gave it (the user did not rename it)."""
+    return node is not None and node.GetAttribute(AUTO_NAME_ATTRIBUTE) == node.GetName()
 
 
 def formatDuration(seconds: float) -> str:
@@ -101,13 +146,21 @@ class ReductionRun:
         maskVolume=None,
         adaptSteps: int = 0,
         environment: dict[str, str] | None = None,
+        thicknessSource: str = "auto",
     ):
         """``options``: further ``sainr reduce`` options (device, weights, ...);
-        ``environment``: the subprocess' environment."""
+        ``environment``: the subprocess' environment; ``thicknessSource``: where the
+        ``--slice-thickness`` in ``options`` came from ("user", "dicom"; "auto": none given).
+
+        Without ``outputVolume`` the output node is created now, named for the input and the
+        spacing (``<input>_SAINR_<spacing>mm``), so that a panel can select it at once; it is
+        removed again when the run does not succeed."""
         self.inputVolume = inputVolume
         self.plan = plan
-        self.outputVolume = outputVolume
         self.maskVolume = maskVolume
+        self.thicknessSource = thicknessSource
+        self.sliceThickness: float | None = None  # the one the worker used (its summary)
+        self.sliceThicknessNote: str | None = None  # where it came from, if the worker says
         self.adaptSteps = adaptSteps
         self.state = self.RUNNING
         self.fraction = 0.0
@@ -123,14 +176,24 @@ class ReductionRun:
         self._finished: float | None = None
         self._progressStart: tuple[float, float] | None = None
         self._lines: queue.Queue = queue.Queue()
+        self._job = None
         self._tempDir = pathlib.Path(tempfile.mkdtemp(prefix="sainr-"))
+        self.outputVolume, self._createdOutput = outputVolume, outputVolume is None
         try:
             inputPath = self._tempDir / "input.nrrd"
             writeVolume(inputVolume, inputPath)
+            scene = inputVolume.GetScene()
+            name = outputName(inputVolume.GetName(), plan.targetSpacing)
+            if self._createdOutput:
+                self.outputVolume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+            if self._createdOutput or isAutoNamed(self.outputVolume):
+                nameAutomatically(self.outputVolume, name, scene)
+            self.outputVolume.SetAttribute(SOURCE_ATTRIBUTE, inputVolume.GetID())
             command = self._command(inputPath, options)
             self._logLine(" ".join(command))
-            self._process = startProcess(command, environment)
+            self._process, self._job = startProcess(command, environment)
         except BaseException:
+            self._removeCreatedOutput()
             self._removeTempDir()
             raise
         self._readers = readLines(self._process, self._lines)
@@ -165,6 +228,7 @@ class ReductionRun:
         return [
             pythonExecutable(),
             "-m",
+            WORKER_MODULE,  # runs "-m sainr reduce ...", and ends it if Slicer dies
             "sainr",
             "reduce",
             str(inputPath),
@@ -199,6 +263,10 @@ class ReductionRun:
                 slices=self.plan.outputSize[self.plan.axis],
                 spacing=formatMillimetres(self.plan.targetSpacing),
             )
+            if self.sliceThickness is not None:
+                text += " " + _("Slice thickness {value} mm ({source}).").format(
+                    value=f"{self.sliceThickness:.4g}", source=self.sliceThicknessSourceText
+                )
             if self.adaptSteps:
                 text += " " + _("Model adapted to the input for {steps} steps.").format(
                     steps=self.adaptSteps
@@ -207,6 +275,8 @@ class ReductionRun:
         if self.state == self.FAILED:
             return _("Failed: {reason}").format(reason=self.error)
         if self.state == self.CANCELLED:
+            if self.error:  # stopped by something else than the user's Cancel
+                return _("Stopped: {reason}").format(reason=self.error)
             return _("Cancelled; the scene is unchanged.")
         remaining = self.remainingSeconds()
         if self.phase is None:
@@ -227,10 +297,31 @@ class ReductionRun:
             text += " · " + _("note: {note}").format(note=self.notes[-1])
         return text
 
+    @property
+    def sliceThicknessSourceText(self) -> str:
+        """Where the slice thickness came from, in the panel's words."""
+        if self.thicknessSource == "auto" and self.sliceThicknessNote:
+            return self.sliceThicknessNote
+        return _(THICKNESS_SOURCE_WORDS.get(self.thicknessSource, self.thicknessSource))
+
+    def deletedNode(self) -> str | None:
+        """Which of the run's volumes was removed from the scene meanwhile, or None."""
+        for role, node in ((_("input"), self.inputVolume), (_("output"), self.outputVolume)):
+            if node is not None and node.GetScene() is None:
+                return _("the {role} volume {name} was deleted during the run").format(
+                    role=role, name=node.GetName()
+                )
+        return None
+
     def poll(self) -> bool:
         """Handle the process' new output; finish the run when the process has ended.
-        Returns True while the run is still going."""
+        Returns True while the run is still going. A run whose input or output node was
+        deleted meanwhile is stopped as if cancelled, with the reason in ``error``."""
         if not self.running:
+            return False
+        deleted = self.deletedNode()
+        if deleted is not None:
+            self.cancel(reason=deleted + "; " + _("nothing was added to the scene"))
             return False
         self._drain()
         if self._process.poll() is None or any(reader.is_alive() for reader in self._readers):
@@ -257,21 +348,28 @@ class ReductionRun:
             self.cancel()
             raise
         if self.state != self.SUCCEEDED:
-            raise SAINRSlicerError(self.error, self.log)
+            raise SAINRSlicerError(self.error or self.message, self.log)
         if progressCallback is not None:
             progressCallback(1.0, self.message)
         return self.outputVolume
 
-    def cancel(self) -> None:
-        """Stop the process and everything it started, now. The scene is not touched."""
+    def cancel(self, reason: str | None = None) -> None:
+        """Stop the process and everything it started, now, and undo what the run added to
+        the scene (the output node it created). ``reason``: why, when not the user's Cancel.
+        The run ends as cancelled even when the process does not end at once."""
         if not self.running:
             return
-        killProcessTree(self._process)
-        for reader in self._readers:
-            reader.join(timeout=1)
-        self.state = self.CANCELLED
-        self._logLine(self.message)
-        self._removeTempDir()
+        self.state, self.error = self.CANCELLED, reason
+        try:
+            if not killProcessTree(self._process):
+                self._logLine(_("The SA-INR process did not end within a second of Cancel."))
+            for reader in self._readers:
+                reader.join(timeout=1)
+        finally:
+            closeJob(self._job)
+            self._removeCreatedOutput()
+            self._logLine(self.message)
+            self._removeTempDir()
 
     def _drain(self) -> None:
         while True:
@@ -305,6 +403,10 @@ class ReductionRun:
         self._logLine(line)
         if stream != "stderr":
             return
+        summary = _THICKNESS_IN_SUMMARY.search(line)
+        if summary is not None and not line.startswith(("note: ", "sainr: ")):
+            self.sliceThickness = float(summary.group(1))
+            self.sliceThicknessNote = (summary.group(2) or "").strip() or None
         if line.startswith("note: "):
             self.notes.append(line.removeprefix("note: "))
         elif line.startswith("sainr: error: "):
@@ -342,6 +444,7 @@ class ReductionRun:
             self._importResults()
         except Exception as error:
             self.state, self.error = self.FAILED, str(error)
+            self._removeCreatedOutput()
             self._logLine(self.message)
             if not isinstance(error, SAINRSlicerError):
                 raise
@@ -349,6 +452,7 @@ class ReductionRun:
             self.fraction, self.state = 1.0, self.SUCCEEDED
             self._logLine(self.message)
         finally:
+            closeJob(self._job)
             self._removeTempDir()
 
     def _importResults(self) -> None:
@@ -356,14 +460,14 @@ class ReductionRun:
         image = readVolume(self.outputPath, slicer.vtkMRMLScalarVolumeNode())
         mask = readVolume(self.maskPath, slicer.vtkMRMLLabelMapVolumeNode())
         scene = self.inputVolume.GetScene()
-        if self.outputVolume is None:
-            name = f"{self.inputVolume.GetName()}_{formatMillimetres(self.plan.targetSpacing)}mm"
-            self.outputVolume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
         if self.maskVolume is None:
             self.maskVolume = self.outputVolume.GetNodeReference(MASK_REFERENCE_ROLE)
+        maskName = f"{self.outputVolume.GetName()}_attention"
         if self.maskVolume is None:
-            name = f"{self.outputVolume.GetName()}_gating"
-            self.maskVolume = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
+            self.maskVolume = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", maskName)
+            nameAutomatically(self.maskVolume, maskName, scene)
+        elif isAutoNamed(self.maskVolume):
+            nameAutomatically(self.maskVolume, maskName, scene)
         transformID = self.inputVolume.GetTransformNodeID()
         for target, source in ((self.outputVolume, image), (self.maskVolume, mask)):
             replaceVolumeContent(target, source)
@@ -373,6 +477,12 @@ class ReductionRun:
             placeBeside(self.inputVolume, target)
         copyWindowLevel(self.inputVolume, self.outputVolume)
         self.outputVolume.SetNodeReferenceID(MASK_REFERENCE_ROLE, self.maskVolume.GetID())
+
+    def _removeCreatedOutput(self) -> None:
+        """Remove the output node this run created (a run that did not succeed adds nothing)."""
+        node = self.outputVolume
+        if self._createdOutput and node is not None and node.GetScene() is not None:
+            node.GetScene().RemoveNode(node)
 
     def _removeTempDir(self) -> None:
         shutil.rmtree(self._tempDir, ignore_errors=True)

@@ -54,8 +54,8 @@ def versionTuple(version: str) -> tuple[int, ...]:
 
 def probeTorch(timeout: float = 120.0) -> dict:
     """PyTorch as the subprocess sees it: {"torch": version or None, "cuda": build or None,
-    "gpus": [{"name", "memoryGB"}], "mps": bool}, or {"torch": None, "error": reason} when
-    the check itself fails."""
+    "gpus": [{"name", "memoryGB"}], "mps": bool}, or {"torch": None, "error": reason,
+    "details": what it printed} when the check itself fails or answers nothing usable."""
     try:
         result = subprocess.run(
             [pythonExecutable(), "-c", _PROBE],
@@ -67,10 +67,24 @@ def probeTorch(timeout: float = 120.0) -> dict:
         )
     except (SAINRSlicerError, OSError, subprocess.TimeoutExpired) as error:
         return {"torch": None, "error": str(error)}
+    lines = result.stderr.strip().splitlines()
     if result.returncode != 0:
-        lines = result.stderr.strip().splitlines()
-        return {"torch": None, "error": lines[-1] if lines else f"exit code {result.returncode}"}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        return {
+            "torch": None,
+            "error": lines[-1] if lines else f"exit code {result.returncode}",
+            "details": result.stderr,
+        }
+    try:
+        info = json.loads(result.stdout.strip().splitlines()[-1])
+        if not isinstance(info, dict) or "torch" not in info:
+            raise ValueError(info)
+    except (IndexError, ValueError):  # printed nothing, or not the probe's JSON
+        return {
+            "torch": None,
+            "error": _("the PyTorch check gave no usable answer"),
+            "details": f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}",
+        }
+    return info
 
 
 def installTorchThroughExtension() -> None:

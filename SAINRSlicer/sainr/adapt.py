@@ -90,22 +90,46 @@ def pair_volumes(
     axis resampled to ``target_spacing`` and put first, then the other in-plane axis and the
     true slice axis (the order :func:`sainr.data.sample_patch` crops in, slice axis = index
     axis 2). Axes too short for two LR slices at the factor c_S / c_T are left out."""
-    factor = spacing[0] / target_spacing
     out = []
-    for axis, name in ((1, "H"), (2, "W")):
+    for axis in pair_axes(volume.shape, spacing, target_spacing):
         other = 3 - axis
         hr = resample_axis0(np.transpose(volume, (axis, other, 0)), spacing[axis], target_spacing)
-        if lr_count(hr.shape[0], factor) < 2:
-            continue
         hr = np.ascontiguousarray(hr, dtype=np.float32)
         hr_spacing = (spacing[0], spacing[other], max(spacing[axis], target_spacing))
-        out.append(Volume(name, hr, hr_spacing, gradient_target(hr), (2,)))
-    if not out:
-        raise InputImageError(
-            f"the volume is too small in-plane ({volume.shape[1]} x {volume.shape[2]} voxels) "
-            f"to make adaptation pairs at factor {factor:.3g}; reduce it without adaptation"
-        )
+        out.append(Volume("HW"[axis - 1], hr, hr_spacing, gradient_target(hr), (2,)))
     return out
+
+
+def pair_axes(
+    shape: tuple[int, ...], spacing: tuple[float, float, float], target_spacing: float
+) -> list[int]:
+    """The in-plane axes (1 = H, 2 = W) of a (S, H, W) volume long enough for two LR slices
+    once resampled to ``target_spacing`` and decimated by c_S / c_T (as
+    :func:`resample_axis0` and :func:`sainr.degradation.lr_count` count them); refuses a volume
+    with none. Needs only the shape, so every input of a batch is checked before any work."""
+    factor = spacing[0] / target_spacing
+    axes = []
+    for axis in (1, 2):
+        ratio = target_spacing / spacing[axis]
+        resampled = lr_count(shape[axis], ratio) if ratio > 1 else shape[axis]
+        if lr_count(resampled, factor) >= 2:
+            axes.append(axis)
+    if not axes:
+        raise InputImageError(
+            f"the volume is too small in-plane ({shape[1]} x {shape[2]} voxels) to make "
+            f"adaptation pairs at factor {factor:.3g}; reduce it without adaptation (leave "
+            "out --adapt-steps)"
+        )
+    return axes
+
+
+def check_adaptable(image: sitk.Image, target: Target | float) -> None:
+    """Refuse, without reading the voxels, an image too small to adapt to at ``target``
+    (the refusal :func:`adapt_to_image` would give after the earlier work)."""
+    ax, out_geom = plan_reduction(image, target)
+    order = [ax] + [a for a in (2, 1, 0) if a != ax]  # (S, H, W) as slice_first orders them
+    size, spacing = image.GetSize(), image.GetSpacing()
+    pair_axes(tuple(size[a] for a in order), tuple(spacing[a] for a in order), out_geom.spacing[ax])
 
 
 def adaptation_data(

@@ -3,7 +3,8 @@
 ``torchrun --nproc_per_node N -m sainr reduce IN_DIR OUT_DIR ...`` starts N copies of the
 command (on each machine, with ``--nnodes``). Each copy reads its place from the environment
 torchrun sets, takes every WORLD_SIZE-th input of the list sorted by path starting at its RANK,
-keeps the results that are already complete, and reduces the rest on its own GPU (LOCAL_RANK)
+keeps the results that are already complete (judged by their record, as in a plain batch:
+:func:`sainr.outputs.is_complete`), and reduces the rest on its own GPU (LOCAL_RANK)
 or on its share of the CPU cores. The processes exchange nothing but their results, in one
 gather at the end, which rank 0 prints as one summary. A bad input fails that input only: its
 process carries on and still reaches the gather, so no process waits for one that gave up.
@@ -25,12 +26,15 @@ import torch.distributed as dist
 
 from .errors import DeviceError, SainrError, one_line
 from .inference import choose_device
-from .io import output_files
+from .outputs import LandedInterrupt
 
 #: One input of the batch and where its result (and gating mask, if asked for) go.
 Pair = tuple[Path, Path, Path | None]
 #: Reduces one input and writes its outputs; raises SainrError for a bad input.
 ReduceFn = Callable[[Path, Path, Path | None], None]
+#: Whether an input's outputs are already the ones the command would write
+#: (:func:`sainr.outputs.is_complete` with the command's request: the rule of a plain batch).
+CompleteFn = Callable[[Pair], bool]
 T = TypeVar("T")
 
 #: How long the first process to finish waits at the gather for the last one. Long, because
@@ -93,14 +97,6 @@ def share(items: Sequence[T], rank: int, world_size: int) -> list[T]:
     return list(items[rank::world_size])
 
 
-def is_complete(pair: Pair) -> bool:
-    """True when every final file of the input's outputs exists. The writer moves finished
-    files into place atomically, so an existing file is never partial; but it moves a result
-    and its mask one after the other, so a result without its mask is not complete."""
-    outputs = [out for out in pair[1:] if out is not None]
-    return all(f.is_file() for out in outputs for f in output_files(out))
-
-
 def bind_device(launch: Launch, name: str) -> torch.device:
     """The device ``--device name`` means for this process, made the default it computes on:
     on CUDA its own GPU (LOCAL_RANK; ``cuda:N`` pins every process to GPU N), on the CPU
@@ -142,14 +138,16 @@ def join(launch: Launch) -> dist.Store:
     return store
 
 
-def reduce_share(rank: int, pairs: Sequence[Pair], prepare: Callable[[], ReduceFn]) -> Report:
-    """Reduce the inputs of ``pairs`` whose outputs are not complete. ``prepare`` (loading the
-    model) runs once, before the first input to do. A user error fails that input (or, from
+def reduce_share(
+    rank: int, pairs: Sequence[Pair], prepare: Callable[[], ReduceFn], complete: CompleteFn
+) -> Report:
+    """Reduce the inputs of ``pairs`` whose outputs are not ``complete``. ``prepare`` (loading
+    the model) runs once, before the first input to do. A user error fails that input (or, from
     ``prepare``, every input to do) and is printed at once; the others go on."""
     report, reduce_one = Report(rank), None
     for pair in pairs:
         name = pair[0].name
-        if is_complete(pair):
+        if complete(pair):
             report.kept.append(name)
             continue
         try:
@@ -161,10 +159,12 @@ def reduce_share(rank: int, pairs: Sequence[Pair], prepare: Callable[[], ReduceF
             report.failed.append((name, reason))
             continue
         except KeyboardInterrupt as exc:
-            raise KeyboardInterrupt(
-                f"this process wrote {len(report.done)} result(s), not the one in progress; "
-                "the same command does the rest"
-            ) from exc
+            if isinstance(exc, LandedInterrupt):  # stopped as the result landed: it is whole
+                report.done.append(name)
+                what = f"this process wrote {len(report.done)} result(s) (the last: {exc.path})"
+            else:
+                what = f"this process wrote {len(report.done)} result(s), not the one in progress"
+            raise KeyboardInterrupt(f"{what}; the same command does the rest") from exc
         report.done.append(name)
     return report
 
@@ -197,10 +197,15 @@ def summary(reports: Sequence[Report]) -> str:
 
 
 def run(
-    launch: Launch, pairs: Sequence[Pair], device: str, prepare: Callable[[], ReduceFn]
+    launch: Launch,
+    pairs: Sequence[Pair],
+    device: str,
+    prepare: Callable[[], ReduceFn],
+    complete: CompleteFn,
 ) -> bool:
     """This process's part of a cohort: its share of ``pairs`` (sorted by input path) reduced
-    on its device, the reports gathered and, at rank 0, the summary printed on stderr.
+    on its device, unless ``complete``, the reports gathered and, at rank 0, the summary
+    printed on stderr.
 
     Returns False at rank 0 when an input failed anywhere, else True: the other processes
     end successfully once their reports are sent (their failures are rank 0's to report), so
@@ -208,7 +213,8 @@ def run(
     mine = share(sorted(pairs, key=lambda pair: str(pair[0])), launch.rank, launch.world_size)
     bind_device(launch, device)
     store = join(launch)
-    reports = gather(reduce_share(launch.rank, mine, prepare), store, launch.world_size)
+    report = reduce_share(launch.rank, mine, prepare, complete)
+    reports = gather(report, store, launch.world_size)
     if reports is None:
         return True
     print(summary(reports), file=sys.stderr, flush=True)

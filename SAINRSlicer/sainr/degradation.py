@@ -8,7 +8,14 @@ weighted by the integral of the profile over that voxel, ``[i - 1/2, i + 1/2]``:
 - ``none``: pure decimation, the slice *is* the HR voxel at ``p`` (integer ``p`` only);
 - ``gaussian``: a Gaussian of full width at half maximum ``T``;
 - ``box``: a rectangle of width ``T`` (a box of ``T`` voxels has ``T`` taps of equal weight;
-  for even ``T`` it covers half a voxel more on each side, so the two end taps weigh half).
+  for even ``T`` it covers half a voxel more on each side, so the two end taps weigh half);
+- ``sinc``: a Hann-windowed sinc of full width at half maximum ``T`` with :data:`SINC_LOBES`
+  zero crossings on each side: the ringing profile of a 2D slice-selective RF pulse, whose
+  negative side lobes pull in tissue from beyond the nominal slice.
+
+A per-slice width jitter (:attr:`Acquisition.jitter`) lets each acquired slice of a patch be a
+little thinner or thicker than the nominal ``T`` (imperfect RF profiles, B1 inhomogeneity); the
+model is told the nominal value.
 
 ``T`` is the slice thickness in HR voxels, ``thickness x factor`` with ``thickness`` relative to
 the slice spacing: 1 = contiguous slices, < 1 = gaps, > 1 = overlap. Because the weights are
@@ -28,10 +35,33 @@ import numpy as np
 
 from .geometry import slice_count
 
-PROFILES = ("none", "gaussian", "box")
+PROFILES = ("none", "gaussian", "box", "sinc")
 #: Gaussian weights are kept out to this many standard deviations (< 0.3 % of the weight lost).
 _GAUSS_REACH = 3.0
 _FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))
+#: Zero crossings of the windowed sinc on each side of its centre (where the window ends).
+SINC_LOBES = 3
+#: Sub-samples per HR voxel when integrating the windowed sinc over a voxel (midpoint rule).
+_SINC_SUBSAMPLES = 16
+
+
+def _windowed_sinc(u: np.ndarray) -> np.ndarray:
+    """sinc(u) x Hann window reaching zero at ``u = +-SINC_LOBES`` (u in zero-crossing units)."""
+    window = np.where(np.abs(u) < SINC_LOBES, 0.5 + 0.5 * np.cos(np.pi * u / SINC_LOBES), 0.0)
+    return np.sinc(u) * window
+
+
+def _sinc_fwhm() -> float:
+    """Full width at half maximum of :func:`_windowed_sinc`, in zero-crossing units (bisection:
+    the window narrows the main lobe a little below the bare sinc's)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _windowed_sinc(np.array(mid)) > 0.5 else (lo, mid)
+    return 2 * lo
+
+
+_SINC_FWHM = _sinc_fwhm()
 
 
 @dataclass(frozen=True)
@@ -42,6 +72,7 @@ class Acquisition:
     factor: float
     thickness: float = 1.0
     profile: str = "gaussian"
+    jitter: float = 0.0  # per-slice widths drawn from nominal x [1 - jitter, 1 + jitter]
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -52,6 +83,8 @@ class Acquisition:
             raise ValueError(f"the slice thickness must be positive, got {self.thickness}")
         if self.profile == "none" and not float(self.factor).is_integer():
             raise ValueError("pure decimation needs an integer factor (slices on HR voxels)")
+        if not 0 <= self.jitter < 1:
+            raise ValueError(f"the width jitter must be in [0, 1), got {self.jitter}")
 
     @property
     def width(self) -> float:
@@ -64,6 +97,17 @@ class Acquisition:
         the slice is one HR voxel thick)."""
         return self.width / self.factor
 
+    def told(self, native_width: float = 0.0) -> float:
+        """Slice thickness / spacing of the LR slices when the HR itself was acquired with slices
+        ``native_width`` HR voxels thick along this axis (0: the HR is the reference, as for
+        near-isotropic volumes and in-plane axes). The native profile and the simulated one are
+        combined in quadrature (exact for Gaussians, close for the other bell-like profiles), so
+        that the model learns the thickness of what it sees, not of the simulation alone; pure
+        decimation keeps one native slice: max(1, native_width) / factor."""
+        if self.profile == "none":
+            return max(1.0, native_width) / self.factor
+        return math.hypot(self.width, native_width) / self.factor
+
 
 def _gaussian_cdf(x: np.ndarray, sigma: float) -> np.ndarray:
     return 0.5 * (1 + np.vectorize(erf)(x / (sigma * math.sqrt(2))))
@@ -74,7 +118,8 @@ def weights(profile: str, width: float, centre: float) -> tuple[int, np.ndarray]
 
     Each weight is the profile's integral over one HR voxel, so that the profile, not the
     HR grid, decides the blur at any centre. A slice no thicker than one HR voxel is that
-    voxel (a box of width 1): the HR holds nothing thinner."""
+    voxel (a box of width 1): the HR holds nothing thinner. The windowed sinc has negative side
+    lobes, so its weights may be negative; they still sum to 1."""
     if profile == "none":
         return int(round(centre)), np.ones(1)
     if width <= 1:  # no thinner than the HR voxel itself: that voxel (at integer centres)
@@ -90,16 +135,25 @@ def weights(profile: str, width: float, centre: float) -> tuple[int, np.ndarray]
         last = math.ceil(centre + _GAUSS_REACH * sigma - 0.5)
         edges = np.arange(first, last + 2, dtype=np.float64) - 0.5 - centre
         w = np.diff(_gaussian_cdf(edges, sigma))
+    elif profile == "sinc":
+        scale = width / _SINC_FWHM  # HR voxels per zero-crossing unit
+        reach = SINC_LOBES * scale
+        first = math.floor(centre - reach + 0.5)
+        last = math.ceil(centre + reach - 0.5)
+        sub = (np.arange(_SINC_SUBSAMPLES) + 0.5) / _SINC_SUBSAMPLES - 0.5
+        pos = np.arange(first, last + 1, dtype=np.float64)[:, None] + sub[None, :] - centre
+        w = _windowed_sinc(pos / scale).mean(axis=1)
     else:
         raise ValueError(f"unknown slice profile {profile!r}; use one of {PROFILES}")
-    keep = np.nonzero(w > 1e-12)[0]
+    keep = np.nonzero(np.abs(w) > 1e-12)[0]
     w = w[keep[0] : keep[-1] + 1]
     return first + int(keep[0]), w / w.sum()
 
 
 def margin(acq: Acquisition) -> int:
-    """HR voxels a slice's weights reach beyond its centre: the margin a patch needs."""
-    first, w = weights(acq.profile, acq.width, 0.0)
+    """HR voxels a slice's weights reach beyond its centre (at the widest jittered width): the
+    margin a patch needs."""
+    first, w = weights(acq.profile, acq.width * (1 + acq.jitter), 0.0)
     return max(-first, first + len(w) - 1, 0)
 
 
@@ -108,15 +162,31 @@ def lr_count(n_hr: int, factor: float) -> int:
     return slice_count(n_hr, 1 / factor)
 
 
-def acquire(hr: np.ndarray, acq: Acquisition, n_lr: int, start: float = 0.0) -> np.ndarray:
-    """``n_lr`` LR slices centred at HR positions ``start + n x factor`` along axis 0.
+def slice_scales(acq: Acquisition, n_lr: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Per-slice width multipliers drawn uniformly from [1 - jitter, 1 + jitter] (None, and no
+    draw from ``rng``, without jitter or for pure decimation)."""
+    if acq.jitter == 0 or acq.profile == "none":
+        return None
+    return rng.uniform(1 - acq.jitter, 1 + acq.jitter, n_lr)
+
+
+def acquire(
+    hr: np.ndarray,
+    acq: Acquisition,
+    n_lr: int,
+    start: float = 0.0,
+    scales: np.ndarray | None = None,
+) -> np.ndarray:
+    """``n_lr`` LR slices centred at HR positions ``start + n x factor`` along axis 0, slice n
+    ``scales[n]`` times the nominal width when given (:func:`slice_scales`).
 
     Only voxels inside ``hr`` are used (weights renormalised at the ends), so cut ``hr`` with
     :func:`margin` voxels to spare on both sides when the edge slices must be exact."""
     n_hr = hr.shape[0]
     out = np.empty((n_lr, *hr.shape[1:]), dtype=np.float32)
     for n in range(n_lr):
-        first, w = weights(acq.profile, acq.width, start + n * acq.factor)
+        width = acq.width * (1.0 if scales is None else float(scales[n]))
+        first, w = weights(acq.profile, width, start + n * acq.factor)
         lo, hi = max(first, 0), min(first + len(w), n_hr)
         if lo >= hi:
             raise ValueError(f"LR slice {n} at {start + n * acq.factor:g} lies outside the volume")
@@ -127,13 +197,16 @@ def acquire(hr: np.ndarray, acq: Acquisition, n_lr: int, start: float = 0.0) -> 
 
 @dataclass(frozen=True)
 class AcquisitionSampler:
-    """Random acquisitions for training: a profile, a factor (integer for pure decimation)
-    and a relative thickness drawn uniformly from ``thickness``."""
+    """Random acquisitions for training: a profile, a factor (integer for pure decimation),
+    a relative thickness drawn uniformly from ``thickness`` and the per-slice width
+    ``jitter``; :meth:`told` adds the label noise of a thickness that is only estimated."""
 
     factors: tuple[float, ...] = (2, 3, 4, 2.5, 3.3)
     profiles: tuple[str, ...] = ("none", "gaussian", "box")
     profile_weights: tuple[float, ...] = (0.25, 0.5, 0.25)
     thickness: tuple[float, float] = (0.5, 1.2)
+    jitter: float = 0.0
+    label_noise: float = 0.0  # told thickness = true x uniform [1 - label_noise, 1 + label_noise]
 
     def __post_init__(self) -> None:
         if len(self.profiles) != len(self.profile_weights):
@@ -141,7 +214,9 @@ class AcquisitionSampler:
         if "none" in self.profiles and not any(float(f).is_integer() for f in self.factors):
             raise ValueError("pure decimation needs at least one integer factor")
         for p in self.profiles:
-            Acquisition(2.0, 1.0, p)  # checks the profile name
+            Acquisition(2.0, 1.0, p, self.jitter)  # checks the profile name and the jitter
+        if not 0 <= self.label_noise < 1:
+            raise ValueError(f"label_noise must be in [0, 1), got {self.label_noise}")
 
     def profile(self, rng: np.random.Generator) -> str:
         p = np.asarray(self.profile_weights, dtype=np.float64)
@@ -164,4 +239,12 @@ class AcquisitionSampler:
 
     def acquisition(self, profile: str, factor: float, rng: np.random.Generator) -> Acquisition:
         thickness = float(rng.uniform(*self.thickness)) if profile != "none" else 1.0
-        return Acquisition(factor, thickness, profile)
+        return Acquisition(factor, thickness, profile, self.jitter)
+
+    def told(self, true: float, rng: np.random.Generator) -> float:
+        """The relative thickness the model is told for a ``true`` one: off by a random factor
+        within +-``label_noise`` (no draw from ``rng`` without noise), so that a wrong or
+        estimated value at inference costs little. Only the label changes, never the LR."""
+        if self.label_noise == 0:
+            return true
+        return true * float(rng.uniform(1 - self.label_noise, 1 + self.label_noise))

@@ -216,8 +216,8 @@ def relative_thickness(
         if trained is None:
             raise SpacingError(
                 f"a slice thickness of {thickness_mm:g} mm is {ratio:.1f}x the slice spacing "
-                f"{spacing_mm:.4g} mm (limit {hi:g}x); give the thickness in mm as the scanner "
-                "reports it (DICOM SliceThickness)"
+                f"{spacing_mm:.4g} mm (limit {hi:g}x); give the acquired slice thickness in mm "
+                "with --slice-thickness MM (Python: slice_thickness_mm)"
             )
         raise SpacingError(
             f"a slice thickness of {thickness_mm:g} mm is {ratio:.2g}x the slice spacing "

@@ -5,9 +5,9 @@ file's own header is checked for what ITK would silently "repair" (a zero, negat
 non-finite spacing becomes 1 mm; a sheared NIfTI sform is replaced by the qform) and for sizes
 no scan has, so a corrupt header never turns into a wrong geometry or a huge allocation.
 
-Outputs are written atomically: temporary files in the destination folder, renamed over the
-targets only when every one is complete, so a failed write (disk full, cancel) never leaves a
-partial file. Inputs are only ever read.
+Inputs are only ever read. Volumes are written by :mod:`sainr.outputs`; this module keeps the
+temp-file helpers it shares with every other writer (:func:`write_atomically` for single
+files: checkpoints, tables, pictures).
 """
 
 from __future__ import annotations
@@ -21,20 +21,18 @@ import shutil
 import struct
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from . import dicom
+from . import dicom, dicom_file
 from .errors import InputImageError, OutputPathError
 from .geometry import check_direction, check_spacing
+from .validation import MAX_INPUT_VOXELS
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-#: Refuse headers that declare more voxels than this (2^30, e.g. 1024^3): a corrupt size field
-#: must not make ITK allocate gigabytes before the read fails.
-MAX_INPUT_VOXELS = 2**30
 #: Bytes of a text header (NRRD, MetaImage) inspected before ITK reads the file.
 _TEXT_HEADER_BYTES = 65536
 
@@ -50,18 +48,33 @@ def is_dicom_folder(path: Path) -> bool:
 
 
 def dicom_slice_thickness(path: str | os.PathLike, series: str | None = None) -> float | None:
-    """SliceThickness (0018,0050) of the DICOM series folder ``path`` (``series`` picks one of
-    several, as in :func:`read_volume`, which raises the same InputImageError when the choice
-    is missing or unknown); None for a volume file, a folder without DICOM, or when the tag is
-    absent, invalid or not the same in every image."""
+    """SliceThickness (0018,0050) of the DICOM series folder or DICOM file ``path``
+    (``series`` picks one of several, as in :func:`read_volume`, which raises the same
+    InputImageError when the choice is missing or unknown); None for another volume file, a
+    folder without DICOM, or when the tag is absent, invalid or not the same in every frame."""
     path = Path(path)
-    return dicom.slice_thickness(path, series) if is_dicom_folder(path) else None
+    if is_dicom_folder(path):
+        return dicom.slice_thickness(dicom.choose_series(path, series))
+    return dicom.slice_thickness([path]) if is_dicom_file(path) else None
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM file: the 'DICM' preamble, or (without one) a file ITK reads as DICOM."""
+    if dicom_file.is_dicom(path):
+        return True
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    return reader.GetImageIO() == "GDCMImageIO"
 
 
 def read_volume(path: str | os.PathLike, series: str | None = None) -> sitk.Image:
-    """Read a volume file or a DICOM series folder (``series``: the SeriesInstanceUID when
-    the folder holds several); raise InputImageError else. A DICOM series is read only when
-    its slices form one regular stack (see :mod:`sainr.dicom`)."""
+    """Read a volume file, a DICOM file or a DICOM series folder (``series``: the
+    SeriesInstanceUID when the folder holds several); raise InputImageError else. DICOM is
+    read only when its slices or frames form one regular stack (see :mod:`sainr.dicom`)."""
     path = Path(path)
     if not path.exists():
         raise InputImageError(f"input not found: {path}; check the path")
@@ -69,6 +82,8 @@ def read_volume(path: str | os.PathLike, series: str | None = None) -> sitk.Imag
         return dicom.read_series(path, series)
     if path.stat().st_size == 0:
         raise InputImageError(f"input file is empty (0 bytes): {path}; export the volume again")
+    if is_dicom_file(path):  # its frames are checked like a series' slices
+        return dicom.read_stack([path])
     check_header(path)
     try:
         return sitk.ReadImage(str(path))
@@ -270,7 +285,7 @@ def _check_origin(text: str | None) -> None:
 
 def _check_data_file(header: Path) -> None:
     """A .mhd/.nhdr header's separate data file must exist (ITK's message does not name it)."""
-    data = data_file_of(header) if volume_suffix(header) in _DATA_FILES else None
+    data = data_file_of(header) if volume_suffix(header) in DATA_FILES else None
     if data is not None and not data.is_file():
         raise InputImageError(
             f"its data file {data.name} is missing (the header names it); copy it next to "
@@ -372,7 +387,7 @@ def _check_declared_size(path: Path) -> None:
 # --- output paths and atomic writes ---------------------------------------------------------
 
 #: Header + data formats: the data file ITK writes beside the header (compressed, raw).
-_DATA_FILES = {".mhd": (".zraw", ".raw"), ".nhdr": (".raw.gz", ".raw")}
+DATA_FILES = {".mhd": (".zraw", ".raw"), ".nhdr": (".raw.gz", ".raw")}
 #: Hidden temp files and folders: ``.sainr-<pid>-<hex>``; the pid tells a killed run's
 #: leftovers from a running one's.
 _TEMP_NAME = re.compile(r"^\.sainr-(\d+)-[0-9a-f]+")
@@ -387,19 +402,10 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".sainr-")
 
 
-def output_files(path: Path, compress: bool = True) -> list[Path]:
-    """The files writing the volume ``path`` creates: the path itself and, for .mhd/.nhdr,
-    the data file beside it (``out.zraw``, ``out.raw.gz`` or ``out.raw``)."""
-    suffix = volume_suffix(path)
-    if suffix not in _DATA_FILES:
-        return [path]
-    return [path, path.with_name(path.name[: -len(suffix)] + _DATA_FILES[suffix][not compress])]
-
-
 def input_files(path: Path) -> list[Path]:
     """The files an input consists of: the file itself and, for a .mhd/.nhdr header, the
     separate data file it names."""
-    data = data_file_of(path) if volume_suffix(path) in _DATA_FILES and path.is_file() else None
+    data = data_file_of(path) if volume_suffix(path) in DATA_FILES and path.is_file() else None
     return [path] + ([data] if data is not None else [])
 
 
@@ -411,30 +417,6 @@ def data_file_of(header: Path) -> Path | None:
     if not name or name.upper() == "LOCAL" or name.upper().startswith("LIST") or " " in name:
         return None
     return header.parent / name
-
-
-def check_output_path(path: str | os.PathLike, inputs: Sequence[Path] = ()) -> Path:
-    """Refuse an output path of unknown format, that is a folder, in a missing or unwritable
-    folder, or whose files (header and data file) would replace a file of one of ``inputs``;
-    returns it as a Path."""
-    path = Path(path)
-    if volume_suffix(path) is None:
-        raise OutputPathError(
-            f"unknown output format for {path.name}; use one of {', '.join(VOLUME_SUFFIXES)}"
-        )
-    if path.is_dir():
-        raise OutputPathError(
-            f"the output {path} is a folder; give a file name (e.g. {path / 'out.nii.gz'})"
-        )
-    folder = path.resolve().parent
-    if folder.exists() and not folder.is_dir():
-        raise OutputPathError(f"the output folder {folder} is a file; choose another folder")
-    if not folder.is_dir():
-        raise OutputPathError(f"output folder does not exist: {folder}; create it first")
-    check_writable(folder)
-    written = output_files(path, True) + output_files(path, False)[1:]
-    check_not_inputs(path, written, inputs)
-    return path
 
 
 def check_output_folder(folder: Path, src: Path | None = None) -> None:
@@ -451,16 +433,6 @@ def check_output_folder(folder: Path, src: Path | None = None) -> None:
     if not existing.is_dir():
         raise OutputPathError(f"cannot create the output folder {folder}: {existing} is a file")
     check_writable(existing)
-
-
-def check_not_inputs(path: Path, written: Sequence[Path], inputs: Sequence[Path]) -> None:
-    """Refuse writing ``path`` when one of the files it writes is a file of an input."""
-    for src in inputs:
-        for src_file in input_files(src) if src.exists() else []:
-            for out in written:
-                if out.exists() and src_file.exists() and os.path.samefile(out, src_file):
-                    what = "is the input file" if out == path else f"would replace {src_file}"
-                    raise OutputPathError(f"output {path} {what}; choose another name")
 
 
 def check_writable(folder: Path) -> None:
@@ -494,7 +466,7 @@ def new_temp_file(target: Path, suffix: str | None = None) -> str:
     raise FileExistsError(f"no free temporary name in {target.parent}")
 
 
-def _new_temp_folder(folder: Path) -> Path:
+def new_temp_folder(folder: Path) -> Path:
     """A new hidden staging folder in ``folder`` (same file system: renames are atomic)."""
     for _ in range(100):
         stage = _temp_path(folder, "")
@@ -548,60 +520,3 @@ def write_atomically(path: Path, write: Callable[[str], None], suffix: str | Non
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def write_volume(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
-    """Write one volume atomically (see :func:`write_volumes`)."""
-    write_volumes([(image, path)], compress)
-
-
-def write_volumes(
-    items: Sequence[tuple[sitk.Image, str | os.PathLike]], compress: bool = True
-) -> None:
-    """Write every image under its final name into a hidden staging folder beside its target,
-    then move the files into place (data files before their headers, so a .mhd/.nhdr never
-    names a missing or temporary data file): on any failure (disk full, interrupt) no target
-    is created or changed and no temp file is left. A replaced header's old data file of
-    another name (``out.raw`` after ``out.zraw``) is removed, not left as an orphan."""
-    targets = [check_output_path(path) for _, path in items]
-    files = [f.resolve() for t in targets for f in output_files(t, compress)]
-    if len(set(files)) < len(files):
-        raise OutputPathError(
-            f"the outputs {', '.join(map(str, targets))} would write the same file twice; "
-            "give them different names"
-        )
-    old_data = [
-        data_file_of(t) if volume_suffix(t) in _DATA_FILES and t.is_file() else None
-        for t in targets
-    ]
-    stages: dict[Path, Path] = {}
-    try:
-        for (image, _), target in zip(items, targets):
-            folder = target.resolve().parent
-            if folder not in stages:
-                remove_stale_temps(folder)
-                stages[folder] = _new_temp_folder(folder)
-            sitk.WriteImage(image, str(stages[folder] / target.name), compress)
-        staged = [(f, folder / f.name) for folder, stage in stages.items() for f in stage.iterdir()]
-        for tmp, final in sorted(staged, key=lambda pair: volume_suffix(pair[0]) is not None):
-            os.replace(tmp, final)
-    except (RuntimeError, OSError) as exc:
-        raise OutputPathError(
-            f"could not write {', '.join(map(str, targets))} ({_itk_reason(exc)}); "
-            "check the free disk space and the folder"
-        ) from exc
-    finally:
-        for stage in stages.values():
-            shutil.rmtree(stage, ignore_errors=True)
-    _remove_orphans(targets, old_data, set(files))
-
-
-def _remove_orphans(targets: list[Path], old_data: list[Path | None], written: set[Path]) -> None:
-    """Remove the data file a replaced header named when the new one has another name, if it
-    is one ITK writes for that header (never any other file)."""
-    for target, old in zip(targets, old_data):
-        if old is None or old.resolve() in written:
-            continue
-        own = {f.resolve() for c in (True, False) for f in output_files(target, c)[1:]}
-        if old.resolve() in own:
-            old.unlink(missing_ok=True)

@@ -47,7 +47,8 @@ from .weights import load_model, save_checkpoint
 class TrainConfig:
     """Everything that defines a run; stored in every checkpoint."""
 
-    data: list[dict[str, Any]] = field(default_factory=list)  # {"path", "crop"?}
+    # {"path", "crop"?, "axes"?, "weight"?, "slice_thickness"?}: see _volumes
+    data: list[dict[str, Any]] = field(default_factory=list)
     val: list[dict[str, Any]] = field(default_factory=list)
     model: dict[str, Any] = field(default_factory=dict)
     patch: dict[str, Any] = field(default_factory=dict)
@@ -65,7 +66,8 @@ class TrainConfig:
     gamma_halvings: int = 40
     val_every: int = 500
     val_factors: tuple[float, ...] = (2, 3, 4)
-    val_profiles: tuple[str, ...] = ("none",)  # validation acquisitions (thickness = spacing)
+    # validation acquisitions (thickness = spacing); "gaussian@1.25": the model told 1.25 x it
+    val_profiles: tuple[str, ...] = ("none",)
     val_size: int = 96
     log_every: int = 50
     checkpoint_minutes: float = 3.0
@@ -73,6 +75,9 @@ class TrainConfig:
     ema: float = 0.0  # decay per step of the weights' moving average (validated, exported); 0: off
     seed: int = 0
     amp: str = "none"  # none | bf16 | fp16 (CUDA)
+    # patch-making processes: items are seeded by their index, so the stream (and an exact
+    # resume) does not depend on it; on a GPU the augmentations would otherwise starve it
+    workers: int = 0
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
@@ -91,6 +96,12 @@ class TrainConfig:
         cfg = cls(**raw)
         ModelConfig.from_dict(cfg.model)
         PatchSpec(**cfg.patch).sampler  # noqa: B018 (checks profiles, weights, factors)
+        for name in cfg.val_profiles:
+            _val_profile(name)
+        for entry in cfg.data + cfg.val:
+            unknown = set(entry) - _ENTRY_KEYS
+            if unknown:
+                raise ValueError(f"unknown keys {sorted(unknown)} in data entry {entry}")
         if cfg.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule must be step or cosine, got {cfg.schedule!r}")
         return cfg
@@ -155,12 +166,38 @@ def warm_start(model: SAINR, source: SAINR) -> None:
     model.load_state_dict(target)
 
 
+_ENTRY_KEYS = {"path", "crop", "axes", "weight", "slice_thickness"}
+
+
 def _volumes(entries: list[dict[str, Any]], root: Path, in_plane: bool = False) -> list[Volume]:
+    """Load ``[[data]]`` / ``[[val]]`` entries: ``path`` (relative to ``root``), ``crop`` (array
+    ranges k, j, i), ``axes`` (all | native | in-plane | index axes; default from ``in_plane``),
+    ``weight`` (sampling weight) and ``slice_thickness`` (native slices, mm; default spacing)."""
     out = []
     for e in entries:
         crop = tuple(slice(*c) if c else slice(None) for c in e["crop"]) if e.get("crop") else None
-        out.append(load_volume(root / e["path"], crop, in_plane))
+        out.append(
+            load_volume(
+                root / e["path"],
+                crop,
+                in_plane,
+                axes=e.get("axes"),
+                weight=float(e.get("weight", 1.0)),
+                slice_thickness=e.get("slice_thickness"),
+            )
+        )
     return out
+
+
+def _val_profile(name: str) -> tuple[str, float]:
+    """("gaussian", 1.25) for ``"gaussian@1.25"`` (the model told 1.25 x the true thickness,
+    to track how much a wrong value costs); ("box", 1.0) for ``"box"``."""
+    profile, _, told = name.partition("@")
+    Acquisition(2.0, 1.0, profile)  # checks the profile name
+    error = float(told) if told else 1.0
+    if not (math.isfinite(error) and error > 0):
+        raise ValueError(f"bad told-thickness factor in validation profile {name!r}")
+    return profile, error
 
 
 def moving_average(model: SAINR, decay: float, ckpt: dict[str, Any] | None) -> AveragedModel | None:
@@ -187,8 +224,9 @@ def validate(
 ) -> dict[str, float]:
     """PSNR of SA-INR, linear and B-spline interpolation on centre crops along the native slice
     axis, acquired with each profile (thickness = spacing; decimation for "none") and the model
-    told that thickness; mean over volumes per profile and factor, the mean gain over the
-    better interpolator per profile (``gain_<profile>``) and over all (``gain``)."""
+    told that thickness (with the native slices' own, :meth:`Acquisition.told`) or, for
+    ``"profile@e"``, e times it; mean over volumes per profile and factor, the mean gain over
+    the better interpolator per profile (``gain_<profile>``) and over all (``gain``)."""
     model.eval()
     scores: dict[str, list[float]] = {}
     device = next(model.parameters()).device
@@ -196,7 +234,8 @@ def validate(
         hr = np.moveaxis(vol.array, 2 - vol.axes[0], 0)
         cy, cx = (max((n - size) // 2, 0) for n in hr.shape[1:])
         hr = hr[:, cy : cy + size, cx : cx + size]
-        for profile, k in ((p, k) for p in profiles for k in factors):
+        for name, k in ((p, k) for p in profiles for k in factors):
+            profile, error = _val_profile(name)
             acq = Acquisition(float(k), 1.0, profile)
             lr = acquire(hr, acq, lr_count(hr.shape[0], acq.factor))
             grid = slice_grid(lr.shape[0], acq.factor, 1.0)
@@ -208,9 +247,9 @@ def validate(
                 device,
                 precision=precision,
                 tile_plan=Plan(size, 0, 1 << 16),
-                thickness=acq.relative_thickness,
+                thickness=acq.told(vol.native_width_along(vol.axes[0])) * error,
             )
-            key = _score_key(profile, k)
+            key = _score_key(name, k)
             scores.setdefault(f"psnr_{key}", []).append(psnr(pred, truth))
             scores.setdefault(f"linear_{key}", []).append(psnr(linear_interpolate(lr, grid), truth))
             scores.setdefault(f"bspline_{key}", []).append(
@@ -247,7 +286,12 @@ def _dist_setup() -> tuple[int, int, torch.device]:
 
 
 #: Learning-curve colours per validation profile (factors get lighter to darker).
-_PROFILE_COLOURS = {"none": "tab:blue", "gaussian": "tab:red", "box": "tab:green"}
+_PROFILE_COLOURS = {
+    "none": "tab:blue",
+    "gaussian": "tab:red",
+    "box": "tab:green",
+    "sinc": "tab:purple",
+}
 
 
 def _best_interpolator(row: dict[str, Any], key: str) -> float:
@@ -294,7 +338,8 @@ class History:
                     gain,
                     marker="o",
                     ms=3,
-                    color=_PROFILE_COLOURS.get(profile),
+                    color=_PROFILE_COLOURS.get(profile.partition("@")[0]),
+                    ls="--" if "@" in profile else "-",
                     alpha=0.35 + 0.15 * int(key[6]),
                     label=f"×{key[6:]}",
                 )
@@ -349,7 +394,9 @@ def train(
     )
     remaining = Subset(dataset, range(step * cfg.batch * world, len(dataset)))
     sampler = DistributedSampler(remaining, world, rank, shuffle=False) if world > 1 else None
-    loader = DataLoader(remaining, cfg.batch, sampler=sampler, collate_fn=collate)
+    loader = DataLoader(
+        remaining, cfg.batch, sampler=sampler, collate_fn=collate, num_workers=cfg.workers
+    )
     net = DistributedDataParallel(model) if world > 1 else model
     history = History(out) if rank == 0 else None
     halving = max(cfg.steps // cfg.gamma_halvings, 1)

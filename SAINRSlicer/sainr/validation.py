@@ -27,6 +27,9 @@ SUPPORTED_TYPES = {
     sitk.sitkFloat32,
     sitk.sitkFloat64,
 }
+#: Refuse headers that declare more voxels than this (2^30, e.g. 1024^3): a corrupt size field
+#: must not make a reader allocate gigabytes before the read fails.
+MAX_INPUT_VOXELS = 2**30
 #: Refuse (unless forced) outputs whose result arrays would need more memory than this.
 MAX_RESULT_BYTES = 4 * 2**30
 #: Memory per output voxel besides the output itself: float32 result, uint8 gating mask and
@@ -90,8 +93,9 @@ def _vector_kind(image: sitk.Image) -> str:
 
 
 def check_values(array: np.ndarray, nan_policy: str = "refuse") -> np.ndarray:
-    """Refuse (or, with nan_policy='zero', replace by 0) NaN/Inf voxels; refuse volumes
-    without contrast (all zero, or constant). Returns the (cleaned) array."""
+    """Refuse (or, with nan_policy='zero', replace by 0) NaN/Inf voxels; refuse values beyond
+    float32 (the network's type) and volumes without contrast (all zero, or constant).
+    Returns the (cleaned) array."""
     if array.dtype.kind == "f":
         bad = ~np.isfinite(array)
         n_bad = int(bad.sum())
@@ -103,6 +107,7 @@ def check_values(array: np.ndarray, nan_policy: str = "refuse") -> np.ndarray:
         if n_bad:
             array = np.where(bad, 0, array)
     low, high = array.min(), array.max()
+    _check_float32_range(float(low), float(high))
     if low == high == 0:
         raise InputImageError(
             "every voxel of the volume is 0 (an empty or blank export); check that the right "
@@ -113,6 +118,18 @@ def check_values(array: np.ndarray, nan_policy: str = "refuse") -> np.ndarray:
             f"every voxel of the volume is {low:g}; there is nothing to interpolate"
         )
     return array
+
+
+def _check_float32_range(low: float, high: float) -> None:
+    """Values beyond float32's range would become inf when the network reads them."""
+    peak = max(abs(low), abs(high))
+    limit = float(np.finfo(np.float32).max)
+    if peak > limit:
+        raise InputImageError(
+            f"the volume's values reach {peak:.3g}, beyond the range SA-INR computes in "
+            f"(float32, up to {limit:.2g}); divide the intensities by a power of ten first "
+            "(e.g. rescale them to the scanner's units)"
+        )
 
 
 def check_forced_limits(

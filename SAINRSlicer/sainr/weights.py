@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,11 @@ from .thickness import FALLBACK_TRAINED_RANGE
 
 FORMAT = "sainr-checkpoint-v1"
 CATALOG = "models.json"
+#: Config fields that set how many modules (so state tensors) the model has: a model with a
+#: corrupt count is slow and large to build even on the meta device (one Python module per
+#: block), so these counts are checked against the file first. The other fields set tensor
+#: sizes, which cost nothing on the meta device.
+_COUNT_FIELDS = ("blocks", "decoder_layers")
 
 
 def models_dir() -> Path:
@@ -69,6 +75,16 @@ def resolve(weights: str | os.PathLike | None) -> tuple[Path, str | None]:
     models = catalog() if weights is None or not Path(name).suffix else {}
     if name in models:
         entry = models[name]
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("file"), str)
+            and isinstance(entry.get("sha256"), str)
+        ):
+            raise WeightsError(
+                f"the model catalog {models_dir() / CATALOG} lists {name!r} without its file "
+                "and SHA-256, so it cannot be checked; reinstall SAINRSlicer, or give a "
+                "checkpoint file with --weights FILE.pt"
+            )
         return models_dir() / entry["file"], entry["sha256"]
     path = Path(name)
     if not path.is_file():
@@ -151,14 +167,18 @@ def build_model(ckpt: dict[str, Any], name: str) -> SAINR:
     """The model a checkpoint declares, with its weights (their moving average when the run
     kept one: ``ema`` in training). The declared architecture is first built without memory
     (torch's meta device) and compared with the stored weights, so a config with absurd sizes
-    is refused before anything is allocated."""
+    is refused before anything is allocated; module counts (encoder blocks, decoder layers)
+    are first checked against the number of stored tensors, so that an absurd count is refused
+    before that skeleton is built."""
+    state = ckpt.get("ema_state_dict", ckpt.get("state_dict"))
+    state = state if isinstance(state, dict) else {}
     try:
         config = ModelConfig.from_dict(ckpt["config"])
+        _check_module_counts(config, state, name)
         with torch.device("meta"):
             skeleton = SAINR(config)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise WeightsError(f"{name} declares an unknown SA-INR configuration: {exc}") from exc
-    state = ckpt.get("ema_state_dict", ckpt.get("state_dict"))
     mismatch = _state_mismatch(skeleton, state)
     if mismatch:
         raise WeightsError(
@@ -170,10 +190,37 @@ def build_model(ckpt: dict[str, Any], name: str) -> SAINR:
     return model
 
 
-def _state_mismatch(model: SAINR, state: Any) -> str:
+def _check_module_counts(config: ModelConfig, state: dict[str, Any], name: str) -> None:
+    """Refuse a config whose module counts declare more state tensors than the checkpoint
+    holds (counted from skeletons with at most 3 modules each), so that the skeleton built
+    next is no larger than the file; the comparison with it describes any other mismatch."""
+    for field in _COUNT_FIELDS:
+        if not isinstance(getattr(config, field), int) or getattr(config, field) < 1:
+            raise ValueError(f"{field} must be a positive integer, got {getattr(config, field)!r}")
+    small = {field: 2 for field in _COUNT_FIELDS}
+    base = _tensor_count(replace(config, **small))
+    declared = base + sum(
+        (_tensor_count(replace(config, **{**small, field: 3})) - base)
+        * (getattr(config, field) - 2)
+        for field in _COUNT_FIELDS
+    )
+    if declared > len(state):
+        counts = ", ".join(f"{field}={getattr(config, field)}" for field in _COUNT_FIELDS)
+        raise WeightsError(
+            f"{name} declares a model of {declared} weight tensors ({counts}) but holds only "
+            f"{len(state)}: it is corrupt or of another architecture; use the checkpoint that "
+            "belongs to this configuration"
+        )
+
+
+def _tensor_count(config: ModelConfig) -> int:
+    """Entries of the state dict of a model built from ``config`` (on the meta device)."""
+    with torch.device("meta"):
+        return len(SAINR(config).state_dict())
+
+
+def _state_mismatch(model: SAINR, state: dict[str, Any]) -> str:
     """Short description of how ``state`` differs from ``model``'s parameters ('' if not)."""
-    if not isinstance(state, dict):
-        return "no state_dict"
     expected = model.state_dict()
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())

@@ -18,8 +18,8 @@ from ..adapt import (
 )
 from ..api import reduce_spacing
 from ..inference import choose_device
-from ..io import check_output_path, write_volume
 from ..model import SAINR
+from ..outputs import destination, write_volume
 from ..protocol import PROGRESS_TAG
 from ..request import Target
 from ..weights import load_model, trained_thickness_range
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     check_budget(args.steps, args.minutes)
     check_weights_output(args.out, args.weights)
     if args.reduce is not None:
-        check_output_path(args.reduce, (args.input,))
+        destination(args.reduce, (args.input,))
     target, options = target_of(args), options_of(args)
     choose_device(options.device)  # an unavailable device fails before any work
     checked = checked_input(

@@ -32,6 +32,11 @@ def progress_printer(
     """(callback, close) reporting progress as a tqdm bar counting ``unit`` or as
     ``<tag> done total`` lines (``PROGRESS`` for the reconstruction; adaptation inside a
     reduce run uses its own tag so that drivers tell the phases apart)."""
+    if mode == "bar":
+        try:
+            from tqdm import tqdm
+        except ImportError:  # Slicer's Python has no tqdm (PythonSlicer -m sainr ...)
+            mode = "lines"
     if mode == "lines":
 
         def emit(done: int, total: int) -> None:
@@ -40,8 +45,6 @@ def progress_printer(
         return emit, lambda: None
     if mode == "none":
         return (lambda done, total: None), lambda: None
-    from tqdm import tqdm
-
     bar = tqdm(total=1, desc=label, unit=unit, unit_scale=True, leave=False)
 
     def update(done: int, total: int) -> None:

@@ -7,34 +7,49 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from .. import cohort
-from ..adapt import AdaptConfig, check_budget, check_weights_output, save_adapted
+from ..adapt import (
+    AdaptConfig,
+    check_adaptable,
+    check_budget,
+    check_weights_output,
+    save_adapted,
+)
 from ..api import reduce_spacing
-from ..errors import OutputPathError, SainrError
+from ..errors import InputImageError, OutputPathError, SainrError
 from ..inference import choose_device
 from ..io import (
-    check_not_inputs,
     check_output_folder,
-    check_output_path,
     check_writable,
     is_dicom_folder,
-    output_files,
     volume_suffix,
     write_atomically,
-    write_volumes,
 )
 from ..model import SAINR
+from ..outputs import (
+    LandedInterrupt,
+    check_output_name,
+    destination,
+    input_fingerprint,
+    is_complete,
+    planned_files,
+    real_path,
+    write_volumes,
+)
 from ..protocol import ADAPT_TAG, EXIT_USER
 from ..request import ReduceOptions, Target
-from ..weights import load_model, trained_thickness_range
+from ..weights import load_model, resolve, sha256, trained_thickness_range
 from .adapt import adapt_with_progress
 from .common import (
     CheckedInput,
     add_run_arguments,
     add_target_arguments,
     checked_input,
+    native_stderr_silenced,
     options_of,
     progress_printer,
     target_of,
@@ -92,56 +107,138 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check every input, output and option, then reduce the inputs one by one."""
+    """Check every input, output and option, then reduce the inputs one by one. In batch mode
+    (and a cohort) an input whose outputs are complete (:func:`sainr.outputs.is_complete`) is
+    skipped; a single input is always reduced."""
     pairs = _batch_pairs(args.input, args.output, args.mask)
     target, options = target_of(args), options_of(args)
     _check_options(args)
     choose_device(options.device)  # an unavailable device fails before any work
+    made = _request(args, target, options)
+
+    def complete(pair: Pair) -> bool:
+        return is_complete(_results(pair), _made_for(made, pair[0]))
+
     if (launch := cohort.launch_from_env()) is not None:  # under torchrun: this process's share
-        ok = cohort.run(launch, pairs, options.device, lambda: _pair_reducer(target, options, args))
+        ok = cohort.run(
+            launch,
+            pairs,
+            options.device,
+            lambda: _pair_reducer(target, options, args, made),
+            complete,
+        )
         return 0 if ok else EXIT_USER
-    # Every input is checked before the model loads (batch: before the first result is
+    batch = _is_batch(args.input)
+    todo = [pair for pair in pairs if not (batch and complete(pair))]
+    for src, dst, _ in (pair for pair in pairs if pair not in todo):
+        print(f"{src.name}: skipped (already complete) -> {dst}", file=sys.stderr)
+    if not todo:
+        return 0
+    # Every input to do is checked before the model loads (batch: before the first result is
     # written); only the first image is kept, the others are read again in turn, with the
     # slice thickness resolved by the check.
     trained = trained_thickness_range(args.weights)
-    first = checked_input(pairs[0][0], args.series, target, options, trained)
-    resolved = [first.options]
-    resolved += [
-        checked_input(src, args.series, target, options, trained).options for src, _, _ in pairs[1:]
-    ]
+    checked = [_checked(src, target, options, args) for src, _, _ in todo[:1]]
+    resolved = [checked[0].options]
+    resolved += [_checked(src, target, options, args).options for src, _, _ in todo[1:]]
     if len(pairs) > 1 and (skipped := _skipped_folders(args.input)):
         print(
             f"note: skipped subfolders without a DICOM series: {', '.join(skipped)}",
             file=sys.stderr,
         )
     model = load_model(args.weights)
+    _note_unused_thickness(model, args)
     written: list[Path] = []
     try:
-        for n, (src, dst, mask_dst) in enumerate(pairs):
-            one = first if n == 0 else checked_input(src, args.series, target, resolved[n], trained)
+        for n, (src, dst, mask_dst) in enumerate(todo):
+            one = (
+                checked[0]
+                if n == 0
+                else checked_input(src, args.series, target, resolved[n], trained)
+            )
             net = _model_for(src, one, model, target, args)
-            _reduce_one(src, one, dst, mask_dst, net, target, args, written)
+            _reduce_one(src, one, dst, mask_dst, net, target, args, _made_for(made, src), written)
     except KeyboardInterrupt as exc:
-        if written:
-            raise KeyboardInterrupt(
-                f"{len(written)} of {len(pairs)} results were written (the last: {written[-1]}); "
-                "the one in progress was not"
-            ) from exc
-        raise
+        if not written or (isinstance(exc, LandedInterrupt) and len(todo) == 1):
+            raise  # its own message is true: nothing written, or the one result landed
+        rest = len(todo) - len(written)
+        raise KeyboardInterrupt(
+            f"{len(written)} of {len(todo)} results were written (the last: {written[-1]})"
+            + (f"; the other {rest} were not" if rest else "")
+        ) from exc
     return 0
 
 
+def _is_batch(src: Path) -> bool:
+    """A folder that is not a DICOM series: its volumes and series are the inputs."""
+    return src.is_dir() and not is_dicom_folder(src)
+
+
+def _checked(
+    src: Path, target: Target, options: ReduceOptions, args: argparse.Namespace
+) -> CheckedInput:
+    """:func:`checked_input` (a given thickness against the model's trained range), and with
+    ``--adapt-steps`` the check that the input is large enough to adapt to (in batch mode
+    before any result is written)."""
+    one = checked_input(src, args.series, target, options, trained_thickness_range(args.weights))
+    if args.adapt_steps != 0:
+        try:
+            check_adaptable(one.image, target)
+        except InputImageError as exc:
+            raise InputImageError(f"{src.name}: {exc}") from exc
+    return one
+
+
+def _request(args: argparse.Namespace, target: Target, options: ReduceOptions) -> dict[str, Any]:
+    """What makes a result what it is, for its record: the target, the options that change
+    the voxels, the DICOM series, the adaptation steps and the model's SHA-256 (of the file
+    for a checkpoint, from the catalog for a shipped model). Device and memory budget are
+    left out: they change how a result is computed, not which."""
+    path, expected = resolve(args.weights)
+    return {
+        "target": {k: v for k, v in asdict(target).items() if k != "force"},
+        "slice_thickness_mm": options.slice_thickness_mm,
+        "precision": options.precision,
+        "nan_policy": options.nan_policy,
+        "series": args.series,
+        "adapt_steps": args.adapt_steps,
+        "model_sha256": expected or sha256(path),
+    }
+
+
+def _made_for(request: dict[str, Any], src: Path) -> dict[str, Any]:
+    """The record's ``made`` for the input ``src``: the request and the input's fingerprint."""
+    return {**request, "input": input_fingerprint(src)}
+
+
+def _results(pair: Pair) -> list[Path]:
+    """The result and, if asked for, the mask of a pair."""
+    return [out for out in pair[1:] if out is not None]
+
+
+def _note_unused_thickness(model: SAINR, args: argparse.Namespace) -> None:
+    """One note when --slice-thickness is given to a model that is not told the thickness
+    (the fast preset): it changes nothing, and the summary does not claim it."""
+    if args.slice_thickness is not None and not model.config.conditioning:
+        print(
+            "note: this model does not use the slice thickness, so --slice-thickness changes "
+            "nothing; the default model uses it (--weights default)",
+            file=sys.stderr,
+        )
+
+
 def _pair_reducer(
-    target: Target, options: ReduceOptions, args: argparse.Namespace
+    target: Target, options: ReduceOptions, args: argparse.Namespace, made: dict[str, Any]
 ) -> Callable[[Path, Path, Path | None], None]:
     """Under torchrun: load the model once and return what reduces one input of the share
     (read and checked as it comes, not all first: a bad one fails alone)."""
     model = load_model(args.weights)
+    _note_unused_thickness(model, args)
 
     def reduce_pair(src: Path, dst: Path, mask_dst: Path | None) -> None:
-        one = checked_input(src, args.series, target, options, model.trained_thickness)
+        one = _checked(src, target, options, args)
         net = _model_for(src, one, model, target, args)
-        _reduce_one(src, one, dst, mask_dst, net, target, args, [])
+        _reduce_one(src, one, dst, mask_dst, net, target, args, _made_for(made, src), [])
 
     return reduce_pair
 
@@ -170,10 +267,12 @@ def _reduce_one(
     net: SAINR,
     target: Target,
     args: argparse.Namespace,
+    made: dict[str, Any],
     written: list[Path],
 ) -> None:
-    """Reconstruct one checked input, write its result (and mask, and --preview; ``dst`` is
-    added to ``written`` as soon as it exists) and say so."""
+    """Reconstruct one checked input, write its result (and mask, with their record ``made``,
+    and --preview; ``dst`` is added to ``written`` as soon as it is in place, also when the
+    run is stopped as it lands) and say so."""
     update, close = progress_printer(args.progress, src.name)
     try:
         result = reduce_spacing(
@@ -190,7 +289,12 @@ def _reduce_one(
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
     outputs = [(result.image, dst)] + ([(result.mask, mask_dst)] if mask_dst else [])
-    write_volumes(outputs)  # image and mask together, or neither
+    try:
+        with native_stderr_silenced():  # a failed read-back arrives as one error, not MetaIO's
+            write_volumes(outputs, inputs=[src], made=made)  # image and mask, or neither
+    except LandedInterrupt:
+        written.append(dst)
+        raise
     written.append(dst)
     if args.preview is not None:
         from ..preview import save_comparison
@@ -203,10 +307,14 @@ def _reduce_one(
             ".png",
         )
     info = result.info
+    thick = (
+        f" ({info['slice_thickness']:.2g} mm thick, {info['slice_thickness_source']})"
+        if net.config.conditioning
+        else ""
+    )
     print(
         f"{src.name}: axis {info['axis_label']}, {info['slices_in']} slices at "
-        f"{info['spacing_in']:.4g} mm ({info['slice_thickness']:.2g} mm thick, "
-        f"{info['slice_thickness_source']}) -> "
+        f"{info['spacing_in']:.4g} mm{thick} -> "
         f"{info['slices_out']} at {info['spacing_out']:.4g} mm, "
         f"gated {100 * info['gated_fraction']:.0f} % ({info['device']}) -> {dst}",
         file=sys.stderr,
@@ -214,15 +322,16 @@ def _reduce_one(
 
 
 def _batch_pairs(src: Path, output: Path, mask: Path | None) -> list[Pair]:
-    """(input, output, mask) triples with every output path checked; a folder that is not a
-    DICOM series means batch mode: its volume files and DICOM series subfolders (a series is
-    written as ``<folder name>.nii.gz``). Nothing is created here."""
-    if mask is not None and mask.resolve() == output.resolve():
+    """(input, output, mask) triples with every output path checked (name, folder, never a
+    file of an input); a folder that is not a DICOM series means batch mode: its volume files
+    and DICOM series subfolders (a series is written as ``<folder name>.nii.gz``). Nothing is
+    created here."""
+    if mask is not None and real_path(mask) == real_path(output):
         raise OutputPathError(f"--mask {mask} is the output path; give it another name")
-    if not src.is_dir() or is_dicom_folder(src):
-        check_output_path(output, (src,))
+    if not _is_batch(src):
+        destination(output, (src,))
         if mask is not None:
-            check_output_path(mask, (src,))
+            destination(mask, (src,))
         return [(src, output, mask)]
     for folder in (output, mask):
         if folder is not None:
@@ -262,8 +371,10 @@ def _batch_name(src: Path) -> str:
 
 
 def _check_batch_outputs(pairs: list[Pair]) -> None:
-    """Batch mode, before anything is read: no output is a folder or a file of an input, and
-    no two outputs (images, masks, .mhd data files) are the same file."""
+    """Batch mode, before anything is read: every output name is one that can be written (a
+    known format in any letter case, no odd characters), no output is a folder or a file of
+    an input, and no two outputs (images, masks, .mhd data files, records) are the same
+    file."""
     inputs = [src for src, _, _ in pairs]
     owner: dict[Path, str] = {}
     for src, image, mask in pairs:
@@ -274,14 +385,15 @@ def _check_batch_outputs(pairs: list[Pair]) -> None:
                 raise OutputPathError(
                     f"the output {out} is a folder; move it away or choose another output folder"
                 )
-            check_not_inputs(out, output_files(out), inputs)
-            for f in output_files(out):
-                if f.resolve() in owner:
+            check_output_name(out)
+            real = destination(out, inputs) if out.parent.is_dir() else out.absolute()
+            for f in planned_files(real):
+                if f in owner:
                     raise OutputPathError(
-                        f"the {owner[f.resolve()]} and the {kind} of {src.name} would both be "
+                        f"the {owner[f]} and the {kind} of {src.name} would both be "
                         f"written to {f}; give --mask its own folder, or rename an input"
                     )
-                owner[f.resolve()] = f"{kind} of {src.name}"
+                owner[f] = f"{kind} of {src.name}"
 
 
 def _check_options(args: argparse.Namespace) -> None:

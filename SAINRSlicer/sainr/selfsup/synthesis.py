@@ -20,9 +20,10 @@ from ..errors import SainrError, SpacingError
 from ..geometry import axis_label, detect_slice_axis
 from ..inference import choose_device
 from ..intensity import robust_scale
-from ..io import read_volume, volume_suffix, write_atomically, write_volume
+from ..io import read_volume, volume_suffix, write_atomically
 from ..metrics import psnr
 from ..model.vae import SliceVAE
+from ..outputs import write_volume
 from ..validation import check_image
 from .slices import volume_slices
 
