@@ -483,3 +483,27 @@ def test_eclare_end_to_end_tiny_budget(checkpoint: Path, tmp_path: Path) -> None
     assert (
         "| volume | profile | factor | linear | B-spline | tiny | tiny (ungated) | ECLARE |" in md
     )
+
+
+@pytest.mark.skipif(not ESTIMATED, reason="sainr.thickness is not in this checkout")
+def test_estimated_rows_are_told_the_image_estimate_not_the_truth(evaluated: Path) -> None:
+    from sainr.thickness import estimate_relative_thickness
+
+    hr = _normalised_crop(QDESS, 2)
+    acq = Acquisition(2.5, 1.0, "gaussian")
+    lr, grid, _ = simulate(hr, acq)
+    s = lr_spacing(grid, (1.5, 0.3125, 0.3125))
+    expected = estimate_relative_thickness(lr, (s[2], s[1], s[0]), 2)
+    rows = {
+        r["method"]: r
+        for r in _rows(evaluated)
+        if r["volume"] == "knee_qdess_crop_1p5mm"
+        and r["profile"] == "gaussian"
+        and float(r["factor"]) == 2.5
+    }
+    assert float(rows["tiny (estimated thickness)"]["thickness"]) == pytest.approx(
+        expected, rel=1e-5
+    )
+    assert float(rows["tiny"]["thickness"]) == pytest.approx(1.0)
+    md = (evaluated / "results.md").read_text(encoding="utf-8")
+    assert "## Slice thickness: true vs estimated" in md
