@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spacing", type=float, default=1.0, help="target slice spacing (mm)")
     p.add_argument("--profiles", nargs="+", default=["gaussian", "box"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--brain-crop", type=int, default=160, help="cube of the thin brain (voxels)")
+    p.add_argument("--brain-crop", type=int, default=128, help="cube of the thin brain (voxels)")
     p.add_argument("--no-brain", dest="brain", action="store_false")
     args = p.parse_args(argv)
     profiles = tuple(args.profiles)
