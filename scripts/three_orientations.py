@@ -120,7 +120,9 @@ def table(
             f"{np.mean([s.psnr for s in scores]):.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    voxels = ", ".join(f"{t} {p}: {by_name[t].scores[(methods[0], p)].voxels:,}" for t, p in cols)
+    voxels = ", ".join(
+        f"{t} {p}: {by_name[t].scores[(methods[0], p, order)].voxels:,}" for t, p in cols
+    )
     return "\n".join(lines) + f"\n\nVoxels compared: {voxels}."
 
 
