@@ -19,7 +19,13 @@ from sainr.baselines import (
 )
 from sainr.degradation import Acquisition
 from sainr.evaluation.cases import load_case, simulate
-from sainr.evaluation.orthogonal import compare, cropped_to_overlap, image_like, thick_stack
+from sainr.evaluation.orthogonal import (
+    compare,
+    cropped_to_overlap,
+    image_like,
+    register_rigid,
+    thick_stack,
+)
 from sainr.metrics import foreground_mask, psnr
 
 DATA = Path(__file__).parent / "Data"
@@ -142,6 +148,25 @@ def test_imaging_like_an_oblique_stack_puts_a_point_where_it_lies(profile: str) 
         expected = sigma * math.sqrt(2 * math.pi) / 3.0 * math.erf(half)
         assert values[k, j, i] == pytest.approx(expected, rel=0.03)
     assert not covered[0].any() and not covered[-1].any()  # the slab leaves the 19 mm cube
+
+
+def test_rigid_alignment_finds_a_known_patient_shift_and_image_like_applies_it() -> None:
+    volume = sitk.Cast(sitk.ReadImage(str(FAIR)), sitk.sitkFloat32)  # real knee, 1 mm
+    volume.SetDirection(AXIAL)
+    shift = np.array([1.5, -1.0, 0.8])  # mm: the patient moved between the acquisitions
+    target = sitk.Image(volume)
+    target.SetOrigin(tuple(np.asarray(volume.GetOrigin()) + shift))
+    found = register_rigid(target, volume)
+    np.testing.assert_allclose(found.GetTranslation(), -shift, atol=0.2)
+    assert np.abs(found.GetAngleX()) + np.abs(found.GetAngleY()) + np.abs(found.GetAngleZ()) < 0.01
+    # imaged like the moved grid with the transform, the volume matches itself again
+    grid = sitk.RegionOfInterest(target, [40, 40, 9], [12, 12, 20])
+    values, covered = image_like(volume, grid, 1.0, "box", transform=found)
+    acquired = sitk.GetArrayFromImage(grid)
+    assert covered.all()
+    assert compare(values, acquired, covered).correlation > 0.99
+    plain, _ = image_like(volume, grid, 1.0, "box")
+    assert compare(plain, acquired, covered).correlation < 0.97
 
 
 def test_overlap_crop_and_intensity_fit_keep_geometry_and_ignore_scaling() -> None:

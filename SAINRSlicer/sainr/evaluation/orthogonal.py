@@ -65,6 +65,7 @@ def image_like(
     thickness_mm: float,
     profile: str = "gaussian",
     fine_mm: float = FINE_MM,
+    transform: sitk.Transform | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``volume`` imaged the way ``target`` was acquired: (values, coverage), both in
     ``target``'s array order (k, j, i).
@@ -74,7 +75,9 @@ def image_like(
     ``profile`` (``gaussian``: FWHM, ``box``: width; :func:`sainr.degradation.weights`):
     ``volume`` is resampled (linear) onto a grid with the target's in-plane voxels and a fine
     step along k, then :func:`sainr.degradation.acquire` forms the thick slices. Coverage is
-    True where the whole profile lies inside ``volume``'s field of view."""
+    True where the whole profile lies inside ``volume``'s field of view. ``transform`` maps
+    the target's physical points to ``volume``'s (e.g. :func:`register_rigid`: patient motion
+    between the acquisitions); none = the scanner's common patient space."""
     size, spacing = target.GetSize(), target.GetSpacing()
     steps = max(1, math.ceil(spacing[2] / fine_mm - 1e-9))  # fine voxels per target slice
     acq = Acquisition(float(steps), thickness_mm / spacing[2], profile)
@@ -91,6 +94,8 @@ def image_like(
         resampler.SetOutputOrigin(origin.tolist())
         resampler.SetOutputDirection(target.GetDirection())
         resampler.SetInterpolator(interpolator)
+        if transform is not None:
+            resampler.SetTransform(transform)
         resampler.SetOutputPixelType(sitk.sitkFloat32)
         resampler.SetDefaultPixelValue(0.0)
         return sitk.GetArrayFromImage(resampler.Execute(sitk.Cast(image, sitk.sitkFloat32)))
@@ -104,6 +109,33 @@ def image_like(
 
 #: Intensity fits: 0 = one gain and offset; 2 = gain and offset quadratic in the position.
 FIT_ORDERS = (0, 2)
+
+
+def register_rigid(target: sitk.Image, volume: sitk.Image, seed: int = 0) -> sitk.Euler3DTransform:
+    """The rigid transform (target point -> ``volume`` point) that best aligns ``volume`` with
+    the acquired ``target`` (correlation, linear interpolation, random samples with a fixed
+    seed, from the identity): the patient's motion between the two acquisitions. Estimate it
+    once, on one method's result, and apply it to every method, so that all are compared
+    after the same alignment."""
+    fixed = sitk.Cast(target, sitk.sitkFloat32)
+    size = np.asarray(fixed.GetSize(), dtype=np.float64)
+    initial = sitk.Euler3DTransform()
+    initial.SetCenter(fixed.TransformContinuousIndexToPhysicalPoint(((size - 1) / 2).tolist()))
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsCorrelation()
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(0.1, seed)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0, minStep=1e-3, numberOfIterations=200, relaxationFactor=0.5
+    )
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetInitialTransform(initial, inPlace=False)
+    found = reg.Execute(fixed, sitk.Cast(volume, sitk.sitkFloat32))
+    out = sitk.Euler3DTransform()
+    out.SetCenter(initial.GetCenter())
+    out.SetParameters(sitk.CompositeTransform(found).GetNthTransform(0).GetParameters())
+    return out
 
 
 @dataclass(frozen=True)
@@ -207,10 +239,14 @@ def three_orientation_check(
     profiles: tuple[str, ...] = ("gaussian", "box"),
     log: Callable[[str], None] = lambda _msg: None,
     orders: tuple[int, ...] = FIT_ORDERS,
+    register: str | None = None,
 ) -> tuple[list[TargetResult], dict[str, sitk.Image]]:
     """Super-resolve ``source`` to ``spacing_mm`` with every method, image each result like
     each target (its slice ``thickness_mm[name]``, each profile) and score it against the
     acquired target on one region per target and profile, with each intensity fit order.
+    With ``register`` (a method's name), each target is scored a second time (as
+    ``"<target>, registered"``) after a rigid alignment estimated on that method's result
+    (:func:`register_rigid`) and applied to every method.
     Returns the per-target scores and the super-resolved images (one grid for all)."""
     results = {name: run(source, spacing_mm) for name, run in methods.items()}
     for name in methods:
@@ -218,19 +254,25 @@ def three_orientation_check(
     out = []
     for tname, target in targets.items():
         target = cropped_to_overlap(target, source)
+        transforms: dict[str, sitk.Transform | None] = {tname: None}
+        if register is not None:
+            found = register_rigid(target, results[register])
+            transforms[f"{tname}, registered"] = found
+            log(f"{tname}: rigid alignment (rotation rad, translation mm) {found.GetParameters()}")
         acquired = sitk.GetArrayFromImage(target).astype(np.float32)
-        scores: dict[tuple[str, str, int], Score] = {}
-        for profile in profiles:
-            imaged = {
-                m: image_like(img, target, thickness_mm[tname], profile)
-                for m, img in results.items()
-            }
-            region = common_region(acquired, [cov for _, cov in imaged.values()])
-            for m, (values, _) in imaged.items():
-                for order in orders:
-                    scores[(m, profile, order)] = compare(values, acquired, region, order)
-            log(f"{tname} {profile}: {int(region.sum())} voxels compared")
-        out.append(TargetResult(tname, scores))
+        for name, transform in transforms.items():
+            scores: dict[tuple[str, str, int], Score] = {}
+            for profile in profiles:
+                imaged = {
+                    m: image_like(img, target, thickness_mm[tname], profile, transform=transform)
+                    for m, img in results.items()
+                }
+                region = common_region(acquired, [cov for _, cov in imaged.values()])
+                for m, (values, _) in imaged.items():
+                    for order in orders:
+                        scores[(m, profile, order)] = compare(values, acquired, region, order)
+                log(f"{name} {profile}: {int(region.sum())} voxels compared")
+            out.append(TargetResult(name, scores))
     return out, results
 
 
