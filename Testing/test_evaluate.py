@@ -24,11 +24,11 @@ from sainr.evaluation.eclare import (
     same_fov_positions,
     write_lr_nifti,
 )
-from sainr.evaluation.methods import lr_spacing
+from sainr.evaluation.methods import lr_spacing, thickness_estimator_available
 from sainr.geometry import slice_grid
 from sainr.inference import super_resolve
 from sainr.intensity import robust_scale
-from sainr.metrics import psnr
+from sainr.metrics import foreground_mask, psnr
 from sainr.model import gating_disabled
 from sainr.training import TrainConfig, train
 from sainr.weights import load_model
@@ -37,7 +37,9 @@ DATA = Path(__file__).parent / "Data"
 QDESS = DATA / "knee_qdess_crop_1p5mm.nii.gz"  # 1.5 mm slices along k
 FAIR = DATA / "knee_fair_crop_1mm.nii.gz"  # near-isotropic 1 mm
 CROP = 32
-METHODS = {"ground truth", "linear", "B-spline", "tiny", "tiny (ungated)"}
+ESTIMATED = {"tiny (estimated thickness)"} if thickness_estimator_available() else set()
+METHODS = {"ground truth", "linear", "B-spline", "B-spline + Wiener", "tiny", "tiny (ungated)"}
+METHODS |= ESTIMATED
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +84,8 @@ def evaluated(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
             "2",
             "--device",
             "cpu",
+            "--note",
+            "TEST volumes: reported only",
             "--out",
             str(out),
         ]
@@ -120,10 +124,50 @@ def test_csv_has_every_volume_profile_factor_and_method(evaluated: Path) -> None
         assert 0.0 < float(r["s3"]) < 1.0
         if r["method"] != "ground truth":
             assert 5.0 < float(r["psnr"]) < 80.0 and 0.0 < float(r["ssim"]) <= 1.0
+            assert 5.0 < float(r["psnr_fg"]) < 80.0
             assert float(r["seconds"]) >= 0.0
+        else:
+            assert 0.0 < float(r["foreground"]) <= 1.0
     attended = {r["method"]: float(r["attended"]) for r in rows if r["attended"]}
     assert attended["tiny (ungated)"] == 1.0 and 0.0 <= attended["tiny"] <= 1.0
     assert not any(r["attended"] for r in rows if r["method"] in ("linear", "B-spline"))
+    assert not any(r["thickness"] for r in rows if r["method"] in ("linear", "B-spline"))
+
+
+def test_wiener_row_deconvolves_thick_slices_and_leaves_decimation_alone(evaluated: Path) -> None:
+    rows = _rows(evaluated)
+    index = {(r["volume"], r["profile"], r["factor"], r["method"]): r for r in rows}
+    for (volume, profile, factor, method), r in index.items():
+        if method != "B-spline + Wiener":
+            continue
+        plain = float(index[(volume, profile, factor, "B-spline")]["psnr"])
+        truth = index[(volume, profile, factor, "ground truth")]
+        assert float(r["thickness"]) == pytest.approx(float(truth["thickness"]))
+        if profile == "none":  # a delta profile: nothing to undo
+            assert float(r["psnr"]) == pytest.approx(plain, abs=1e-3)
+        else:
+            assert float(r["psnr"]) > plain
+
+
+def test_foreground_psnr_is_scored_on_the_truths_tissue(evaluated: Path) -> None:
+    path, axis, factor = FAIR, 1, 2.0
+    hr = _normalised_crop(path, axis)
+    acq = Acquisition(factor, 1.0, "gaussian")
+    n_lr = int((hr.shape[0] - 1) // factor) + 1
+    lr, grid = acquire(hr, acq, n_lr), slice_grid(n_lr, factor, 1.0)
+    truth = hr[: grid.n_hr]
+    mask = foreground_mask(truth)
+    row = next(
+        r
+        for r in _rows(evaluated)
+        if r["volume"] == "knee_fair_crop_1mm"
+        and r["profile"] == "gaussian"
+        and float(r["factor"]) == factor
+        and r["method"] == "linear"
+    )
+    pred = linear_interpolate(lr, grid)
+    assert float(row["psnr_fg"]) == pytest.approx(psnr(pred, truth, mask), abs=1e-3)
+    assert float(row["psnr_fg"]) != pytest.approx(psnr(pred, truth), abs=0.05)
 
 
 @pytest.mark.parametrize(
@@ -175,10 +219,16 @@ def test_markdown_report_states_tables_and_configuration(evaluated: Path) -> Non
         "## GMACs",
     ):
         assert heading in md
+    estimated = " tiny (estimated thickness) |" if ESTIMATED else ""
     assert (
-        "| volume | profile | factor | linear | B-spline | tiny | tiny (ungated) | "
-        "tiny − best interp. | min |" in md
+        "| volume | profile | factor | linear | B-spline | B-spline + Wiener | tiny |"
+        f"{estimated} tiny (ungated) | tiny − best interp. | min |" in md
     )
+    for heading in ("## Foreground PSNR (dB)", "## Margins of each SA-INR row"):
+        assert heading in md
+    assert "| tiny | gaussian | ×2 | 2 |" in md  # margins over both baselines, 2 volumes
+    assert "noise-to-signal ratio K = 0.01" in md and "foreground PSNR" in md
+    assert "- note: TEST volumes: reported only" in md
     assert "| knee_fair_crop_1mm | gaussian | ×2.5 |" in md
     assert (
         "| **mean** | **gaussian** | **×2** |" in md and "| **mean** | **none** | **all** |" in md
@@ -433,3 +483,27 @@ def test_eclare_end_to_end_tiny_budget(checkpoint: Path, tmp_path: Path) -> None
     assert (
         "| volume | profile | factor | linear | B-spline | tiny | tiny (ungated) | ECLARE |" in md
     )
+
+
+@pytest.mark.skipif(not ESTIMATED, reason="sainr.thickness is not in this checkout")
+def test_estimated_rows_are_told_the_image_estimate_not_the_truth(evaluated: Path) -> None:
+    from sainr.thickness import estimate_relative_thickness
+
+    hr = _normalised_crop(QDESS, 2)
+    acq = Acquisition(2.5, 1.0, "gaussian")
+    lr, grid, _ = simulate(hr, acq)
+    s = lr_spacing(grid, (1.5, 0.3125, 0.3125))
+    expected = estimate_relative_thickness(lr, (s[2], s[1], s[0]), 2)
+    rows = {
+        r["method"]: r
+        for r in _rows(evaluated)
+        if r["volume"] == "knee_qdess_crop_1p5mm"
+        and r["profile"] == "gaussian"
+        and float(r["factor"]) == 2.5
+    }
+    assert float(rows["tiny (estimated thickness)"]["thickness"]) == pytest.approx(
+        expected, rel=1e-5
+    )
+    assert float(rows["tiny"]["thickness"]) == pytest.approx(1.0)
+    md = (evaluated / "results.md").read_text(encoding="utf-8")
+    assert "## Slice thickness: true vs estimated" in md

@@ -1,6 +1,9 @@
-"""Write the held-out evaluation volumes into a folder: the knee qDESS rows 300-415 (array
-axis j; rows 0-279 are training data, see configs/default.toml) and links to the knee FAIR and
-MNI152 volumes. Used by scripts/evaluate_heldout.sh and scripts/compare_eclare.sh.
+"""Write the VALIDATION volumes into a folder (decisions are made on these; the test volumes
+of scripts/prepare_test.py are reported only): "knee qDESS (training subject, held-out rows)",
+rows 300-415 along array axis j of the training knee (rows 0-279 are training data, see
+configs/default.toml), and links to the knee FAIR volume and to the MNI152 template (an
+average of 152 subjects, smoother than any single scan). Used by scripts/evaluate_heldout.sh,
+scripts/compare_eclare.sh and scripts/choose_wiener_nsr.py.
 
 Usage: python scripts/prepare_heldout.py DATA OUT
 """

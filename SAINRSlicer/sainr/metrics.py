@@ -1,6 +1,9 @@
 """Image-quality metrics as SA-INR reports them: PSNR, 3D SSIM and S3 sharpness.
 
 - PSNR: MAX = ground-truth maximum, MSE over the whole volume, prediction clipped to [0, MAX].
+  With a mask (:func:`foreground_mask`: the tissue, not the air around it), the MSE is taken
+  over the masked voxels only and MAX stays the whole truth's maximum, so that a volume with
+  much background does not look better than one filled with tissue.
 - SSIM: scikit-image's 3D SSIM with its defaults (7-voxel uniform window, sample covariance),
   data range L = max(gt) - min(gt). scikit-image is an evaluation extra, imported on use.
 - S3 (Vu & Chandler): per-pixel sqrt(spectral sharpness S1 * spatial sharpness S2), slice score
@@ -23,14 +26,40 @@ S1_BLOCK, S1_STRIDE = 64, 48  # 25 % overlap
 S2_BLOCK, S2_STRIDE = 8, 4  # 50 % overlap
 S3_TOP_FRACTION = 0.01
 _ANGLES = 360
+#: Foreground: voxels above this fraction of the truth's FOREGROUND_PERCENTILE-th percentile.
+FOREGROUND_FRACTION = 0.1
+#: A high percentile rather than the maximum, so that a few bright voxels (vessels, fat,
+#: artefacts) do not move the threshold.
+FOREGROUND_PERCENTILE = 99.0
 
 
-def psnr(pred: np.ndarray, truth: np.ndarray) -> float:
-    """10 log10(MAX^2 / MSE), MAX = max(truth); prediction clipped to [0, MAX] first."""
+def psnr(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """10 log10(MAX^2 / MSE), MAX = max(truth); prediction clipped to [0, MAX] first.
+
+    ``mask`` (boolean, the truth's shape) restricts the MSE to its voxels (foreground PSNR);
+    MAX is still the maximum of the whole truth."""
     peak = float(truth.max())
     pred = np.clip(pred.astype(np.float64), 0.0, peak)
-    mse = float(np.mean((pred - truth.astype(np.float64)) ** 2))
+    error = (pred - truth.astype(np.float64)) ** 2
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != truth.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from the truth's {truth.shape}")
+        if not mask.any():
+            raise ValueError("the mask selects no voxel")
+        error = error[mask]
+    mse = float(np.mean(error))
     return float("inf") if mse == 0 else 10.0 * np.log10(peak**2 / mse)
+
+
+def foreground_mask(truth: np.ndarray) -> np.ndarray:
+    """The tissue: voxels brighter than FOREGROUND_FRACTION of the truth's
+    FOREGROUND_PERCENTILE-th percentile (a robust maximum). Air and the dark background of
+    a scan fall below it; the threshold is the truth's, so every method is scored on the
+    same voxels."""
+    truth = np.asarray(truth, dtype=np.float64)
+    level = FOREGROUND_FRACTION * float(np.percentile(truth, FOREGROUND_PERCENTILE))
+    return truth > level
 
 
 def ssim(pred: np.ndarray, truth: np.ndarray) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..baselines import WIENER_NSR
 from ..evaluation.run import run as evaluate
 from ..evaluation.settings import DEFAULT_FACTORS, DEFAULT_PROFILES, EvaluationSettings
 from ..inference import DEFAULT_BUDGET_MB
@@ -61,6 +62,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME=WEIGHTS",
         help="SA-INR model to evaluate (repeatable; default: the shipped "
         "'default' model when one is installed)",
+    )
+    p.add_argument(
+        "--no-estimated",
+        dest="estimated",
+        action="store_false",
+        help="skip the rows of each model told the slice thickness estimated from the image "
+        "(sainr.thickness) instead of the true one",
+    )
+    p.add_argument(
+        "--wiener-nsr",
+        type=float,
+        default=WIENER_NSR,
+        metavar="K",
+        help="noise-to-signal ratio of the B-spline + Wiener baseline (default: the value "
+        "chosen on the validation volumes, docs/evaluation/wiener_nsr.md)",
+    )
+    p.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a line for the report's configuration (repeatable), e.g. the volumes' roles",
     )
     p.add_argument(
         "--no-ungated",
@@ -135,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
             thickness=args.thickness,
             axis=tuple(args.axis or ()),
             models=tuple(args.model),
+            estimated=args.estimated,
+            wiener_nsr=args.wiener_nsr,
+            notes=tuple(args.note),
             ungated=args.ungated,
             crop=args.crop,
             max_slices=args.max_slices,

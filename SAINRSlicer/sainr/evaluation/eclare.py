@@ -72,8 +72,8 @@ def eclare_method(options: EclareOptions) -> Method:
     require_eclare()
     return Method(
         "ECLARE",
-        lambda lr, grid, spacing, thickness: (
-            run_eclare(lr, grid, spacing, thickness, options),
+        lambda lr, grid, spacing, told: (
+            run_eclare(lr, grid, spacing, told.thickness, options),
             None,
         ),
     )

@@ -1,5 +1,7 @@
-"""The methods that fill a thin-slice grid: linear and B-spline interpolation, each SA-INR model
-(gated, ungated, adapted per case) and the shipped-model loading."""
+"""The methods that fill a thin-slice grid: linear and B-spline interpolation, B-spline + Wiener
+deconvolution of the known slice profile, each SA-INR model (told the true slice thickness or
+the thickness estimated from the image; gated, ungated, adapted per case) and the shipped-model
+loading."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..baselines import bspline_interpolate, linear_interpolate
+from ..baselines import WIENER_NSR, bspline_interpolate, bspline_wiener, linear_interpolate
+from ..degradation import Acquisition
 from ..errors import SainrError, WeightsError
 from ..geometry import SliceGrid
 from ..inference import super_resolve
@@ -19,23 +22,68 @@ from ..model import SAINR, gating_disabled
 from ..weights import DEFAULT_MODEL, catalog, load_model, resolve
 
 TRUTH = "ground truth"
+WIENER = "B-spline + Wiener"
+#: Suffix of the SA-INR rows told the thickness estimated from the image.
+ESTIMATED = " (estimated thickness)"
 
-#: (normalised LR (S, H, W), thin-slice grid, HR spacing in mm along (S, H, W), slice
-#: thickness / LR spacing) -> (thin-slice volume, gating mask or None)
-RunFn = Callable[
-    [np.ndarray, SliceGrid, tuple[float, float, float], float],
-    tuple[np.ndarray, np.ndarray | None],
-]
+Spacing = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Told:
+    """What a method is told about the acquisition of a case: the slice ``profile`` (only the
+    Wiener baseline uses it) and the slice ``thickness`` relative to the slice spacing (the
+    true one or, for the estimated-thickness rows, the image estimate)."""
+
+    profile: str
+    thickness: float
+
+
+#: (normalised LR (S, H, W), thin-slice grid, HR spacing in mm along (S, H, W), what the
+#: method is told) -> (thin-slice volume, gating mask or None)
+RunFn = Callable[[np.ndarray, SliceGrid, Spacing, Told], tuple[np.ndarray, np.ndarray | None]]
+#: (normalised LR, thin-slice grid, HR spacing, the true acquisition) -> relative thickness
+ThicknessFn = Callable[[np.ndarray, SliceGrid, Spacing, Acquisition], float]
+
+
+def true_thickness(_lr: np.ndarray, _grid: SliceGrid, _spacing: Spacing, acq: Acquisition) -> float:
+    """The simulated slice thickness / slice spacing (1 / factor for pure decimation)."""
+    return acq.relative_thickness
+
+
+def estimated_thickness(
+    lr: np.ndarray, grid: SliceGrid, spacing: Spacing, _acq: Acquisition
+) -> float:
+    """The slice thickness / slice spacing that :mod:`sainr.thickness` estimates from the LR
+    alone (what a user who gives no thickness gets); the true acquisition is not looked at.
+    The LR (S, H, W) is SimpleITK's (k, j, i) order with the slice axis k."""
+    from ..thickness import estimate_relative_thickness
+
+    s, h, w = lr_spacing(grid, spacing)
+    return float(estimate_relative_thickness(lr, (w, h, s), 2))
+
+
+def thickness_estimator_available() -> bool:
+    """Whether :mod:`sainr.thickness` (the image estimate of the slice thickness) exists."""
+    import importlib.util
+
+    return importlib.util.find_spec(f"{__package__.rpartition('.')[0]}.thickness") is not None
 
 
 @dataclass(frozen=True)
 class Method:
-    """A named way to fill the thin-slice grid; ``model`` is set for SA-INR variants."""
+    """A named way to fill the thin-slice grid; ``model`` is set for SA-INR variants.
+
+    ``thickness`` says where the method's slice thickness comes from (the true one unless
+    it is an estimated-thickness row); ``told`` is False for the interpolators, which take
+    none (their reported thickness stays empty)."""
 
     name: str
     run: RunFn
     model: SAINR | None = None
     gated: bool = False
+    thickness: ThicknessFn = true_thickness
+    told: bool = True
 
 
 def load_models(specs: tuple[str, ...]) -> list[tuple[str, str, SAINR]]:
@@ -67,20 +115,36 @@ def build_methods(
     device: torch.device,
     budget_mb: float,
     ungated: bool = True,
+    estimated: bool = True,
+    nsr: float = WIENER_NSR,
 ) -> list[Method]:
-    """Interpolators, then each model, then (``ungated``) each gated model with its gate
-    removed."""
+    """Interpolators, B-spline + Wiener (noise-to-signal ratio ``nsr``), then each model told
+    the true thickness, then (``estimated``) each model told the image estimate, then
+    (``ungated``) each gated model with its gate removed."""
 
     def interp(fn) -> RunFn:
-        return lambda lr, grid, _spacing, _thickness: (fn(lr, grid), None)
+        return lambda lr, grid, _spacing, _told: (fn(lr, grid), None)
+
+    def wiener(lr: np.ndarray, grid: SliceGrid, _spacing: Spacing, told: Told):
+        return bspline_wiener(lr, grid, told.profile, told.thickness, nsr), None
 
     methods = [
-        Method("linear", interp(linear_interpolate)),
-        Method("B-spline", interp(bspline_interpolate)),
+        Method("linear", interp(linear_interpolate), told=False),
+        Method("B-spline", interp(bspline_interpolate), told=False),
+        Method(WIENER, wiener),
     ]
     for name, _, model in models:
         methods.append(
             Method(name, _network(model, device, budget_mb), model, model.gate is not None)
+        )
+    for name, _, model in models if estimated else ():
+        methods.append(
+            Method(
+                name + ESTIMATED,
+                _network(model, device, budget_mb),
+                model,
+                thickness=estimated_thickness,
+            )
         )
     for name, _, model in models if ungated else ():
         if model.gate is not None:
@@ -101,8 +165,9 @@ def _network(
     on that LR alone (:func:`adapt_to_case`)."""
 
     def run_model(
-        lr: np.ndarray, grid: SliceGrid, spacing: tuple[float, float, float], thickness: float
+        lr: np.ndarray, grid: SliceGrid, spacing: Spacing, told: Told
     ) -> tuple[np.ndarray, np.ndarray]:
+        thickness = told.thickness
         net = model
         if adapt_steps:
             net = adapt_to_case(model, lr, grid, spacing, thickness, adapt_steps)

@@ -14,10 +14,11 @@ from .. import __version__
 from ..flops import flops_table, slab_macs
 from ..inference import resolve_precision
 from ..io import write_atomically
+from ..metrics import FOREGROUND_FRACTION, FOREGROUND_PERCENTILE
 from ..model import SAINR, ModelConfig
 from .cases import Case
 from .eclare import EclareOptions, require_eclare
-from .methods import TRUTH, Method
+from .methods import ESTIMATED, TRUTH, WIENER, Method
 from .settings import EvaluationSettings
 
 _FIELDS = (
@@ -27,10 +28,13 @@ _FIELDS = (
     "factor",
     "method",
     "psnr",
+    "psnr_fg",
     "ssim",
     "s3",
     "seconds",
     "attended",
+    "thickness",
+    "foreground",
 )
 
 
@@ -102,6 +106,57 @@ def metric_table(
     return "\n".join(lines)
 
 
+def margin_table(rows: list[dict], methods: list[Method], metric: str = "psnr") -> str:
+    """Markdown: per SA-INR row and (profile, factor), the mean and smallest margin over the
+    better of linear / B-spline and over B-spline + Wiener, across the volumes."""
+    keys, index = _lookup(rows)
+    names = [m.name for m in methods if m.model is not None]
+    wiener = any(m.name == WIENER for m in methods)
+    header = ["method", "profile", "factor", "volumes", "− best interp. (mean)", "min"]
+    header += ["− B-spline+Wiener (mean)", "min"] if wiener else []
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name in names:
+        for p, f in dict.fromkeys((p, f) for _, p, f in keys):
+            sel = [k for k in keys if k[1:] == (p, f)]
+            best = [
+                index[(k, name)][metric]
+                - max(index[(k, "linear")][metric], index[(k, "B-spline")][metric])
+                for k in sel
+            ]
+            cells = [
+                name,
+                p,
+                f"×{f:g}",
+                str(len(sel)),
+                f"{np.mean(best):+.2f}",
+                f"{min(best):+.2f}",
+            ]
+            if wiener:
+                over = [index[(k, name)][metric] - index[(k, WIENER)][metric] for k in sel]
+                cells += [f"{np.mean(over):+.2f}", f"{min(over):+.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def thickness_table(rows: list[dict], methods: list[Method]) -> str:
+    """Markdown: per case, the true relative slice thickness and each estimated-thickness
+    row's estimate (thickness / slice spacing) with its relative error."""
+    keys, index = _lookup(rows)
+    names = [m.name for m in methods if m.name.endswith(ESTIMATED)]
+    header = ["volume", "profile", "factor", "true"]
+    for n in names:
+        header += [f"{n}", "error"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for key in keys:
+        true = index[(key, TRUTH)]["thickness"]
+        cells = [key[0], key[1], f"×{key[2]:g}", f"{true:.3f}"]
+        for n in names:
+            est = index[(key, n)]["thickness"]
+            cells += [f"{est:.3f}", f"{100 * (est - true) / true:+.0f} %"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def gating_table(rows: list[dict], method: Method) -> str:
     """Gated vs ungated: fraction attended, PSNR, LASA GMACs per slab (ours), wall time."""
     keys, index = _lookup(rows)
@@ -157,9 +212,11 @@ def configuration(
     factors: tuple[float, ...],
     settings: EvaluationSettings,
     device: torch.device,
+    estimated: bool = False,
 ) -> list[str]:
     """Markdown bullet lines describing exactly what was run."""
-    lines = [
+    lines = [f"- note: {note}" for note in settings.notes]
+    lines += [
         f"- volume `{c.name}`: slice axis {c.label}, HR {c.hr.shape[0]} slices × "
         f"{c.hr.shape[1]}×{c.hr.shape[2]} in-plane, spacing {c.spacing[0]:g} mm "
         f"(in-plane {c.spacing[1]:g}×{c.spacing[2]:g} mm)"
@@ -188,7 +245,24 @@ def configuration(
         "- intensities: every metric in the units of the HR volume's robust scale "
         "(0.5th → 0, 99.5th percentile → 1), shared by all methods; PSNR equals the PSNR in "
         "the file's units when the 0.5th percentile is 0 (volumes with background)",
-        "- PSNR: MAX = truth max, prediction clipped to [0, MAX]; SSIM: 3D, scikit-image "
+        f"- {WIENER}: cubic B-spline onto the thin grid, then along the slice axis a Wiener "
+        "filter G = H(1+K)/(H²+K) (H: transfer function of the case's true slice profile on "
+        "the thin grid, sainr.degradation's weights; G = 1 where H = 1, so pure decimation is "
+        "left as interpolated), mirror-extended FFT; noise-to-signal ratio K = "
+        f"{settings.wiener_nsr:g} (chosen on the validation volumes only; "
+        "docs/evaluation/wiener_nsr.md)",
+        "- SA-INR rows: each model told the true relative slice thickness; "
+        + (
+            f"'… {ESTIMATED.strip()}' rows: the same model told the thickness that "
+            "sainr.thickness estimates from the LR alone (the true one is not looked at); "
+            "time includes the estimate"
+            if estimated
+            else "no estimated-thickness rows (sainr.thickness absent or --no-estimated)"
+        ),
+        "- PSNR: MAX = truth max, prediction clipped to [0, MAX]; foreground PSNR: the same "
+        f"with the MSE over the voxels where the truth exceeds {FOREGROUND_FRACTION:g} × its "
+        f"{FOREGROUND_PERCENTILE:g}th percentile (one mask per case, shared by all methods; "
+        "its share of the voxels is the 'foreground' column of the CSV); SSIM: 3D, scikit-image "
         "defaults (7-voxel uniform window), L = max − min of the truth, prediction clipped to "
         "[min, max] of the truth",
         f"- S3: mean over at most {settings.max_slices} planes [:, :, x] containing the slice axis "
@@ -243,10 +317,25 @@ def report(
         "# SA-INR evaluation",
         "## Configuration\n\n" + "\n".join(config),
         "## PSNR (dB)\n\n" + metric_table(scored, "psnr", names, ".2f", gain_of=first),
+        "## Foreground PSNR (dB)\n\n"
+        + metric_table(scored, "psnr_fg", names, ".2f", gain_of=first),
         "## SSIM\n\n" + metric_table(scored, "ssim", names, ".4f"),
         "## S3 sharpness\n\n" + metric_table(rows, "s3", names + [TRUTH], ".4f"),
         "## Wall time (s)\n\n" + metric_table(scored, "seconds", names, ".2f"),
     ]
+    if first is not None:
+        parts.insert(
+            2,
+            "## Margins of each SA-INR row (PSNR dB)\n\n"
+            + margin_table(scored, methods)
+            + "\n\nForeground PSNR:\n\n"
+            + margin_table(scored, methods, "psnr_fg"),
+        )
+    if any(m.name.endswith(ESTIMATED) for m in methods):
+        parts.append(
+            "## Slice thickness: true vs estimated (thickness / slice spacing)\n\n"
+            + thickness_table(rows, methods)
+        )
     for m in methods:
         if m.gated and f"{m.name} (ungated)" in names:
             parts.append(f"## Gating: `{m.name}` gated vs ungated\n\n" + gating_table(rows, m))

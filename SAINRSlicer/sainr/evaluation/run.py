@@ -14,7 +14,7 @@ from ..degradation import Acquisition
 from ..errors import InputImageError, SainrError
 from ..inference import choose_device
 from ..io import check_output_folder, write_atomically
-from ..metrics import psnr, s3_volume, ssim
+from ..metrics import foreground_mask, psnr, s3_volume, ssim
 from .cases import (
     MIN_EXTENT,
     Case,
@@ -26,7 +26,15 @@ from .cases import (
 )
 from .eclare import EclareOptions, eclare_method
 from .figures import save_figure
-from .methods import TRUTH, Method, adapted_methods, build_methods, load_models
+from .methods import (
+    TRUTH,
+    Method,
+    Told,
+    adapted_methods,
+    build_methods,
+    load_models,
+    thickness_estimator_available,
+)
 from .report import configuration, flops_report, report, write_csv
 from .settings import EvaluationSettings
 
@@ -52,7 +60,16 @@ def run(settings: EvaluationSettings) -> None:
     axes = axes_per_volume(settings.axis, len(settings.volumes))
     device = choose_device(settings.device)
     models = load_models(settings.models)
-    methods = build_methods(models, device, settings.memory_mb, settings.ungated)
+    estimated = settings.estimated and thickness_estimator_available()
+    if settings.estimated and models and not estimated:
+        print(
+            "note: sainr.thickness is not installed; no estimated-thickness rows", file=sys.stderr
+        )
+    if not settings.wiener_nsr > 0:
+        raise SainrError(f"--wiener-nsr must be positive, got {settings.wiener_nsr}")
+    methods = build_methods(
+        models, device, settings.memory_mb, settings.ungated, estimated, settings.wiener_nsr
+    )
     methods += adapted_methods(
         models, settings.adapt_steps, settings.adapt_models, device, settings.memory_mb
     )
@@ -74,7 +91,7 @@ def run(settings: EvaluationSettings) -> None:
                 file=sys.stderr,
             )
     write_csv(rows, settings.out / "results.csv")
-    config = configuration(cases, models, factors, settings, device)
+    config = configuration(cases, models, factors, settings, device, estimated)
     text = report(rows, methods, config, models, factors)
     write_atomically(
         settings.out / "results.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
@@ -99,11 +116,21 @@ def evaluate_case(
             f"{MIN_EXTENT} voxels per axis (use a larger volume, crop or smaller factor)"
         )
     base = {"volume": case.name, "axis": case.axis, "profile": acq.profile, "factor": factor}
-    rows = [{**base, "method": TRUTH, "s3": _s3(truth, max_slices)}]
+    foreground = foreground_mask(truth)
+    rows = [
+        {
+            **base,
+            "method": TRUTH,
+            "s3": _s3(truth, max_slices),
+            "thickness": acq.relative_thickness,
+            "foreground": float(foreground.mean()),
+        }
+    ]
     preds: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     for m in methods:
         start = time.perf_counter()
-        pred, mask = m.run(lr, grid, case.spacing, acq.relative_thickness)
+        told = Told(acq.profile, m.thickness(lr, grid, case.spacing, acq))
+        pred, mask = m.run(lr, grid, case.spacing, told)
         seconds = time.perf_counter() - start
         preds[m.name] = (pred, mask)
         rows.append(
@@ -111,10 +138,12 @@ def evaluate_case(
                 **base,
                 "method": m.name,
                 "psnr": psnr(pred, truth),
+                "psnr_fg": psnr(pred, truth, foreground),
                 "ssim": ssim(pred, truth),
                 "s3": _s3(pred, max_slices),
                 "seconds": seconds,
                 "attended": float(mask.mean()) if mask is not None else None,
+                "thickness": told.thickness if m.told else None,
             }
         )
     if out_dir is not None:

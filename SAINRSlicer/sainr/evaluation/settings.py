@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..baselines import WIENER_NSR
 from ..inference import DEFAULT_BUDGET_MB
 
 DEFAULT_FACTORS = (2.0, 2.5, 3.0, 4.0)
@@ -20,8 +21,11 @@ class EvaluationSettings:
     and figures. ``factors``, ``profiles``: the simulated acquisitions; ``thickness``: slice
     thickness / LR spacing of the gaussian and box profiles. ``figures``: profiles to draw
     (None: all). ``axis``: one slice axis (None: auto) for all volumes or one per volume.
-    ``models``: ``NAME=WEIGHTS`` (none: the shipped default). ``ungated``: also run gated
-    models without their gate. ``crop``: in-plane centre crop; ``max_slices``: planes S3 is
+    ``models``: ``NAME=WEIGHTS`` (none: the shipped default). ``estimated``: also run each
+    model told the thickness estimated from the image (:mod:`sainr.thickness`) instead of
+    the true one. ``wiener_nsr``: the B-spline + Wiener baseline's noise-to-signal ratio.
+    ``notes``: lines for the report's configuration (e.g. which volumes are test volumes).
+    ``ungated``: also run gated models without their gate. ``crop``: in-plane centre crop; ``max_slices``: planes S3 is
     averaged over. ``flops``: print the GMAC tables only. ``adapt_steps``, ``adapt_models``:
     fine-tuned rows per case. ``eclare``: also run ECLARE with that budget."""
 
@@ -33,6 +37,9 @@ class EvaluationSettings:
     thickness: float = 1.0
     axis: tuple[int | None, ...] = ()
     models: tuple[str, ...] = ()
+    estimated: bool = True
+    wiener_nsr: float = WIENER_NSR
+    notes: tuple[str, ...] = ()
     ungated: bool = True
     crop: int | None = None
     max_slices: int = 16
