@@ -14,7 +14,7 @@ from conftest import KNEE_QDESS
 from sainr import heap
 from sainr.cli import main
 from sainr.geometry import slice_grid
-from sainr.inference import plan, super_resolve
+from sainr.inference import plan, resolve_precision, super_resolve
 from sainr.int8 import int8_available
 from sainr.model import SAINR, ModelConfig
 
@@ -40,7 +40,8 @@ def test_bench_reports_times_ratios_stages_and_configuration(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| volume |" in printed
     features = cfg["cpu_features"]
-    assert set(features) == {"isa", "amx", "avx512_bf16"} and cfg["precision"] in ("fp32", "bf16")
+    assert set(features) == {"isa", "amx", "avx512_bf16"}
+    assert cfg["precision"] == resolve_precision(torch.device("cpu"), "auto")
     assert (
         f"-> precision {cfg['precision']}" in printed and f"vector ISA {features['isa']}" in printed
     )
@@ -96,8 +97,9 @@ def test_small_budget_gives_the_same_volume(tiny_model):
     volume = np.random.default_rng(3).random((6, 40, 36), dtype=np.float32)
     grid = slice_grid(6, 3.0, 1.0)
     cpu = torch.device("cpu")
-    big = super_resolve(tiny_model, volume, grid, cpu, budget_mb=2048)[0]
-    small = super_resolve(tiny_model, volume, grid, cpu, budget_mb=0.5)[0]
+    # fp32: int8 (auto on CPUs without bf16) calibrates each tile on its own values
+    big = super_resolve(tiny_model, volume, grid, cpu, budget_mb=2048, precision="fp32")[0]
+    small = super_resolve(tiny_model, volume, grid, cpu, budget_mb=0.5, precision="fp32")[0]
     assert len(list(plan(tiny_model, (6, 40, 36), 0.5).tiles(40, 36))) > 1  # really tiled
     np.testing.assert_allclose(small, big, rtol=1e-5, atol=1e-5)
 
@@ -183,7 +185,10 @@ def test_int8_stays_close_to_fp32_on_a_real_knee_and_keeps_the_geometry(knee_thi
     full, low, again = _reduce_at(knee_thick, model, "fp32", "int8", "fp32")
     for get in ("GetSize", "GetOrigin", "GetSpacing", "GetDirection"):
         assert getattr(low.image, get)() == getattr(full.image, get)()
-    a = _assert_close(full, low, 1e-3, 1e-2)
+    # Without AVX-512, oneDNN's u8 x s8 products pass through saturating 16-bit sums
+    # (vpmaddubsw): twice the mean difference, still far below SA-INR's gain.
+    wide = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    a = _assert_close(full, low, 1e-3 if wide else 2e-3, 1e-2)
     # the float model is untouched: a later fp32 run gives the same volume
     np.testing.assert_array_equal(sitk.GetArrayFromImage(again.image), a.astype(np.int16))
 

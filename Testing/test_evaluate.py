@@ -24,7 +24,7 @@ from sainr.evaluation.eclare import (
     same_fov_positions,
     write_lr_nifti,
 )
-from sainr.evaluation.methods import lr_spacing, thickness_estimator_available
+from sainr.evaluation.methods import lr_spacing
 from sainr.geometry import slice_grid
 from sainr.inference import super_resolve
 from sainr.intensity import robust_scale
@@ -37,7 +37,7 @@ DATA = Path(__file__).parent / "Data"
 QDESS = DATA / "knee_qdess_crop_1p5mm.nii.gz"  # 1.5 mm slices along k
 FAIR = DATA / "knee_fair_crop_1mm.nii.gz"  # near-isotropic 1 mm
 CROP = 32
-ESTIMATED = {"tiny (estimated thickness)"} if thickness_estimator_available() else set()
+ESTIMATED = {"tiny (estimated thickness)"}
 METHODS = {"ground truth", "linear", "B-spline", "B-spline + Wiener", "tiny", "tiny (ungated)"}
 METHODS |= ESTIMATED
 

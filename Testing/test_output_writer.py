@@ -592,7 +592,7 @@ def test_the_thickness_is_reported_only_by_a_model_that_uses_it(tmp_path, knee, 
     )
     notes = [line for line in err if line.startswith("note:")]
     if conditioned:
-        assert notes == [] and "(1 mm thick)" in err[-1]
+        assert notes == [] and "(1 mm thick, given)" in err[-1]
     else:
         assert notes == [
             "note: this model does not use the slice thickness, so --slice-thickness changes "

@@ -36,7 +36,10 @@ def _reduce(image: sitk.Image, model: SAINR, thickness_mm: float | None) -> np.n
 def test_the_slice_thickness_changes_a_conditioned_models_output(knee_thick, conditioned):
     auto = _reduce(knee_thick, conditioned, None)  # default: estimated from the image
     estimated = resolve_slice_thickness(knee_thick, 2).mm
-    np.testing.assert_array_equal(_reduce(knee_thick, conditioned, estimated), auto)
+    # mm -> relative thickness may round differently in the last bit: one int16 unit at most
+    told = _reduce(knee_thick, conditioned, estimated)
+    np.testing.assert_allclose(told, auto, rtol=0, atol=1)
+    assert np.mean(told != auto) < 1e-3
     contiguous = _reduce(knee_thick, conditioned, 3.0)
     gapped = _reduce(knee_thick, conditioned, 1.0)
     assert np.abs(gapped - contiguous).mean() > 0.5  # int16 units

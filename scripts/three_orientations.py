@@ -29,7 +29,6 @@ import torch
 from sainr import __version__
 from sainr.api import reduce_spacing
 from sainr.baselines import WIENER_NSR
-from sainr.evaluation.methods import thickness_estimator_available
 from sainr.evaluation.orthogonal import (
     FIT_ORDERS,
     SuperResolve,
@@ -43,6 +42,7 @@ from sainr.geometry import detect_slice_axis
 from sainr.inference import choose_device, resolve_precision
 from sainr.metrics import FOREGROUND_FRACTION, FOREGROUND_PERCENTILE, foreground_mask, psnr
 from sainr.request import ReduceOptions
+from sainr.thickness import resolve_slice_thickness
 from sainr.weights import load_model, resolve
 
 PROSTATE = {
@@ -87,17 +87,9 @@ def methods_for(
         f"profile is unknown), K = {WIENER_NSR:g} (chosen on the validation volumes)",
         f"- SA-INR (default options): sainr.reduce_spacing with {ReduceOptions(device=device)}",
     ]
-    if thickness_estimator_available():
-        from sainr.thickness import estimate_relative_thickness
-
-        axis = detect_slice_axis(source.GetSpacing(), source.GetDirection())
-        array = sitk.GetArrayFromImage(source).astype(np.float32)
-        relative = estimate_relative_thickness(array, source.GetSpacing(), axis)
-        estimate = float(relative) * source.GetSpacing()[axis]
-        methods[f"SA-INR estimated {estimate:.2f} mm"] = sainr(estimate)
-        lines.append(f"- thickness estimated from the image (sainr.thickness): {estimate:.2f} mm")
-    else:
-        lines.append("- no estimated-thickness row: sainr.thickness is not in this checkout")
+    axis = detect_slice_axis(source.GetSpacing(), source.GetDirection())
+    used = resolve_slice_thickness(source, axis, None, getattr(model, "trained_thickness", None))
+    lines.append(f"- default options told the model {used.mm:.2f} mm ({used.source})")
     return methods, lines
 
 

@@ -4,8 +4,8 @@ The shipped model was trained on other volumes. A thick-slice acquisition still 
 thin-slice detail in-plane (the idea of SMORE and ECLARE, beyond the SA-INR paper): each in-plane
 axis H and W in turn plays the slice axis. Resampled (anti-aliased) from its in-plane spacing to
 the target spacing c_T it is the HR; the LR is that HR blurred with the acquisition's slice
-profile (Gaussian, FWHM = the slice thickness, by default the slice spacing: contiguous thick
-slices) and decimated by k = c_S / c_T, so the model practises the factor and the degradation it
+profile (Gaussian, FWHM = the slice thickness: given, from the header or estimated from the
+image, :mod:`sainr.thickness`) and decimated by k = c_S / c_T, so the model practises the factor and the degradation it
 is then asked to undo. :mod:`sainr.data` cuts the patches (across the other in-plane
 axis and the true slice axis), and the model is trained with the supervised loss of
 :mod:`sainr.training` for a bounded number of steps (and, optionally, minutes). The result is a
@@ -251,8 +251,8 @@ def adapt_to_image(
     """:func:`adapt` for a SimpleITK image and the request of the reduction that follows
     (:func:`sainr.api.reduce_spacing`): same checks, slice axis and intensity normalisation,
     and the model is told the image's slice thickness (``options.slice_thickness_mm``, else
-    its header's or its estimate: :func:`sainr.thickness.resolve_slice_thickness`) and runs at ``options.precision``; the budget and seed are
-    ``config``'s."""
+    its header's or its estimate: :func:`sainr.thickness.resolve_slice_thickness`) and runs
+    at ``options.precision``; the budget and seed are ``config``'s."""
     ax, out_geom = plan_reduction(image, target)
     volume, spacing = slice_first(image, ax, options.nan_policy)
     trained = getattr(model, "trained_thickness", None)

@@ -98,8 +98,8 @@ def reduce_spacing(
     the image first: :func:`sainr.adapt.adapt_to_image` with the same target and options).
     The acquired slice thickness tells the model how much to deblur: ``options``' value, else
     the image header's (DICOM SliceThickness, NRRD thicknesses), else estimated from the
-    voxels (:func:`sainr.thickness.resolve_slice_thickness`); ``info`` says which, and a
-    warning about it also goes to ``notice``.
+    voxels (:func:`sainr.thickness.resolve_slice_thickness`); ``info`` says which, with a
+    warning about it (``slice_thickness_warning``), for the caller to show beside the result.
     """
     ax, out_geom = plan_reduction(image, target)
     geom = geometry_of(image)
@@ -108,8 +108,6 @@ def reduce_spacing(
     net = model if model is not None else load_model(weights)
     trained = getattr(net, "trained_thickness", None)
     resolved = resolve_slice_thickness(image, ax, options.slice_thickness_mm, trained)
-    if resolved.warning is not None and notice is not None:
-        notice(resolved.warning)
     thickness = resolved.relative
     scale = robust_scale(volume)
     dev = choose_device(options.device)

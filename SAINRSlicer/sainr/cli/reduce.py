@@ -308,7 +308,7 @@ def _reduce_one(
         )
     info = result.info
     thick = (
-        f" ({info['slice_thickness']:.2g} mm thick, {info['slice_thickness_source']})"
+        f" ({info['slice_thickness']:.3g} mm thick, {info['slice_thickness_source']})"
         if net.config.conditioning
         else ""
     )
@@ -319,6 +319,8 @@ def _reduce_one(
         f"gated {100 * info['gated_fraction']:.0f} % ({info['device']}) -> {dst}",
         file=sys.stderr,
     )
+    if net.config.conditioning and info["slice_thickness_warning"]:
+        print(f"note: {info['slice_thickness_warning']}", file=sys.stderr)
 
 
 def _batch_pairs(src: Path, output: Path, mask: Path | None) -> list[Pair]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from ..baselines import WIENER_NSR, bspline_interpolate, bspline_wiener, linear_interpolate
@@ -19,6 +20,7 @@ from ..errors import SainrError, WeightsError
 from ..geometry import SliceGrid
 from ..inference import super_resolve
 from ..model import SAINR, gating_disabled
+from ..thickness import resolve_slice_thickness
 from ..weights import DEFAULT_MODEL, catalog, load_model, resolve
 
 TRUTH = "ground truth"
@@ -51,23 +53,20 @@ def true_thickness(_lr: np.ndarray, _grid: SliceGrid, _spacing: Spacing, acq: Ac
     return acq.relative_thickness
 
 
-def estimated_thickness(
-    lr: np.ndarray, grid: SliceGrid, spacing: Spacing, _acq: Acquisition
-) -> float:
-    """The slice thickness / slice spacing that :mod:`sainr.thickness` estimates from the LR
-    alone (what a user who gives no thickness gets); the true acquisition is not looked at.
+def estimated_for(model: SAINR) -> ThicknessFn:
+    """The slice thickness / slice spacing a user who gives none gets from ``model``: the
+    image estimate of :mod:`sainr.thickness` on the LR alone (no header), clipped to the
+    model's trained range, contiguous slices where the LR is too small to estimate
+    (:func:`sainr.thickness.resolve_slice_thickness`); the true acquisition is not looked at.
     The LR (S, H, W) is SimpleITK's (k, j, i) order with the slice axis k."""
-    from ..thickness import estimate_relative_thickness
+    trained = getattr(model, "trained_thickness", None)
 
-    s, h, w = lr_spacing(grid, spacing)
-    return float(estimate_relative_thickness(lr, (w, h, s), 2))
+    def estimated(lr: np.ndarray, grid: SliceGrid, spacing: Spacing, _acq: Acquisition) -> float:
+        image = sitk.GetImageFromArray(lr)
+        image.SetSpacing(lr_spacing(grid, spacing)[::-1])
+        return resolve_slice_thickness(image, 2, None, trained).relative
 
-
-def thickness_estimator_available() -> bool:
-    """Whether :mod:`sainr.thickness` (the image estimate of the slice thickness) exists."""
-    import importlib.util
-
-    return importlib.util.find_spec(f"{__package__.rpartition('.')[0]}.thickness") is not None
+    return estimated
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,7 @@ def build_methods(
                 name + ESTIMATED,
                 _network(model, device, budget_mb),
                 model,
-                thickness=estimated_thickness,
+                thickness=estimated_for(model),
             )
         )
     for name, _, model in models if ungated else ():

@@ -33,7 +33,6 @@ from .methods import (
     adapted_methods,
     build_methods,
     load_models,
-    thickness_estimator_available,
 )
 from .report import configuration, flops_report, report, write_csv
 from .settings import EvaluationSettings
@@ -60,15 +59,15 @@ def run(settings: EvaluationSettings) -> None:
     axes = axes_per_volume(settings.axis, len(settings.volumes))
     device = choose_device(settings.device)
     models = load_models(settings.models)
-    estimated = settings.estimated and thickness_estimator_available()
-    if settings.estimated and models and not estimated:
-        print(
-            "note: sainr.thickness is not installed; no estimated-thickness rows", file=sys.stderr
-        )
     if not settings.wiener_nsr > 0:
         raise SainrError(f"--wiener-nsr must be positive, got {settings.wiener_nsr}")
     methods = build_methods(
-        models, device, settings.memory_mb, settings.ungated, estimated, settings.wiener_nsr
+        models,
+        device,
+        settings.memory_mb,
+        settings.ungated,
+        settings.estimated,
+        settings.wiener_nsr,
     )
     methods += adapted_methods(
         models, settings.adapt_steps, settings.adapt_models, device, settings.memory_mb
@@ -91,7 +90,7 @@ def run(settings: EvaluationSettings) -> None:
                 file=sys.stderr,
             )
     write_csv(rows, settings.out / "results.csv")
-    config = configuration(cases, models, factors, settings, device, estimated)
+    config = configuration(cases, models, factors, settings, device, settings.estimated)
     text = report(rows, methods, config, models, factors)
     write_atomically(
         settings.out / "results.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
