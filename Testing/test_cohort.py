@@ -37,7 +37,11 @@ def _results(folder: Path) -> list[str]:
 
 def _torchrun(src: Path, dst: Path, mask: Path) -> subprocess.CompletedProcess:
     """``sainr reduce`` on two CPU processes started by torchrun, their stderr lines prefixed
-    with their rank (``--tee 2``), running this checkout's ``sainr``."""
+    with their rank (``--tee 2``), running this checkout's ``sainr`` with a tiny model that is
+    not told the slice thickness (next to ``src``, written once)."""
+    weights = src.parent / "tiny.pt"
+    if not weights.is_file():
+        _tiny_checkpoint(weights)
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join(
@@ -66,7 +70,7 @@ def _torchrun(src: Path, dst: Path, mask: Path) -> subprocess.CompletedProcess:
             "--mask",
             str(mask),
             "--weights",
-            "fast",
+            str(weights),
             "--device",
             "cpu",
             "--progress",

@@ -580,7 +580,7 @@ def test_a_catalog_entry_without_sha256_is_a_clear_weights_error(
     assert_cli_refuses(tmp_path, argv, pattern, capfd)
 
 
-@pytest.mark.parametrize("conditioned", [False, True], ids=["fast-like", "default-like"])
+@pytest.mark.parametrize("conditioned", [False, True], ids=["unconditioned", "default-like"])
 def test_the_thickness_is_reported_only_by_a_model_that_uses_it(tmp_path, knee, capfd, conditioned):
     torch.manual_seed(0)
     config = ModelConfig(**{**TINY.to_dict(), "conditioning": conditioned})
@@ -601,6 +601,14 @@ def test_the_thickness_is_reported_only_by_a_model_that_uses_it(tmp_path, knee, 
         assert "mm thick" not in err[-1]
 
 
-def test_the_shipped_fast_model_is_not_told_the_thickness():
-    """The note above is what ``--weights fast`` gives: the fast preset is not conditioned."""
-    assert not load_model("fast").config.conditioning
+def test_the_withdrawn_fast_preset_is_refused_naming_the_shipped_models(tmp_path, knee, capfd):
+    """``fast`` lost to B-spline on thick slices (issue #23) and is no longer shipped:
+    ``--weights fast`` says so and names the shipped models, in the API and on the CLI."""
+    pattern = r"'fast' model was withdrawn \(issue #23\).*B-spline.*shipped models: default\b"
+    with pytest.raises(WeightsError, match=pattern):
+        load_model("fast")
+    src = _write(knee, tmp_path / "in.nrrd")
+    argv = ["reduce", str(src), str(tmp_path / "o.nrrd"), *FACTOR2, "--weights", "fast"]
+    assert_cli_refuses(tmp_path, argv, pattern, capfd)
+    with pytest.raises(WeightsError, match=r"no model 'nope'; shipped models: default\b"):
+        load_model("nope")

@@ -30,7 +30,7 @@ class UiWidget:
     def __init__(self):
         self.enabled, self.visible, self.checked = True, True, False
         self.text = self.toolTip = self.styleSheet = ""
-        self.value, self.currentIndex, self.decimals = 0, 0, 4
+        self.value, self.currentIndex, self.decimals, self.count = 0, 0, 4, 0
         self.lines: list[str] = []
 
     def blockSignals(self, block: bool) -> bool:
@@ -221,3 +221,17 @@ def test_tooltips_and_help_carry_no_measured_figures():
     for name in ("gating", "Gating", "i × j × k"):
         assert name not in ui
     assert "Attention mask" in ui
+
+
+def test_a_scene_saved_with_the_withdrawn_fast_model_runs_the_default(panel):
+    """``fast`` is no longer shipped (issue #23): a scene that chose it gets the default, not
+    a run that fails on an unknown model."""
+    combo = panel.ui.modelComboBox
+    choices = [*panel.widget.logic.modelCatalog(), widget_module.WEIGHTS_FILE]
+    assert "fast" not in choices
+    combo.count = len(choices)
+    combo.findData = lambda data: choices.index(data) if data in choices else -1
+    panel.widget._parameterNode.model = "fast"
+    panel.widget._onParameterNodeModified()
+    assert panel.widget._parameterNode.model == widget_module.DEFAULT_MODEL
+    assert panel.widget._selectedWeights() is None

@@ -24,7 +24,6 @@ RESEARCH_NOTICE = _(
 #: What each shipped model trades, for the model box (other models show their catalog text).
 MODEL_DESCRIPTIONS = {
     "default": _("Bundled default: the most detail; slower."),
-    "fast": _("Fast: a smaller model; quicker, with somewhat less detail."),
 }
 
 #: The panel's words for where the slice thickness came from (logic.THICKNESS_* keys).

@@ -200,6 +200,8 @@ class SAINRSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         if parameters is None:
             return
+        if self.ui.modelComboBox.count and self.ui.modelComboBox.findData(parameters.model) < 0:
+            parameters.model = DEFAULT_MODEL  # a scene's model no longer shipped (e.g. fast)
         for combo, value in (
             (self.ui.modelComboBox, parameters.model),
             (self.ui.deviceComboBox, parameters.device),

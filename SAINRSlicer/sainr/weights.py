@@ -33,6 +33,11 @@ CATALOG = "models.json"
 #: block), so these counts are checked against the file first. The other fields set tensor
 #: sizes, which cost nothing on the meta device.
 _COUNT_FIELDS = ("blocks", "decoder_layers")
+#: Model names once shipped and withdrawn: why, for the error that ``--weights NAME`` now gives.
+WITHDRAWN = {
+    "fast": "withdrawn (issue #23): it is below B-spline interpolation on thick slices; "
+    "it returns when a retrained one beats B-spline",
+}
 
 
 def models_dir() -> Path:
@@ -88,8 +93,18 @@ def resolve(weights: str | os.PathLike | None) -> tuple[Path, str | None]:
         return models_dir() / entry["file"], entry["sha256"]
     path = Path(name)
     if not path.is_file():
+        if models and not path.suffix and path.name == name:  # a name, not a path
+            raise WeightsError(_unknown_model(name, models))
         raise WeightsError(f"weights file not found: {path}; give a .pt file or a model name")
     return path, None
+
+
+def _unknown_model(name: str, models: dict[str, Any]) -> str:
+    """The error for a model name the catalog does not list: why (if withdrawn), and the
+    shipped models."""
+    why = f"the {name!r} model was {WITHDRAWN[name]}" if name in WITHDRAWN else f"no model {name!r}"
+    shipped = ", ".join(sorted(models))
+    return f"{why}; shipped models: {shipped} (or give a weights file .pt)"
 
 
 def load_model(weights: str | os.PathLike | None = None) -> SAINR:

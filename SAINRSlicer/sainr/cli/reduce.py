@@ -218,7 +218,7 @@ def _results(pair: Pair) -> list[Path]:
 
 def _note_unused_thickness(model: SAINR, args: argparse.Namespace) -> None:
     """One note when --slice-thickness is given to a model that is not told the thickness
-    (the fast preset): it changes nothing, and the summary does not claim it."""
+    (a decimation-only checkpoint): it changes nothing, and the summary does not claim it."""
     if args.slice_thickness is not None and not model.config.conditioning:
         print(
             "note: this model does not use the slice thickness, so --slice-thickness changes "
