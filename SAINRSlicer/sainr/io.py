@@ -13,6 +13,7 @@ files: checkpoints, tables, pictures).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import re
@@ -520,3 +521,13 @@ def write_atomically(path: Path, write: Callable[[str], None], suffix: str | Non
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def sha256(path: Path) -> str:
+    """The SHA-256 of the file at ``path`` (hex), read in 1 MB blocks: checkpoints are checked
+    against the model catalog and results against their record with it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

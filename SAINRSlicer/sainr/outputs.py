@@ -50,6 +50,7 @@ from .io import (
     is_temp_name,
     new_temp_folder,
     remove_stale_temps,
+    sha256,
     volume_suffix,
 )
 
@@ -279,15 +280,7 @@ def _same_voxels(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _file_entry(staged: Path, final: Path) -> dict[str, Any]:
-    return {"name": final.name, "bytes": staged.stat().st_size, "sha256": _sha256(staged)}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return {"name": final.name, "bytes": staged.stat().st_size, "sha256": sha256(staged)}
 
 
 def _grid(image: sitk.Image) -> dict[str, Any]:
@@ -502,7 +495,7 @@ def is_complete(paths: Sequence[Path], made: dict[str, Any]) -> bool:
             file = real.parent / str(entry.get("name"))
             if not file.is_file() or file.stat().st_size != entry.get("bytes"):
                 return False
-            if _sha256(file) != entry.get("sha256"):
+            if sha256(file) != entry.get("sha256"):
                 return False
         runs.add(record.get("run"))
     return len(runs) <= 1

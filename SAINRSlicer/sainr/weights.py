@@ -7,7 +7,6 @@ A checkpoint is a ``torch.save`` dict {"format", "config", "state_dict", "meta"}
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -20,7 +19,7 @@ import torch
 
 from .data import PatchSpec
 from .errors import OutputPathError, SainrError, WeightsError
-from .io import check_writable, write_atomically
+from .io import check_writable, sha256, write_atomically
 from .model import SAINR, ModelConfig
 from .protocol import DEFAULT_MODEL
 from .resources import resource_folders
@@ -64,14 +63,6 @@ def catalog() -> dict[str, dict[str, Any]]:
         return json.loads(path.read_text(encoding="utf-8"))["models"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise WeightsError(f"the model catalog {path} is unreadable ({exc}); reinstall") from exc
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve(weights: str | os.PathLike | None) -> tuple[Path, str | None]:
