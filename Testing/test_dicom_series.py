@@ -96,6 +96,17 @@ def _turned_in_plane(volume: sitk.Image, degrees: float) -> np.ndarray:
     return np.concatenate([np.cos(t) * row + np.sin(t) * col, np.cos(t) * col - np.sin(t) * row])
 
 
+def assert_same_grid(image: sitk.Image, volume: sitk.Image) -> None:
+    """``image`` has exactly the grid and voxels of ``volume``."""
+    assert image.GetSize() == volume.GetSize()
+    np.testing.assert_allclose(image.GetOrigin(), volume.GetOrigin(), atol=1e-5)
+    np.testing.assert_allclose(image.GetSpacing(), volume.GetSpacing(), rtol=1e-5)
+    np.testing.assert_allclose(image.GetDirection(), volume.GetDirection(), atol=1e-6)
+    np.testing.assert_array_equal(
+        sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(volume)
+    )
+
+
 def _tree(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -107,13 +118,7 @@ def _tree(folder: Path) -> dict[str, str]:
 def test_a_regular_series_reads_with_its_exact_geometry(tmp_path, knee):
     folder = write_series(tmp_path / "dcm", knee)
     image = read_volume(folder)
-    assert image.GetSize() == knee.GetSize()
-    np.testing.assert_allclose(image.GetOrigin(), knee.GetOrigin(), atol=1e-5)
-    np.testing.assert_allclose(image.GetSpacing(), knee.GetSpacing(), rtol=1e-5)
-    np.testing.assert_allclose(image.GetDirection(), knee.GetDirection(), atol=1e-6)
-    np.testing.assert_array_equal(
-        sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(knee)
-    )
+    assert_same_grid(image, knee)
     for k in range(SLICES):  # every acquired slice where its header says
         np.testing.assert_allclose(
             image.TransformIndexToPhysicalPoint((0, 0, k)), _position(knee, k), atol=1e-5

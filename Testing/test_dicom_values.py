@@ -26,7 +26,7 @@ import torch
 from dicom_edit import load, save, value
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_dicom_series import write_series
+from test_dicom_series import assert_same_grid, write_series
 from test_reader_fuzz import FUZZ, assert_valid_or_refused
 
 from conftest import KNEE_QDESS, TINY
@@ -164,17 +164,6 @@ def _reduce(src: Path, out: Path, weights: Path, *options: str) -> int:
     )
 
 
-def _assert_geometry(image: sitk.Image, volume: sitk.Image) -> None:
-    """``image`` has exactly the grid and voxels of ``volume``."""
-    assert image.GetSize() == volume.GetSize()
-    np.testing.assert_allclose(image.GetOrigin(), volume.GetOrigin(), atol=1e-5)
-    np.testing.assert_allclose(image.GetSpacing(), volume.GetSpacing(), rtol=1e-5)
-    np.testing.assert_allclose(image.GetDirection(), volume.GetDirection(), atol=1e-6)
-    np.testing.assert_array_equal(
-        sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(volume)
-    )
-
-
 # --- enhanced (multi-frame) files, given as a file or in a folder ----------------------------
 
 
@@ -187,9 +176,9 @@ def test_an_enhanced_file_reads_exactly_as_a_file_and_in_a_folder(tmp_path, knee
     path = write_enhanced(tmp_path / "one" / "enh.dcm", knee, compressor)
     for src in (path, path.parent):
         image = read_volume(src)
-        _assert_geometry(image, knee)
-        _assert_geometry(image, sitk.ReadImage(str(path)))
-        _assert_geometry(read_volume(src), image)  # a second read: identical
+        assert_same_grid(image, knee)
+        assert_same_grid(image, sitk.ReadImage(str(path)))
+        assert_same_grid(read_volume(src), image)  # a second read: identical
 
 
 def test_explicit_vr_files_read_like_implicit_ones(tmp_path, knee):
@@ -202,8 +191,8 @@ def test_explicit_vr_files_read_like_implicit_ones(tmp_path, knee):
     dataset[_ICON][0][_PIXEL_DATA] = bytes(8)
     save(enhanced, dataset, pixels, explicit=True)
     assert parse(enhanced).encoding.explicit
-    _assert_geometry(read_volume(enhanced), knee)
-    _assert_geometry(sitk.ReadImage(str(enhanced)), knee)
+    assert_same_grid(read_volume(enhanced), knee)
+    assert_same_grid(sitk.ReadImage(str(enhanced)), knee)
     folder = _series(tmp_path / "dcm", knee, {_SLOPE: value("2")})
     for path in folder.iterdir():
         save(path, *load(path), explicit=True)
@@ -271,8 +260,8 @@ def test_rectangular_pixels_keep_their_row_and_column_spacing(tmp_path, knee):
     (i) spacing."""
     volume = sitk.Image(knee)
     volume.SetSpacing((0.3, 0.4, 1.5))
-    _assert_geometry(read_volume(write_series(tmp_path / "dcm", volume)), volume)
-    _assert_geometry(read_volume(write_enhanced(tmp_path / "enh.dcm", volume)), volume)
+    assert_same_grid(read_volume(write_series(tmp_path / "dcm", volume)), volume)
+    assert_same_grid(read_volume(write_enhanced(tmp_path / "enh.dcm", volume)), volume)
 
 
 def test_one_slice_with_another_pixel_spacing_is_refused(tmp_path, knee, tiny_weights, capfd):
@@ -380,7 +369,7 @@ def test_one_dicom_image_given_as_a_file_is_one_slice(tmp_path, knee, tiny_weigh
     """A single-frame file goes through the same reader: a one-slice volume, refused."""
     path = write_series(tmp_path / "dcm", knee) / "IM0000.dcm"
     image = read_volume(path)
-    _assert_geometry(image, knee[:, :, :1])
+    assert_same_grid(image, knee[:, :, :1])
     with pytest.raises(InputImageError, match="single slice"):
         check_image(image)
     _refused(capfd, path, tmp_path, tiny_weights, r"the input is a single slice")
