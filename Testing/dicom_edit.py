@@ -1,4 +1,4 @@
-"""Edit the elements of a DICOM file in tests: parse it with :mod:`sainr.dicom_file`, change
+"""Edit the elements of a DICOM file in tests: parse it with :mod:`sainr.io.dicom_file`, change
 the data set (tags, sequence items, pixel bytes) and write it back, in implicit VR little
 endian (what GDCM writes) or explicit VR little endian (what most scanners write), as a
 scanner or an export tool could have written it."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from sainr.dicom_file import EXPLICIT_LITTLE, IMPLICIT_LITTLE, PIXEL_DATA, DataSet, parse
+from sainr.io.dicom_file import EXPLICIT_LITTLE, IMPLICIT_LITTLE, PIXEL_DATA, DataSet, parse
 
 _SOP_CLASS, _SOP_INSTANCE = (0x0008, 0x0016), (0x0008, 0x0018)
 #: Value representations of the elements GDCM writes (ITK checks them); other elements

@@ -12,23 +12,17 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from conftest import TINY
-from sainr.adapt import (
-    AdaptConfig,
-    adapt,
-    adaptation_data,
-    pair_volumes,
-    resample_axis0,
-)
 from sainr.api import slice_first
 from sainr.cli import main
-from sainr.data import collate
 from sainr.errors import Cancelled, InputImageError
 from sainr.geometry import slice_grid
-from sainr.inference import Plan, super_resolve
 from sainr.intensity import robust_scale
 from sainr.model import SAINR
 from sainr.protocol import ADAPT_TAG
-from sainr.weights import load_model, save_checkpoint
+from sainr.runtime.inference import Plan, super_resolve
+from sainr.runtime.weights import load_model, save_checkpoint
+from sainr.train.adapt import AdaptConfig, adapt, adaptation_data, pair_volumes, resample_axis0
+from sainr.train.data import collate
 
 TARGET = 1.0
 

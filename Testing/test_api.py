@@ -8,12 +8,12 @@ import SimpleITK as sitk
 
 from conftest import KNEE_FAIR, slice_points
 from sainr import ReduceOptions, Target, reduce_spacing
-from sainr.baselines import bspline_interpolate, linear_interpolate
-from sainr.degradation import Acquisition, acquire, lr_count
+from sainr.acquisition import Acquisition, acquire, lr_count
 from sainr.errors import AxisError, InputImageError, SpacingError
+from sainr.evaluation.baselines import bspline_interpolate, linear_interpolate
+from sainr.evaluation.metrics import psnr
 from sainr.geometry import slice_grid
-from sainr.metrics import psnr
-from sainr.weights import load_model
+from sainr.runtime.weights import load_model
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +143,6 @@ def test_nan_voxels_can_be_replaced_on_request(knee_thick, model):
 
 def test_the_torch_free_default_memory_budget_is_the_inference_default():
     """ReduceOptions lives where PyTorch may be missing, so it repeats the budget's value."""
-    from sainr.inference import DEFAULT_BUDGET_MB
+    from sainr.runtime.inference import DEFAULT_BUDGET_MB
 
     assert ReduceOptions().memory_mb == DEFAULT_BUDGET_MB

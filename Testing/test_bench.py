@@ -11,12 +11,12 @@ import SimpleITK as sitk
 import torch
 
 from conftest import KNEE_QDESS
-from sainr import heap
 from sainr.cli import main
 from sainr.geometry import slice_grid
-from sainr.inference import plan, resolve_precision, super_resolve
-from sainr.int8 import int8_available
 from sainr.model import SAINR, ModelConfig
+from sainr.runtime import heap
+from sainr.runtime.inference import plan, resolve_precision, super_resolve
+from sainr.runtime.int8 import int8_available
 
 
 def test_bench_reports_times_ratios_stages_and_configuration(tmp_path, capsys):
@@ -107,7 +107,7 @@ def test_small_budget_gives_the_same_volume(tiny_model):
 def test_query_chunks_cover_every_voxel_once_and_never_exceed_the_chunk():
     """A tile row wider than the query budget is cut into row blocks: the working set of a
     query chunk stays bounded however large the tile."""
-    from sainr.inference import query_chunks
+    from sainr.runtime.inference import query_chunks
 
     for n_hr, rows, n_cols, chunk in [(10, slice(0, 50), 40, 4000), (7, slice(16, 200), 128, 1000)]:
         hits = np.zeros((n_hr, rows.stop), dtype=int)
@@ -118,7 +118,7 @@ def test_query_chunks_cover_every_voxel_once_and_never_exceed_the_chunk():
 
 
 def test_chunks_smaller_than_a_slice_give_the_same_volume(tiny_model):
-    from sainr.inference import Plan
+    from sainr.runtime.inference import Plan
 
     volume = np.random.default_rng(4).random((6, 40, 36), dtype=np.float32)
     grid = slice_grid(6, 3.0, 1.0)
@@ -150,14 +150,14 @@ def _assert_close(full, low, mean_tol: float, p99_tol: float) -> np.ndarray:
 def test_bf16_autocast_stays_close_to_fp32_on_a_real_knee(knee_thick):
     """Reduced precision (opt-in on CPU, fp16 by default on CUDA) changes the result by far less
     than what SA-INR adds over interpolation."""
-    from sainr.weights import load_model
+    from sainr.runtime.weights import load_model
 
     _assert_close(*_reduce_at(knee_thick, load_model(), "fp32", "bf16"), 5e-4, 5e-3)
 
 
 def test_auto_precision_is_fp16_on_cuda_bf16_on_cpus_with_bf16_hardware_else_int8():
-    from sainr.inference import cpu_features, resolve_precision
-    from sainr.int8 import int8_available
+    from sainr.runtime.inference import cpu_features, resolve_precision
+    from sainr.runtime.int8 import int8_available
 
     cpu = torch.device("cpu")
     assert resolve_precision(torch.device("cuda"), "auto") == "fp16"
@@ -179,7 +179,7 @@ def test_auto_precision_is_fp16_on_cuda_bf16_on_cpus_with_bf16_hardware_else_int
 def test_int8_stays_close_to_fp32_on_a_real_knee_and_keeps_the_geometry(knee_thick):
     """int8 (auto on CPUs without bf16 hardware) changes the shipped model's result by far
     less than what SA-INR adds over interpolation, and nothing else."""
-    from sainr.weights import load_model
+    from sainr.runtime.weights import load_model
 
     model = load_model()
     full, low, again = _reduce_at(knee_thick, model, "fp32", "int8", "fp32")
@@ -194,7 +194,7 @@ def test_int8_stays_close_to_fp32_on_a_real_knee_and_keeps_the_geometry(knee_thi
 
 
 def test_int8_codes_round_to_nearest_saturate_and_fill_the_given_buffers():
-    from sainr.int8 import Range, quantize
+    from sainr.runtime.int8 import Range, quantize
 
     x = torch.randn(2, 3, 5, 7, 9) * 3
     r = Range(-2.0, 4.0)
@@ -212,7 +212,7 @@ def test_int8_codes_round_to_nearest_saturate_and_fill_the_given_buffers():
 @pytest.mark.skipif(not int8_available(), reason="this torch build lacks oneDNN int8 kernels")
 def test_int8_runs_are_timed_per_stage(tiny_model):
     """The int8 twins of the encoder and decoder count in the benchmark's stage times."""
-    from sainr.bench import stage_timer
+    from sainr.evaluation.bench import stage_timer
 
     volume = np.random.default_rng(5).random((6, 48, 48), dtype=np.float32)
     with stage_timer(torch.device("cpu")) as stages:

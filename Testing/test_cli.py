@@ -133,7 +133,7 @@ def test_module_entry_point_exit_code_without_traceback(tmp_path, thick_file):
 def test_preview_width_is_the_physical_width_of_the_cut_it_shows(slice_axis):
     """Non-square in-plane grid with different spacings: the picture's mm scale must follow
     the in-plane axis the reformatted cut actually displays."""
-    from sainr.preview import _cut, cut_extent
+    from sainr.evaluation.preview import _cut, cut_extent
 
     size, spacing = [30, 20, 10], [0.5, 0.8, 1.1]
     size[slice_axis], spacing[slice_axis] = 7, 3.0

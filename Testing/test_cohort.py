@@ -25,7 +25,7 @@ from conftest import KNEE_QDESS
 from sainr import cohort
 from sainr.cohort import Launch, Report
 from sainr.errors import InputImageError, SainrError
-from sainr.outputs import LandedInterrupt
+from sainr.io.outputs import LandedInterrupt
 
 CROPS = ["a.nii.gz", "b.nrrd", "c.nii.gz", "d.mha"]  # sorted: a, c -> rank 0; b, d -> rank 1
 

@@ -15,7 +15,7 @@ import torch
 from test_reliability import _catalog, _tiny_checkpoint, _volume, assert_cli_refuses
 
 from sainr.cli import main
-from sainr.weights import load_model
+from sainr.runtime.weights import load_model
 
 
 def test_adapted_weights_never_go_into_the_shipped_models_folder(tmp_path, monkeypatch, capfd):

@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sainr.data import PatchSpec, Volume, sample_patch
-from sainr.degradation import (
-    Acquisition,
-    AcquisitionSampler,
-    acquire,
-    lr_count,
-    margin,
-    weights,
-)
+from sainr.acquisition import Acquisition, acquire, lr_count, margin, weights
+from sainr.train.data import PatchSpec, Volume, sample_patch
+from sainr.train.degradation import AcquisitionSampler
 
 
 def _moments(first: int, w: np.ndarray, centre: float) -> tuple[float, float]:

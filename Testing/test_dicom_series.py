@@ -20,9 +20,9 @@ import torch
 from conftest import KNEE_QDESS, TINY
 from sainr.cli import main
 from sainr.errors import InputImageError
-from sainr.io import dicom_slice_thickness, read_volume
+from sainr.io.read import dicom_slice_thickness, read_volume
 from sainr.model import SAINR, ModelConfig
-from sainr.weights import save_checkpoint
+from sainr.runtime.weights import save_checkpoint
 
 SLICES = 8
 

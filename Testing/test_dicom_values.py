@@ -32,12 +32,12 @@ from test_reader_fuzz import FUZZ, assert_valid_or_refused
 from conftest import KNEE_QDESS, TINY
 from sainr import reduce_spacing
 from sainr.cli import main
-from sainr.dicom_file import parse
 from sainr.errors import InputImageError, WeightsError
-from sainr.io import read_volume
+from sainr.io.dicom_file import parse
+from sainr.io.read import read_volume
 from sainr.model import SAINR
+from sainr.runtime.weights import load_model, save_checkpoint
 from sainr.validation import check_image
-from sainr.weights import load_model, save_checkpoint
 
 SLICES = 8
 _PER_FRAME, _POSITION_SEQ, _POSITION = (0x5200, 0x9230), (0x0020, 0x9113), (0x0020, 0x0032)

@@ -12,11 +12,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-import sainr.adapt
-from sainr.baselines import linear_interpolate
+import sainr.train.adapt
+from sainr.acquisition import Acquisition, acquire, lr_count
 from sainr.cli import main
-from sainr.degradation import Acquisition, acquire, lr_count
 from sainr.errors import SainrError
+from sainr.evaluation.baselines import linear_interpolate
 from sainr.evaluation.cases import simulate
 from sainr.evaluation.eclare import (
     eclare_thickness,
@@ -25,13 +25,13 @@ from sainr.evaluation.eclare import (
     write_lr_nifti,
 )
 from sainr.evaluation.methods import lr_spacing
+from sainr.evaluation.metrics import foreground_mask, psnr
 from sainr.geometry import slice_grid
-from sainr.inference import super_resolve
 from sainr.intensity import robust_scale
-from sainr.metrics import foreground_mask, psnr
 from sainr.model import gating_disabled
-from sainr.training import TrainConfig, train
-from sainr.weights import load_model
+from sainr.runtime.inference import super_resolve
+from sainr.runtime.weights import load_model
+from sainr.train.training import TrainConfig, train
 
 DATA = Path(__file__).parent / "Data"
 QDESS = DATA / "knee_qdess_crop_1p5mm.nii.gz"  # 1.5 mm slices along k
@@ -367,18 +367,18 @@ def test_same_fov_output_is_mapped_onto_the_thin_slice_grid(factor: float, ratio
 def test_adapted_models_get_the_case_lr_its_spacing_and_a_copy(
     checkpoint: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    """The hook's contract with sainr.adapt: the normalised LR that SA-INR sees, its spacing,
+    """The hook's contract with sainr.train.adapt: the normalised LR that SA-INR sees, its spacing,
     the HR slice spacing as target, N steps, the simulation's slice thickness; the adapted
     model is the one that runs, the plain model's scores are unchanged. The real adapt runs
     (7 steps of the tiny model); the spy only records what it was given."""
     calls = []
-    real_adapt = sainr.adapt.adapt
+    real_adapt = sainr.train.adapt.adapt
 
     def spy(model, volume, spacing, target_spacing, config, progress=None, cancel=None, log=None):
         calls.append((volume.copy(), spacing, target_spacing, config))
         return real_adapt(model, volume, spacing, target_spacing, config, progress, cancel, log)
 
-    monkeypatch.setattr(sainr.adapt, "adapt", spy)
+    monkeypatch.setattr(sainr.train.adapt, "adapt", spy)
     out = tmp_path / "out"
     assert (
         main(

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from sainr.flops import (
+from sainr.evaluation.flops import (
     Slab,
     decoder_macs_per_query,
     encoder_macs_per_voxel,
@@ -18,8 +18,8 @@ from sainr.flops import (
     slab_macs,
 )
 from sainr.geometry import slice_grid
-from sainr.inference import Plan, super_resolve
 from sainr.model import SAINR, ModelConfig
+from sainr.runtime.inference import Plan, super_resolve
 
 PAPER = ModelConfig()  # C = 64, B = 8, hidden 256, 5 layers, 7 x 7 window
 NO_LASA = replace(PAPER, lasa=False, gating=False)

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from conftest import KNEE_FAIR, KNEE_QDESS
-from sainr import data as data_module
-from sainr.data import (
+from sainr.acquisition import Acquisition, acquire, margin, weights
+from sainr.train import data as data_module
+from sainr.train.data import (
     PatchDataset,
     PatchSpec,
     bias_field,
@@ -22,15 +23,8 @@ from sainr.data import (
     rician_noise,
     sample_patch,
 )
-from sainr.degradation import (
-    Acquisition,
-    AcquisitionSampler,
-    acquire,
-    margin,
-    slice_scales,
-    weights,
-)
-from sainr.training import TrainConfig, _val_profile, validate
+from sainr.train.degradation import AcquisitionSampler, slice_scales
+from sainr.train.training import TrainConfig, _val_profile, validate
 
 
 @pytest.fixture(scope="module")

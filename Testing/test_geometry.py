@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sainr.degradation import lr_count
+from sainr.acquisition import lr_count
 from sainr.errors import AxisError, InputImageError, SpacingError
-from sainr.flops import Slab
+from sainr.evaluation.flops import Slab
 from sainr.geometry import (
     SLICE_TOL,
     Geometry,

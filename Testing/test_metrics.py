@@ -10,14 +10,13 @@ import pytest
 import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter
 
-from sainr.baselines import (
+from sainr.evaluation.baselines import (
     bspline_interpolate,
     linear_interpolate,
     resample_slices,
     sitk_interpolate,
 )
-from sainr.geometry import slice_grid
-from sainr.metrics import (
+from sainr.evaluation.metrics import (
     block_starts,
     psnr,
     s3_sharpness,
@@ -26,6 +25,7 @@ from sainr.metrics import (
     spectral_slope,
     ssim,
 )
+from sainr.geometry import slice_grid
 
 KNEE = Path(__file__).parent / "Data" / "knee_qdess_crop_1p5mm.nii.gz"
 

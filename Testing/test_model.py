@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import TINY
-from sainr.baselines import linear_interpolate
+from sainr.evaluation.baselines import linear_interpolate
 from sainr.geometry import slice_grid
-from sainr.inference import Plan, super_resolve
 from sainr.model import SAINR, ModelConfig, Queries, SliceQueries, acquisition_tensor
+from sainr.runtime.inference import Plan, super_resolve
 
 
 def _random_queries(shape: tuple[int, int, int, int], n: int, seed: int = 0) -> Queries:

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sainr.baselines import (
+from sainr.acquisition import Acquisition
+from sainr.evaluation.baselines import (
     bspline_interpolate,
     bspline_wiener,
     slice_profile_psf,
     wiener_deconvolve,
 )
-from sainr.degradation import Acquisition
 from sainr.evaluation.cases import load_case, simulate
+from sainr.evaluation.metrics import foreground_mask, psnr
 from sainr.evaluation.orthogonal import (
     compare,
     cropped_to_overlap,
@@ -26,7 +27,6 @@ from sainr.evaluation.orthogonal import (
     register_rigid,
     thick_stack,
 )
-from sainr.metrics import foreground_mask, psnr
 
 DATA = Path(__file__).parent / "Data"
 QDESS = DATA / "knee_qdess_crop_1p5mm.nii.gz"

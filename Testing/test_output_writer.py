@@ -30,11 +30,11 @@ from test_reliability import _tiny_checkpoint, _tree, assert_cli_refuses, run_cl
 import sainr
 import sainr.cli.reduce
 from conftest import KNEE_QDESS, TINY
-from sainr import outputs
 from sainr.errors import OutputPathError, WeightsError
+from sainr.io import outputs
+from sainr.io.outputs import is_complete, write_volume, write_volumes
 from sainr.model import SAINR, ModelConfig
-from sainr.outputs import is_complete, write_volume, write_volumes
-from sainr.weights import load_model, save_checkpoint
+from sainr.runtime.weights import load_model, save_checkpoint
 
 FACTOR2 = ["--factor", "2", "--progress", "none"]
 
@@ -545,7 +545,7 @@ def test_ctrl_c_after_a_single_result_landed_says_it_was_written(
     tmp_path, knee, weights, capfd, monkeypatch
 ):
     """Stopped while --preview is drawn: the result is in place, and the message says so."""
-    preview = pytest.importorskip("sainr.preview")
+    preview = pytest.importorskip("sainr.evaluation.preview")
     src = _write(knee, tmp_path / "in.nrrd")
 
     def drawing(*args):

@@ -31,8 +31,9 @@ from test_reliability import (
 
 import sainr.cli.reduce
 from conftest import KNEE_QDESS
-from sainr.io import STALE_DEAD_S, VOLUME_SUFFIXES
-from sainr.outputs import write_volume, write_volumes
+from sainr.io.files import STALE_DEAD_S
+from sainr.io.outputs import write_volume, write_volumes
+from sainr.io.read import VOLUME_SUFFIXES
 
 FACTOR2 = ["--factor", "2", "--progress", "none"]
 DATA_FILE = {".mhd": "out.zraw", ".nhdr": "out.raw.gz"}

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from sainr.cli import main
 from sainr.errors import SainrError
-from sainr.io import read_volume
+from sainr.io.read import read_volume
 from sainr.validation import SUPPORTED_TYPES, check_image
 
 FUZZ = settings(

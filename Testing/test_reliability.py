@@ -43,11 +43,11 @@ from sainr.errors import (
     SpacingError,
     WeightsError,
 )
-from sainr.inference import choose_device, super_resolve_with_fallback
-from sainr.io import read_volume
+from sainr.io.outputs import write_volume, write_volumes
+from sainr.io.read import read_volume
 from sainr.model import SAINR, ModelConfig
-from sainr.outputs import write_volume, write_volumes
-from sainr.weights import save_checkpoint, sha256
+from sainr.runtime.inference import choose_device, super_resolve_with_fallback
+from sainr.runtime.weights import save_checkpoint, sha256
 
 # --- inputs ----------------------------------------------------------------------------------
 
@@ -947,21 +947,25 @@ def _oom_until(succeed_on: Callable[[torch.device, float], bool], calls: list):
 def test_gpu_out_of_memory_retries_smaller_then_on_the_cpu(monkeypatch):
     calls, notes = [], []
     monkeypatch.setattr(
-        "sainr.inference.super_resolve", _oom_until(lambda d, b: d.type == "cpu", calls)
+        "sainr.runtime.inference.super_resolve", _oom_until(lambda d, b: d.type == "cpu", calls)
     )
     super_resolve_with_fallback(None, None, None, torch.device("cuda"), 2048, notice=notes.append)
     assert calls == [("cuda", 2048), ("cuda", 512), ("cuda", 128), ("cuda", 32), ("cpu", 32)]
     assert "retrying with a 512 MB budget" in notes[0] and "continuing on the CPU" in notes[-1]
 
     calls.clear()
-    monkeypatch.setattr("sainr.inference.super_resolve", _oom_until(lambda d, b: b <= 128, calls))
+    monkeypatch.setattr(
+        "sainr.runtime.inference.super_resolve", _oom_until(lambda d, b: b <= 128, calls)
+    )
     super_resolve_with_fallback(None, None, None, torch.device("cuda"), 2048)
     assert calls == [("cuda", 2048), ("cuda", 512), ("cuda", 128)]  # stays on the GPU
 
 
 def test_cpu_out_of_memory_gives_up_after_the_smaller_retries(monkeypatch):
     calls = []
-    monkeypatch.setattr("sainr.inference.super_resolve", _oom_until(lambda d, b: False, calls))
+    monkeypatch.setattr(
+        "sainr.runtime.inference.super_resolve", _oom_until(lambda d, b: False, calls)
+    )
     with pytest.raises(ResourceError, match="not enough memory even with a 32 MB"):
         super_resolve_with_fallback(None, None, None, torch.device("cpu"), 2048)
     assert calls == [("cpu", 2048), ("cpu", 512), ("cpu", 128), ("cpu", 32)]

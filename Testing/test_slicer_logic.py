@@ -312,7 +312,7 @@ def test_core_notes_show_in_the_status_line(small_scene):
 def test_adapting_first_shows_both_phases_and_saves_the_adapted_weights(small_scene, tmp_path):
     import torch
 
-    from sainr.weights import load_model
+    from sainr.runtime.weights import load_model
 
     handles, volume = small_scene
     weights = tmp_path / "adapted.pt"
@@ -401,8 +401,8 @@ def test_cancel_during_adaptation_stops_the_process_and_adds_nothing(small_scene
 
 
 def test_the_logic_speaks_the_cores_adaptation_protocol():
-    from sainr.adapt import AdaptConfig
-    from sainr.cli.reduce import ADAPT_TAG  # the tag ``sainr reduce --adapt-steps`` prints
+    from sainr.cli.reduce import ADAPT_TAG
+    from sainr.train.adapt import AdaptConfig
 
     assert SAINRSlicer.ADAPT_TAG == ADAPT_TAG
     assert SAINRSlicer.DEFAULT_ADAPT_STEPS == AdaptConfig.steps

@@ -140,7 +140,7 @@ def test_cli_parses_a_command_without_importing_the_others():
     code = (
         "import sys; from sainr.cli import build_parser; "
         "build_parser(['reduce', 'a.nrrd', 'b.nrrd', '--spacing', '1']); "
-        "print(sorted(m for m in ('sainr.bench', 'sainr.evaluation', 'sainr.selfsup', "
+        "print(sorted(m for m in ('sainr.evaluation.bench', 'sainr.evaluation.run', 'sainr.train.selfsup', "
         "'resource') if m in sys.modules))"
     )
     result = subprocess.run(

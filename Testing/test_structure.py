@@ -53,7 +53,7 @@ def test_the_graph_sees_the_known_imports():
     """A sanity check of the parser itself, so that the assertions below cannot pass empty."""
     assert {"sainr.api", "sainr.request", "sainr.cli.common"} <= GRAPH["sainr.cli.reduce"]
     assert "sainr.cli.reduce" not in GRAPH["sainr.cli"]  # imported by name at run time only
-    assert "sainr.adapt" in GRAPH["sainr.evaluation.methods"]  # a function-level import
+    assert "sainr.train.adapt" in GRAPH["sainr.evaluation.methods"]  # a function-level import
     assert len(GRAPH) > 40
 
 
@@ -131,7 +131,7 @@ def test_the_slicer_modules_core_imports_are_torch_free():
         "sainr.errors",
         "sainr.protocol",
         "sainr.request",
-        "sainr.resources",
+        "sainr.io.resources",
         "sainr.validation",
     }
     closure = set(torch_free)
@@ -145,7 +145,7 @@ def test_the_slicer_modules_core_imports_are_torch_free():
 
 def test_only_the_resource_locator_names_the_resources_folder():
     """The shipped models, the sample and the panel's files are found in one place
-    (:mod:`sainr.resources`), so the install and source layouts are searched alike."""
+    (:mod:`sainr.io.resources`), so the install and source layouts are searched alike."""
     module_dir = CORE.parent
     naming = [
         path.relative_to(module_dir).as_posix()
@@ -155,4 +155,4 @@ def test_only_the_resource_locator_names_the_resources_folder():
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         )
     ]
-    assert naming == ["sainr/resources.py"]
+    assert naming == ["sainr/io/resources.py"]

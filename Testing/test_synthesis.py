@@ -19,14 +19,14 @@ from sainr.cli.train_vae import run as run_train
 from sainr.errors import SainrError, SpacingError, WeightsError
 from sainr.intensity import robust_scale
 from sainr.model.vae import SliceVAE, VAEConfig
-from sainr.selfsup.slices import slice_stack
-from sainr.selfsup.synthesis import (
+from sainr.train.selfsup.slices import slice_stack
+from sainr.train.selfsup.synthesis import (
     interpolate_slices,
     prepare_thick,
     synthesize,
     synthesize_volume,
 )
-from sainr.selfsup.vae_training import VAETrainConfig, load_vae, train_vae
+from sainr.train.selfsup.vae_training import VAETrainConfig, load_vae, train_vae
 
 TINY = {"widths": [8, 16, 16], "latent": 4}
 QUIET = {"log": lambda *_: None, "device": "cpu"}

@@ -17,7 +17,7 @@ from sainr.errors import SpacingError
 from sainr.geometry import relative_thickness
 from sainr.model import SAINR, ModelConfig, Queries
 from sainr.thickness import resolve_slice_thickness
-from sainr.training import warm_start
+from sainr.train.training import warm_start
 
 CONDITIONED = ModelConfig(**{**TINY.to_dict(), "conditioning": True})
 

@@ -18,13 +18,14 @@ import SimpleITK as sitk
 from test_dicom_series import write_series
 
 from conftest import KNEE_FAIR, KNEE_QDESS, TINY
+from sainr.acquisition import Acquisition, acquire, lr_count
 from sainr.cli import main
-from sainr.degradation import Acquisition, acquire, lr_count
 from sainr.errors import SpacingError
 from sainr.geometry import relative_thickness
+from sainr.io.resources import resource_folders
 from sainr.model import SAINR
 from sainr.request import ReduceOptions
-from sainr.resources import resource_folders
+from sainr.runtime.weights import save_checkpoint, trained_thickness_range
 from sainr.thickness import (
     SOURCE_ASSUMED,
     SOURCE_ESTIMATE,
@@ -33,7 +34,6 @@ from sainr.thickness import (
     estimate_relative_thickness,
     resolve_slice_thickness,
 )
-from sainr.weights import save_checkpoint, trained_thickness_range
 
 SAMPLE = resource_folders("Sample")[0] / "knee_qdess_sag_3mm.nii.gz"
 
@@ -246,8 +246,8 @@ def test_training_and_export_record_the_thickness_range(tmp_path):
     1/3-1.5x in its checkpoint and in the exported copy; a reduction refuses 1.6x."""
     import torch
 
-    from sainr.training import TrainConfig, train
-    from sainr.weights import export_model
+    from sainr.runtime.weights import export_model
+    from sainr.train.training import TrainConfig, train
 
     patch = {"lr_slices": 5, "size": 24, "queries": 256, "factors": [2, 3]}
     patch |= {"profiles": ["none", "gaussian"], "profile_weights": [1, 1], "thickness": [0.4, 1.5]}

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import KNEE_QDESS
-from sainr.data import PatchSpec, collate, load_volume, sample_patch, usable_axes
-from sainr.degradation import Acquisition
-from sainr.training import TrainConfig, train
-from sainr.weights import load_model
+from sainr.acquisition import Acquisition
+from sainr.runtime.weights import load_model
+from sainr.train.data import PatchSpec, collate, load_volume, sample_patch, usable_axes
+from sainr.train.training import TrainConfig, train
 
 
 def _config(steps: int, **extra) -> TrainConfig:

@@ -1,6 +1,6 @@
 """Time one checkout of the core with one fixed procedure, for before/after tables.
 
-The same procedure for any version of the code on PYTHONPATH (it uses only sainr.bench's timing
+The same procedure for any version of the code on PYTHONPATH (it uses only sainr.evaluation.bench's timing
 functions that older versions have too, so not ``best_sainr``): SimpleITK linear and B-spline to
 the thin-slice grid (best of 3), then SA-INR end to end (second of two runs; `sainr bench` now
 takes the best of 3 after a warm-up), on the bundled sample and on the sample resized in-plane
@@ -19,9 +19,9 @@ import torch
 
 import sainr
 from sainr.api import plan_reduction
-from sainr.bench import resize_in_plane, sample_path, time_sainr, time_sitk
-from sainr.io import read_volume
-from sainr.weights import load_model
+from sainr.evaluation.bench import resize_in_plane, sample_path, time_sainr, time_sitk
+from sainr.io.read import read_volume
+from sainr.runtime.weights import load_model
 
 
 def main(label: str, weights: str, precision: str) -> None:

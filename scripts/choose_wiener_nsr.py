@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prepare_heldout import main as prepare_heldout  # noqa: E402
 
-from sainr.baselines import bspline_interpolate, slice_profile_psf, wiener_deconvolve  # noqa: E402
-from sainr.degradation import Acquisition  # noqa: E402
+from sainr.acquisition import Acquisition  # noqa: E402
+from sainr.evaluation.baselines import bspline_interpolate, slice_profile_psf, wiener_deconvolve  # noqa: E402
 from sainr.evaluation.cases import load_case, simulate  # noqa: E402
-from sainr.metrics import psnr  # noqa: E402
+from sainr.evaluation.metrics import psnr  # noqa: E402
 
 CANDIDATES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 FACTORS = (2.0, 3.0, 4.0)
@@ -70,7 +70,7 @@ def main(data: str = "../shared/data", out: str = "docs/evaluation/wiener_nsr.md
         "Chosen on the validation volumes only (`scripts/choose_wiener_nsr.py`); the test "
         "volumes were not looked at.\n\n## Configuration\n\n" + "\n".join(config) + "\n\n"
         "## PSNR (dB)\n\n" + "\n".join(table) + f"\n\n**Chosen: K = {best:g}** "
-        "(`sainr.baselines.WIENER_NSR`).\n"
+        "(`sainr.evaluation.baselines.WIENER_NSR`).\n"
     )
     Path(out).write_text(text, encoding="utf-8")
     print(f"chosen K = {best:g}; wrote {out}")

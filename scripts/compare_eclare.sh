@@ -2,7 +2,7 @@
 # SA-INR vs ECLARE (Remedios et al., PyPI `eclare`: a network trained per volume on its own
 # in-plane data) on the held-out volumes of scripts/evaluate_heldout.sh, at x3 and x4, written
 # to docs/evaluation/eclare/ (results.md, results.csv, figures). Methods: linear, B-spline, the
-# shipped default model, the default model adapted per case (sainr.adapt), the self-supervised
+# shipped default model, the default model adapted per case (sainr.train.adapt), the self-supervised
 # model when its checkpoint is given, ECLARE. See docs/evaluation/eclare/README.md.
 #
 # Usage: bash scripts/compare_eclare.sh [SELFSUP_WEIGHTS] [DATA] [-- extra `sainr evaluate` options]

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from sainr.evaluation.cases import load_case, simulate, simulated_acquisitions
-from sainr.inference import super_resolve
-from sainr.metrics import psnr
-from sainr.weights import load_model
+from sainr.evaluation.metrics import psnr
+from sainr.runtime.inference import super_resolve
+from sainr.runtime.weights import load_model
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ mkdir -p "$run/thick" "$run/synthetic/heldout"
 # (2.4 mm) and T2w (2 mm) are real thick-slice acquisitions, used as they are.
 python - "$data" "$run/thick" <<'PY'
 import sys
-from sainr.selfsup.synthesis import prepare_thick
+from sainr.train.selfsup.synthesis import prepare_thick
 data, thick = sys.argv[1:]
 prepare_thick(f"{data}/knee_qdess_echo1_sag_0p31x0p31x1p5.nii.gz", f"{thick}/knee_qdess_3p0mm.nii.gz",
               keep_every=2, crop=[[], [0, 280], []])

@@ -12,7 +12,7 @@ Three parts, as in docs/thickness_estimation.md:
   simulated slice axis;
 - real acquisitions whose DICOM header states the thickness.
 
-Simulations use the project's acquisition model (:mod:`sainr.degradation`) at x2/x3/x4 with
+Simulations use the project's acquisition model (:mod:`sainr.acquisition`) at x2/x3/x4 with
 pure decimation (truth 1 / factor) and Gaussian and box profiles of 0.5/1.0/1.5/2.0 x the new
 spacing. The error is estimated / true - 1.
 """
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "SAINRSlicer"))
 
 from sainr import thickness as T  # noqa: E402
-from sainr.degradation import Acquisition, acquire, lr_count  # noqa: E402
+from sainr.acquisition import Acquisition, acquire, lr_count  # noqa: E402
 
 FACTORS = (2, 3, 4)
 SIMULATED = (("none", 1.0),) + tuple(

@@ -28,7 +28,13 @@ import torch
 
 from sainr import __version__
 from sainr.api import reduce_spacing
-from sainr.baselines import WIENER_NSR
+from sainr.evaluation.baselines import WIENER_NSR
+from sainr.evaluation.metrics import (
+    FOREGROUND_FRACTION,
+    FOREGROUND_PERCENTILE,
+    foreground_mask,
+    psnr,
+)
 from sainr.evaluation.orthogonal import (
     FIT_ORDERS,
     SuperResolve,
@@ -39,11 +45,10 @@ from sainr.evaluation.orthogonal import (
     three_orientation_check,
 )
 from sainr.geometry import detect_slice_axis
-from sainr.inference import choose_device, resolve_precision
-from sainr.metrics import FOREGROUND_FRACTION, FOREGROUND_PERCENTILE, foreground_mask, psnr
 from sainr.request import ReduceOptions
+from sainr.runtime.inference import choose_device, resolve_precision
+from sainr.runtime.weights import load_model, resolve
 from sainr.thickness import resolve_slice_thickness
-from sainr.weights import load_model, resolve
 
 PROSTATE = {
     "sagittal": "prostate_px0000_t2tse_sag_0p56x0p56x3p6.nii.gz",
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.spacing:g} mm (all methods on one grid: the source's origin and direction)",
         "- imaging like a target stack (sainr.evaluation.orthogonal.image_like): the result "
         "resampled (linear) into the target's grid with a fine step (at most 0.5 mm) along "
-        "its slice normal, then averaged across each 3 mm thick slice with sainr.degradation's "
+        "its slice normal, then averaged across each 3 mm thick slice with sainr.acquisition's "
         f"profile ({', '.join(profiles)}: FWHM / width = the thickness); the target is first "
         "cut to the bounding box of the source's field of view",
         "- region: voxels whose whole slice profile lies inside the source's field of view "

@@ -43,8 +43,8 @@ def panelWording(message: str) -> str:
 
 def resourcePath(relativePath: str) -> pathlib.Path:
     """A file of the extension's Resources folder, found as the core finds its own
-    (:func:`sainr.resources.resource_path`: install tree, then source checkout)."""
-    return coreModule("resources").resource_path(relativePath)
+    (:func:`sainr.io.resources.resource_path`: install tree, then source checkout)."""
+    return coreModule("io.resources").resource_path(relativePath)
 
 
 def coreModule(name: str) -> types.ModuleType:

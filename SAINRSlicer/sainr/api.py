@@ -17,20 +17,20 @@ import numpy as np
 import SimpleITK as sitk
 
 from .geometry import Geometry, axis_label, slice_grid
-from .inference import (
+from .intensity import robust_scale
+from .model import SAINR
+from .planning import geometry_of, plan_reduction
+from .request import ReduceOptions, Target
+from .runtime.inference import (
     CancelFn,
     NoticeFn,
     ProgressFn,
     choose_device,
     super_resolve_with_fallback,
 )
-from .intensity import robust_scale
-from .model import SAINR
-from .planning import geometry_of, plan_reduction
-from .request import ReduceOptions, Target
+from .runtime.weights import load_model
 from .thickness import resolve_slice_thickness
 from .validation import check_values
-from .weights import load_model
 
 
 @dataclass
@@ -95,7 +95,7 @@ def reduce_spacing(
     ``options`` says how it runs (:class:`~sainr.request.ReduceOptions`: slice thickness,
     device, precision, memory budget, NaN policy). ``weights`` names a shipped model
     ("default") or a checkpoint file; ``model`` passes an already loaded one (to adapt it to
-    the image first: :func:`sainr.adapt.adapt_to_image` with the same target and options).
+    the image first: :func:`sainr.train.adapt.adapt_to_image` with the same target and options).
     The acquired slice thickness tells the model how much to deblur: ``options``' value, else
     the image header's (DICOM SliceThickness, NRRD thicknesses), else estimated from the
     voxels (:func:`sainr.thickness.resolve_slice_thickness`); ``info`` says which, with a

@@ -4,7 +4,7 @@
 command (on each machine, with ``--nnodes``). Each copy reads its place from the environment
 torchrun sets, takes every WORLD_SIZE-th input of the list sorted by path starting at its RANK,
 keeps the results that are already complete (judged by their record, as in a plain batch:
-:func:`sainr.outputs.is_complete`), and reduces the rest on its own GPU (LOCAL_RANK)
+:func:`sainr.io.outputs.is_complete`), and reduces the rest on its own GPU (LOCAL_RANK)
 or on its share of the CPU cores. The processes exchange nothing but their results, in one
 gather at the end, which rank 0 prints as one summary. A bad input fails that input only: its
 process carries on and still reaches the gather, so no process waits for one that gave up.
@@ -25,15 +25,15 @@ import torch
 import torch.distributed as dist
 
 from .errors import DeviceError, SainrError, one_line
-from .inference import choose_device
-from .outputs import LandedInterrupt
+from .io.outputs import LandedInterrupt
+from .runtime.inference import choose_device
 
 #: One input of the batch and where its result (and gating mask, if asked for) go.
 Pair = tuple[Path, Path, Path | None]
 #: Reduces one input and writes its outputs; raises SainrError for a bad input.
 ReduceFn = Callable[[Path, Path, Path | None], None]
 #: Whether an input's outputs are already the ones the command would write
-#: (:func:`sainr.outputs.is_complete` with the command's request: the rule of a plain batch).
+#: (:func:`sainr.io.outputs.is_complete` with the command's request: the rule of a plain batch).
 CompleteFn = Callable[[Pair], bool]
 T = TypeVar("T")
 

@@ -55,16 +55,16 @@ class ReduceOptions:
 
     ``slice_thickness_mm``: the acquired slice thickness (None: auto, from the image header,
     else estimated from the voxels; :func:`sainr.thickness.resolve_slice_thickness`). ``device``: auto, cpu, cuda[:N] or mps. ``precision``: auto, fp32, bf16, fp16 or
-    int8 (CPU; :func:`sainr.inference.resolve_precision`).
+    int8 (CPU; :func:`sainr.runtime.inference.resolve_precision`).
     ``memory_mb``: the working-memory budget of the reconstruction. ``nan_policy``: one of
     :data:`NAN_POLICIES`. Per-volume adaptation has its own settings
-    (:class:`sainr.adapt.AdaptConfig`).
+    (:class:`sainr.train.adapt.AdaptConfig`).
     """
 
     slice_thickness_mm: float | None = None
     device: str = "auto"
     precision: str = "auto"
-    memory_mb: float = 2048.0  # sainr.inference.DEFAULT_BUDGET_MB (torch-free here)
+    memory_mb: float = 2048.0  # sainr.runtime.inference.DEFAULT_BUDGET_MB (torch-free here)
     nan_policy: str = "refuse"
 
     def __post_init__(self) -> None:

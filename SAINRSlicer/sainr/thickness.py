@@ -5,7 +5,7 @@ model must be told: thin slices with gaps (decimation) and contiguous thick slic
 different reconstructions. The idea of ESPRESO / SMORE: the in-plane axes are sharp, so they
 show what the through-plane axis would look like before the slice profile blurred it. Along each
 in-plane axis we *simulate* slices at the real slice spacing with a range of candidate
-thicknesses (the project's own acquisition model, :mod:`sainr.degradation`), measure a
+thicknesses (the project's own acquisition model, :mod:`sainr.acquisition`), measure a
 scale-free statistic of the simulated slice-to-slice signal, and pick the thickness whose
 statistic matches the real through-plane one.
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .degradation import weights
+from .acquisition import weights
 from .errors import SainrError
 from .geometry import relative_thickness
 
@@ -141,7 +141,7 @@ def _foreground_lines(lines: np.ndarray, threshold: float, limit: int | None) ->
 
 @functools.lru_cache(maxsize=4096)
 def _profile(width: float, offset: float) -> tuple[int, np.ndarray]:
-    """:func:`sainr.degradation.weights` of a slice centred ``offset`` (in [0, 1)) past an HR
+    """:func:`sainr.acquisition.weights` of a slice centred ``offset`` (in [0, 1)) past an HR
     sample: a slice one whole sample further has the same weights one sample further."""
     return weights(REFERENCE_PROFILE, width, offset)
 
@@ -152,7 +152,7 @@ def _sampling(
 ) -> tuple[tuple[tuple[int, np.ndarray], ...], np.ndarray]:
     """Slices at HR positions ``(phase + n) x factor`` of relative ``thickness``: per slice
     its first HR sample and weights (renormalised at the line's ends, as
-    :func:`sainr.degradation.acquire` does), and each slice's sum of squared weights: the
+    :func:`sainr.acquisition.acquire` does), and each slice's sum of squared weights: the
     share of the voxel noise variance that survives the averaging. Cached: both in-plane
     axes of a square image ask for the same."""
     rows, energy = [], []

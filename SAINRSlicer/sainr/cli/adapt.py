@@ -1,5 +1,5 @@
 """``sainr adapt INPUT --spacing MM|--factor F|--isotropic --out WEIGHTS.pt``: fine-tune the
-model on one volume's own in-plane detail (:mod:`sainr.adapt`), save the weights, and
+model on one volume's own in-plane detail (:mod:`sainr.train.adapt`), save the weights, and
 optionally reduce the volume with them."""
 
 from __future__ import annotations
@@ -8,7 +8,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..adapt import (
+from ..api import reduce_spacing
+from ..io.outputs import destination, write_volume
+from ..model import SAINR
+from ..protocol import PROGRESS_TAG
+from ..request import Target
+from ..runtime.inference import choose_device
+from ..runtime.weights import load_model, trained_thickness_range
+from ..train.adapt import (
     AdaptConfig,
     Adapted,
     adapt_to_image,
@@ -16,13 +23,6 @@ from ..adapt import (
     check_weights_output,
     save_adapted,
 )
-from ..api import reduce_spacing
-from ..inference import choose_device
-from ..model import SAINR
-from ..outputs import destination, write_volume
-from ..protocol import PROGRESS_TAG
-from ..request import Target
-from ..weights import load_model, trained_thickness_range
 from .common import (
     CheckedInput,
     add_run_arguments,

@@ -1,5 +1,5 @@
 """``sainr bench``: speed and memory of SA-INR against SimpleITK interpolation
-(:mod:`sainr.bench`)."""
+(:mod:`sainr.evaluation.bench`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..bench import (
+from ..evaluation.bench import (
     SAMPLE,
     bench_volume,
     configuration,
@@ -18,10 +18,11 @@ from ..bench import (
     resize_in_plane,
     sample_path,
 )
-from ..inference import PRECISIONS, choose_device
-from ..io import read_volume, write_atomically
+from ..io.files import write_atomically
+from ..io.read import read_volume
 from ..planning import plan_reduction
-from ..weights import load_model
+from ..runtime.inference import PRECISIONS, choose_device
+from ..runtime.weights import load_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -17,11 +17,11 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ..geometry import relative_thickness
-from ..inference import PRECISIONS
-from ..io import dicom_slice_thickness, read_volume
+from ..io.read import dicom_slice_thickness, read_volume
 from ..planning import plan_reduction
 from ..protocol import PROGRESS_TAG
 from ..request import ReduceOptions, Target
+from ..runtime.inference import PRECISIONS
 from ..thickness import DICOM_THICKNESS_KEY, NRRD_THICKNESS_KEY, nrrd_thicknesses
 from ..validation import check_values
 

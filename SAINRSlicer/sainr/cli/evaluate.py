@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..baselines import WIENER_NSR
+from ..evaluation.baselines import WIENER_NSR
 from ..evaluation.run import run as evaluate
 from ..evaluation.settings import DEFAULT_FACTORS, DEFAULT_PROFILES, EvaluationSettings
-from ..inference import DEFAULT_BUDGET_MB
+from ..runtime.inference import DEFAULT_BUDGET_MB
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -113,7 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0,
         metavar="N",
         help="also run each model fine-tuned on each case's own LR for N steps "
-        "(sainr.adapt; time includes the adaptation)",
+        "(sainr.train.adapt; time includes the adaptation)",
     )
     p.add_argument(
         "--adapt-models",

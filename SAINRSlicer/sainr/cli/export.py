@@ -1,12 +1,12 @@
 """``sainr export CHECKPOINT --name NAME``: ship a training checkpoint under Resources/Models
-(:func:`sainr.weights.export_model`)."""
+(:func:`sainr.runtime.weights.export_model`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ..weights import export_model
+from ..runtime.weights import export_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

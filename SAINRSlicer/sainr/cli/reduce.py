@@ -12,25 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import cohort
-from ..adapt import (
-    AdaptConfig,
-    check_adaptable,
-    check_budget,
-    check_weights_output,
-    save_adapted,
-)
 from ..api import reduce_spacing
 from ..errors import InputImageError, OutputPathError, SainrError
-from ..inference import choose_device
-from ..io import (
-    check_output_folder,
-    check_writable,
-    is_dicom_folder,
-    volume_suffix,
-    write_atomically,
-)
-from ..model import SAINR
-from ..outputs import (
+from ..io.files import check_output_folder, check_writable, write_atomically
+from ..io.outputs import (
     LandedInterrupt,
     check_output_name,
     destination,
@@ -40,9 +25,19 @@ from ..outputs import (
     real_path,
     write_volumes,
 )
+from ..io.read import is_dicom_folder, volume_suffix
+from ..model import SAINR
 from ..protocol import ADAPT_TAG, EXIT_USER
 from ..request import ReduceOptions, Target
-from ..weights import load_model, resolve, sha256, trained_thickness_range
+from ..runtime.inference import choose_device
+from ..runtime.weights import load_model, resolve, sha256, trained_thickness_range
+from ..train.adapt import (
+    AdaptConfig,
+    check_adaptable,
+    check_budget,
+    check_weights_output,
+    save_adapted,
+)
 from .adapt import adapt_with_progress
 from .common import (
     CheckedInput,
@@ -108,7 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check every input, output and option, then reduce the inputs one by one. In batch mode
-    (and a cohort) an input whose outputs are complete (:func:`sainr.outputs.is_complete`) is
+    (and a cohort) an input whose outputs are complete (:func:`sainr.io.outputs.is_complete`) is
     skipped; a single input is always reduced."""
     pairs = _batch_pairs(args.input, args.output, args.mask)
     target, options = target_of(args), options_of(args)
@@ -297,7 +292,7 @@ def _reduce_one(
         raise
     written.append(dst)
     if args.preview is not None:
-        from ..preview import save_comparison
+        from ..evaluation.preview import save_comparison
 
         write_atomically(
             args.preview,

@@ -1,5 +1,5 @@
 """``sainr synthesize INPUTS --vae RUN/vae.pt --out FOLDER``: thin-slice volumes by latent
-interpolation of the slice VAE (:func:`sainr.selfsup.synthesis.synthesize`)."""
+interpolation of the slice VAE (:func:`sainr.train.selfsup.synthesis.synthesize`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 from ..errors import SainrError
-from ..io import volume_suffix
-from ..selfsup.synthesis import MODES, synthesize
-from ..selfsup.vae_training import load_vae
+from ..io.read import volume_suffix
+from ..train.selfsup.synthesis import MODES, synthesize
+from ..train.selfsup.vae_training import load_vae
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

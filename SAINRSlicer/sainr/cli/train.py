@@ -1,5 +1,5 @@
 """``sainr train --out RUN [--config TOML] [--set KEY=VALUE ...]``: train SA-INR
-(:mod:`sainr.training`; resumes from RUN/last.pt, torchrun-ready)."""
+(:mod:`sainr.train.training`; resumes from RUN/last.pt, torchrun-ready)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import SainrError
-from ..training import TrainConfig, train
+from ..train.training import TrainConfig, train
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
 """``sainr train-vae INPUTS --out RUN``: stage I of self-supervised training, the in-plane
-slice VAE (:func:`sainr.selfsup.vae_training.train_vae`)."""
+slice VAE (:func:`sainr.train.selfsup.vae_training.train_vae`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..model.vae import VAEConfig
-from ..selfsup.vae_training import VAETrainConfig, train_vae
+from ..train.selfsup.vae_training import VAETrainConfig, train_vae
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
 """The evaluated cases: an HR volume read, cropped and normalised with its slice axis first, and
-the thick-slice acquisitions simulated from it (:mod:`sainr.degradation`)."""
+the thick-slice acquisitions simulated from it (:mod:`sainr.acquisition`)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..data import usable_axes
-from ..degradation import Acquisition, acquire, lr_count
+from ..acquisition import Acquisition, acquire, lr_count
 from ..errors import SainrError
 from ..geometry import MAX_RELATIVE_THICKNESS, SliceGrid, axis_label, slice_grid
 from ..intensity import robust_scale
-from ..io import read_volume, volume_suffix
+from ..io.read import read_volume, volume_suffix
+from ..train.data import usable_axes
 from ..validation import check_image, check_values
 
 #: 3D SSIM's window; every evaluated axis needs at least this many voxels.

@@ -17,9 +17,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..baselines import resample_to
 from ..errors import SainrError
 from ..geometry import EPS, Geometry, SliceGrid
+from .baselines import resample_to
 from .methods import Method, lr_spacing
 from .settings import EvaluationSettings
 

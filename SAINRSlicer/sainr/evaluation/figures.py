@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..degradation import Acquisition
+from ..acquisition import Acquisition
 from ..geometry import SliceGrid
 from .cases import Case
 from .methods import TRUTH, Method

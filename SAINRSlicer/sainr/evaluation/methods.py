@@ -14,14 +14,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..baselines import WIENER_NSR, bspline_interpolate, bspline_wiener, linear_interpolate
-from ..degradation import Acquisition
+from ..acquisition import Acquisition
 from ..errors import SainrError, WeightsError
 from ..geometry import SliceGrid
-from ..inference import super_resolve
 from ..model import SAINR, gating_disabled
+from ..runtime.inference import super_resolve
+from ..runtime.weights import DEFAULT_MODEL, catalog, load_model, resolve
 from ..thickness import resolve_slice_thickness
-from ..weights import DEFAULT_MODEL, catalog, load_model, resolve
+from .baselines import WIENER_NSR, bspline_interpolate, bspline_wiener, linear_interpolate
 
 TRUTH = "ground truth"
 WIENER = "B-spline + Wiener"
@@ -198,10 +198,10 @@ def adapted_methods(
             f"{known} (name them with --model NAME=WEIGHTS)"
         )
     try:
-        from ..adapt import AdaptConfig, adapt  # noqa: F401  (fail before any case runs)
+        from ..train.adapt import AdaptConfig, adapt  # noqa: F401  (fail before any case runs)
     except ImportError as exc:
         raise SainrError(
-            f"--adapt-steps needs sainr.adapt, which cannot be imported: {exc}"
+            f"--adapt-steps needs sainr.train.adapt, which cannot be imported: {exc}"
         ) from exc
     return [
         Method(
@@ -220,12 +220,12 @@ def adapt_to_case(
     thickness: float,
     steps: int,
 ) -> SAINR:
-    """A fine-tuned copy of ``model`` (:func:`sainr.adapt.adapt` leaves ``model`` unchanged),
+    """A fine-tuned copy of ``model`` (:func:`sainr.train.adapt.adapt` leaves ``model`` unchanged),
     trained on this case's LR only: ``lr`` is the normalised array SA-INR receives (the HR's
     robust scale, slice axis first), its spacing (r c_S, c_H, c_W), the target the HR slice
     spacing c_S, told the simulated slice ``thickness`` (relative to the LR spacing) as
     ECLARE is."""
-    from ..adapt import AdaptConfig, adapt
+    from ..train.adapt import AdaptConfig, adapt
 
     config = AdaptConfig(steps=steps, thickness=thickness)
     return adapt(model, lr, lr_spacing(grid, spacing), spacing[0], config=config)

@@ -5,7 +5,7 @@ axial, sagittal and coronal T2 TSE) lets one stack judge another. One stack (the
 e.g. the sagittal one) is super-resolved along its slice axis; the result is then *imaged the
 way another stack was acquired* (:func:`image_like`): resampled into that stack's grid (its
 origin and real, oblique direction cosines) and averaged across each of its thick slices with a
-slice profile of :mod:`sainr.degradation`. Along the source's slice axis the acquired in-plane
+slice profile of :mod:`sainr.acquisition`. Along the source's slice axis the acquired in-plane
 image of the other stack is sharp, so a method that restores more of the source's through-plane
 detail (without inventing or amplifying noise) matches it better. The comparison
 (:func:`compare`) fits the intensities by linear least squares over a common foreground/overlap
@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from ..baselines import WIENER_NSR, resample_slices, slice_profile_psf, wiener_deconvolve
-from ..degradation import Acquisition, acquire, lr_count, margin
+from ..acquisition import Acquisition, acquire, lr_count, margin
 from ..geometry import detect_slice_axis
-from ..metrics import foreground_mask, psnr
+from .baselines import WIENER_NSR, resample_slices, slice_profile_psf, wiener_deconvolve
+from .metrics import foreground_mask, psnr
 
 #: The imaging operator samples the source on a grid this fine (mm) along the target's slice
 #: axis (at most; the step divides the target's slice spacing evenly).
@@ -72,9 +72,9 @@ def image_like(
 
     Each target voxel is the average of ``volume`` across a slice of ``thickness_mm`` along
     the target's slice normal (its index axis k, direction column 3) with the slice
-    ``profile`` (``gaussian``: FWHM, ``box``: width; :func:`sainr.degradation.weights`):
+    ``profile`` (``gaussian``: FWHM, ``box``: width; :func:`sainr.acquisition.weights`):
     ``volume`` is resampled (linear) onto a grid with the target's in-plane voxels and a fine
-    step along k, then :func:`sainr.degradation.acquire` forms the thick slices. Coverage is
+    step along k, then :func:`sainr.acquisition.acquire` forms the thick slices. Coverage is
     True where the whole profile lies inside ``volume``'s field of view. ``transform`` maps
     the target's physical points to ``volume``'s (e.g. :func:`register_rigid`: patient motion
     between the acquisitions); none = the scanner's common patient space."""
@@ -187,7 +187,7 @@ def compare(imaged: np.ndarray, acquired: np.ndarray, region: np.ndarray, order:
 
 def common_region(acquired: np.ndarray, coverages: list[np.ndarray]) -> np.ndarray:
     """Voxels inside every method's coverage and in the acquired stack's foreground
-    (:func:`sainr.metrics.foreground_mask`): one region for all methods."""
+    (:func:`sainr.evaluation.metrics.foreground_mask`): one region for all methods."""
     region = foreground_mask(acquired)
     for cov in coverages:
         region &= cov
@@ -281,7 +281,7 @@ def thick_stack(
 ) -> sitk.Image:
     """A thick-slice stack acquired from ``thin`` along its index ``axis``: slices every
     ``spacing_mm`` centred on thin voxel 0, spacing_mm, ...; ``thickness_mm`` thick with
-    ``profile`` (:func:`sainr.degradation.acquire`). Same origin and direction cosines as
+    ``profile`` (:func:`sainr.acquisition.acquire`). Same origin and direction cosines as
     ``thin``; only the spacing and size along ``axis`` change."""
     step = thin.GetSpacing()[axis]
     acq = Acquisition(spacing_mm / step, thickness_mm / spacing_mm, profile)

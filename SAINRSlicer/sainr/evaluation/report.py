@@ -11,14 +11,14 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..flops import flops_table, slab_macs
-from ..inference import resolve_precision
-from ..io import write_atomically
-from ..metrics import FOREGROUND_FRACTION, FOREGROUND_PERCENTILE
+from ..io.files import write_atomically
 from ..model import SAINR, ModelConfig
+from ..runtime.inference import resolve_precision
 from .cases import Case
 from .eclare import EclareOptions, require_eclare
+from .flops import flops_table, slab_macs
 from .methods import ESTIMATED, TRUTH, WIENER, Method
+from .metrics import FOREGROUND_FRACTION, FOREGROUND_PERCENTILE
 from .settings import EvaluationSettings
 
 _FIELDS = (
@@ -237,7 +237,7 @@ def configuration(
         f"- device: {device}; precision: {resolve_precision(device, 'auto')} (auto); "
         f"torch threads: {torch.get_num_threads()}; torch {torch.__version__}; "
         f"sainr {__version__}; Python {platform.python_version()}",
-        f"- LR simulation (sainr.degradation): slices centred at HR positions 0, r, 2r, …; "
+        f"- LR simulation (sainr.acquisition): slices centred at HR positions 0, r, 2r, …; "
         f"profiles {', '.join(dict.fromkeys(settings.profiles))} (none = the HR slice itself, "
         f"integer r only; gaussian = FWHM, box = width of {settings.thickness:g} × the LR "
         "spacing, weights integrated over each HR voxel); every method that takes it is told "
@@ -247,7 +247,7 @@ def configuration(
         "the file's units when the 0.5th percentile is 0 (volumes with background)",
         f"- {WIENER}: cubic B-spline onto the thin grid, then along the slice axis a Wiener "
         "filter G = H(1+K)/(H²+K) (H: transfer function of the case's true slice profile on "
-        "the thin grid, sainr.degradation's weights; G = 1 where H = 1, so pure decimation is "
+        "the thin grid, sainr.acquisition's weights; G = 1 where H = 1, so pure decimation is "
         "left as interpolated), mirror-extended FFT; noise-to-signal ratio K = "
         f"{settings.wiener_nsr:g} (chosen on the validation volumes only; "
         "docs/evaluation/wiener_nsr.md)",
@@ -272,7 +272,7 @@ def configuration(
     if settings.adapt_steps:
         from dataclasses import asdict
 
-        from ..adapt import AdaptConfig
+        from ..train.adapt import AdaptConfig
 
         names = ", ".join(
             f"`{n}`"
@@ -282,7 +282,7 @@ def configuration(
         adapting = {**asdict(AdaptConfig(steps=settings.adapt_steps)), "thickness": "the case's"}
         lines.append(
             f"- adapted: {names} fine-tuned per case on that case's normalised LR only "
-            "(sainr.adapt, from the loaded weights each time; "
+            "(sainr.train.adapt, from the loaded weights each time; "
             f"{', '.join(f'{k}={v}' for k, v in adapting.items())}; spacing = LR "
             "spacing, target = HR slice spacing); time includes the adaptation"
         )

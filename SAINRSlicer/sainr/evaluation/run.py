@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..degradation import Acquisition
+from ..acquisition import Acquisition
 from ..errors import InputImageError, SainrError
-from ..inference import choose_device
-from ..io import check_output_folder, write_atomically
-from ..metrics import foreground_mask, psnr, s3_volume, ssim
+from ..io.files import check_output_folder, write_atomically
+from ..runtime.inference import choose_device
 from .cases import (
     MIN_EXTENT,
     Case,
@@ -26,14 +25,8 @@ from .cases import (
 )
 from .eclare import EclareOptions, eclare_method
 from .figures import save_figure
-from .methods import (
-    TRUTH,
-    Method,
-    Told,
-    adapted_methods,
-    build_methods,
-    load_models,
-)
+from .methods import TRUTH, Method, Told, adapted_methods, build_methods, load_models
+from .metrics import foreground_mask, psnr, s3_volume, ssim
 from .report import configuration, flops_report, report, write_csv
 from .settings import EvaluationSettings
 

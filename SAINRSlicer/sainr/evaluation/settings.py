@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..baselines import WIENER_NSR
-from ..inference import DEFAULT_BUDGET_MB
+from ..runtime.inference import DEFAULT_BUDGET_MB
+from .baselines import WIENER_NSR
 
 DEFAULT_FACTORS = (2.0, 2.5, 3.0, 4.0)
 

@@ -16,15 +16,16 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..errors import SainrError, SpacingError
-from ..geometry import axis_label, detect_slice_axis
-from ..inference import choose_device
-from ..intensity import robust_scale
-from ..io import read_volume, volume_suffix, write_atomically
-from ..metrics import psnr
-from ..model.vae import SliceVAE
-from ..outputs import write_volume
-from ..validation import check_image
+from ...errors import SainrError, SpacingError
+from ...evaluation.metrics import psnr
+from ...geometry import axis_label, detect_slice_axis
+from ...intensity import robust_scale
+from ...io.files import write_atomically
+from ...io.outputs import write_volume
+from ...io.read import read_volume, volume_suffix
+from ...model.vae import SliceVAE
+from ...runtime.inference import choose_device
+from ...validation import check_image
 from .slices import volume_slices
 
 Tensorish = np.ndarray | torch.Tensor

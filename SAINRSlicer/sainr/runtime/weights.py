@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-from .data import PatchSpec
-from .errors import OutputPathError, SainrError, WeightsError
-from .io import check_writable, sha256, write_atomically
-from .model import SAINR, ModelConfig
-from .protocol import DEFAULT_MODEL
-from .resources import resource_folders
-from .thickness import FALLBACK_TRAINED_RANGE
+from ..errors import OutputPathError, SainrError, WeightsError
+from ..io.files import check_writable, sha256, write_atomically
+from ..io.resources import resource_folders
+from ..model import SAINR, ModelConfig
+from ..protocol import DEFAULT_MODEL
+from ..thickness import FALLBACK_TRAINED_RANGE
+from ..train.data import PatchSpec
 
 FORMAT = "sainr-checkpoint-v1"
 CATALOG = "models.json"
@@ -41,7 +41,7 @@ WITHDRAWN = {
 
 def models_dir() -> Path:
     """Folder with the shipped weights: ``$SAINR_MODELS_DIR`` when set (it must hold the
-    catalog), else ``Resources/Models`` (:mod:`sainr.resources`)."""
+    catalog), else ``Resources/Models`` (:mod:`sainr.io.resources`)."""
     env = os.environ.get("SAINR_MODELS_DIR")
     if env:
         if not (Path(env) / CATALOG).is_file():

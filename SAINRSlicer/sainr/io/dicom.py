@@ -12,7 +12,7 @@ set from those positions, not from ITK's average.
 
 The same holds for every frame of an enhanced (multi-frame) file, given as a file or in a
 folder: each frame's own position, orientation and pixel spacing are checked like a slice's
-(:mod:`sainr.dicom_frames`), and the values are read with each frame's own rescale.
+(:mod:`sainr.io.dicom_frames`), and the values are read with each frame's own rescale.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputImageError
 from .dicom_frames import Frame, read_frames, read_values
-from .errors import InputImageError
 
 #: Slice positions must lie on a regular grid to within this fraction of the slice spacing
 #: (along the normal and in-plane); orientation cosines must agree to within ORIENTATION_TOL,

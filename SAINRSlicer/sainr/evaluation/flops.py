@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .geometry import slice_count
-from .model import ModelConfig
+from ..geometry import slice_count
+from ..model import ModelConfig
 
 ACCOUNTINGS = ("paper", "ours")
 _KERNEL = 27  # 3 x 3 x 3 convolutions

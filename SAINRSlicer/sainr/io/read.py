@@ -1,37 +1,31 @@
-"""Reading and writing volumes with SimpleITK: NIfTI, NRRD, MHA and DICOM series folders.
+"""Reading volumes with SimpleITK: NIfTI, NRRD, MHA and DICOM series folders.
 
 Geometry (origin, spacing, direction) round-trips exactly. Before the pixels are read, the
 file's own header is checked for what ITK would silently "repair" (a zero, negative or
 non-finite spacing becomes 1 mm; a sheared NIfTI sform is replaced by the qform) and for sizes
 no scan has, so a corrupt header never turns into a wrong geometry or a huge allocation.
 
-Inputs are only ever read. Volumes are written by :mod:`sainr.outputs`; this module keeps the
-temp-file helpers it shares with every other writer (:func:`write_atomically` for single
-files: checkpoints, tables, pictures).
+Inputs are only ever read; :mod:`sainr.io.outputs` writes volumes and :mod:`sainr.io.files`
+holds the temp-file helpers every writer shares.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import math
 import os
 import re
-import secrets
-import shutil
 import struct
-import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputImageError
+from ..geometry import check_direction, check_spacing
+from ..validation import MAX_INPUT_VOXELS
 from . import dicom, dicom_file
-from .errors import InputImageError, OutputPathError
-from .geometry import check_direction, check_spacing
-from .validation import MAX_INPUT_VOXELS
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Bytes of a text header (NRRD, MetaImage) inspected before ITK reads the file.
@@ -75,7 +69,7 @@ def is_dicom_file(path: Path) -> bool:
 def read_volume(path: str | os.PathLike, series: str | None = None) -> sitk.Image:
     """Read a volume file, a DICOM file or a DICOM series folder (``series``: the
     SeriesInstanceUID when the folder holds several); raise InputImageError else. DICOM is
-    read only when its slices or frames form one regular stack (see :mod:`sainr.dicom`)."""
+    read only when its slices or frames form one regular stack (see :mod:`sainr.io.dicom`)."""
     path = Path(path)
     if not path.exists():
         raise InputImageError(f"input not found: {path}; check the path")
@@ -385,22 +379,8 @@ def _check_declared_size(path: Path) -> None:
         )
 
 
-# --- output paths and atomic writes ---------------------------------------------------------
-
 #: Header + data formats: the data file ITK writes beside the header (compressed, raw).
 DATA_FILES = {".mhd": (".zraw", ".raw"), ".nhdr": (".raw.gz", ".raw")}
-#: Hidden temp files and folders: ``.sainr-<pid>-<hex>``; the pid tells a killed run's
-#: leftovers from a running one's.
-_TEMP_NAME = re.compile(r"^\.sainr-(\d+)-[0-9a-f]+")
-#: Leftovers of a process that no longer runs are removed once this old (seconds); any
-#: leftover once STALE_ANY_S old (another machine's, or where processes cannot be checked).
-STALE_DEAD_S = 3600
-STALE_ANY_S = 86400
-
-
-def is_temp_name(name: str) -> bool:
-    """True for the hidden temp files and folders SAINRSlicer writes (never an input)."""
-    return name.startswith(".sainr-")
 
 
 def input_files(path: Path) -> list[Path]:
@@ -418,116 +398,3 @@ def data_file_of(header: Path) -> Path | None:
     if not name or name.upper() == "LOCAL" or name.upper().startswith("LIST") or " " in name:
         return None
     return header.parent / name
-
-
-def check_output_folder(folder: Path, src: Path | None = None) -> None:
-    """``folder`` is (or can be created as) a writable folder, other than the input folder
-    ``src``; nothing is created."""
-    if folder.exists() and not folder.is_dir():
-        raise OutputPathError(f"the output {folder} is a file, not a folder; choose a folder")
-    if src is not None and folder.resolve() == src.resolve():
-        raise OutputPathError(
-            f"the output folder {folder} is the input folder: the results would replace the "
-            "inputs; choose another folder"
-        )
-    existing = next(p for p in (folder.resolve(), *folder.resolve().parents) if p.exists())
-    if not existing.is_dir():
-        raise OutputPathError(f"cannot create the output folder {folder}: {existing} is a file")
-    check_writable(existing)
-
-
-def check_writable(folder: Path) -> None:
-    """Create and remove a probe file: the only test that is right for every user (root
-    ignores permission bits) and file system (read-only mounts, full quotas)."""
-    try:
-        probe = new_temp_file(folder / "probe", "")
-    except OSError as exc:
-        raise OutputPathError(
-            f"output folder is not writable: {folder} ({exc.strerror}); choose another folder"
-        ) from exc
-    os.unlink(probe)
-
-
-def _temp_path(folder: Path, suffix: str) -> Path:
-    return folder / f".sainr-{os.getpid()}-{secrets.token_hex(6)}{suffix}"
-
-
-def new_temp_file(target: Path, suffix: str | None = None) -> str:
-    """An empty, uniquely named hidden file beside ``target`` (same suffix unless given),
-    created with the permissions a new file normally gets (0o666 minus the umask; mkstemp
-    would give 0o600)."""
-    suffix = suffix if suffix is not None else volume_suffix(target) or target.suffix
-    for _ in range(100):
-        tmp = _temp_path(target.resolve().parent, suffix)
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            continue
-        return str(tmp)
-    raise FileExistsError(f"no free temporary name in {target.parent}")
-
-
-def new_temp_folder(folder: Path) -> Path:
-    """A new hidden staging folder in ``folder`` (same file system: renames are atomic)."""
-    for _ in range(100):
-        stage = _temp_path(folder, "")
-        try:
-            stage.mkdir()
-        except FileExistsError:
-            continue
-        return stage
-    raise FileExistsError(f"no free temporary name in {folder}")
-
-
-def remove_stale_temps(folder: Path) -> None:
-    """Remove what a killed run (SIGKILL, power loss) left in ``folder``: temp files and
-    folders of a process that no longer runs here, once STALE_DEAD_S old, and any once
-    STALE_ANY_S old (another machine's, or where processes cannot be checked)."""
-    now = time.time()
-    for entry in folder.iterdir():
-        match = _TEMP_NAME.match(entry.name)
-        try:
-            age = now - entry.lstat().st_mtime
-        except OSError:
-            continue
-        if match and (age > STALE_ANY_S or (age > STALE_DEAD_S and not _running(int(match[1])))):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-
-
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (True where that cannot be checked:
-    Windows' os.kill would terminate it)."""
-    if os.name == "nt":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def write_atomically(path: Path, write: Callable[[str], None], suffix: str | None = None) -> None:
-    """``write(temp)`` to a hidden temp file beside ``path``, then rename it over ``path``:
-    never a partial file, and no temp file left on failure."""
-    tmp = new_temp_file(path, suffix)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def sha256(path: Path) -> str:
-    """The SHA-256 of the file at ``path`` (hex), read in 1 MB blocks: checkpoints are checked
-    against the model catalog and results against their record with it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

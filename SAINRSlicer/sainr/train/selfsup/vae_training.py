@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import SainrError, WeightsError
-from ..inference import autocast, choose_device
-from ..io import write_atomically
-from ..model.vae import SliceVAE, VAEConfig, kl_divergence
+from ...errors import SainrError, WeightsError
+from ...io.files import write_atomically
+from ...model.vae import SliceVAE, VAEConfig, kl_divergence
+from ...runtime.inference import autocast, choose_device
 from .slices import load_stacks, sample_crops
 
 VAE_FORMAT = "sainr-vae-v1"

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+#: The ``sainr`` package folder (this module lies in its ``io`` subpackage).
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 #: Candidate ``Resources`` folders: install layout first, then the source tree.
 _ROOTS = (_PACKAGE_DIR.parent / "Resources", _PACKAGE_DIR.parents[1] / "Resources")
 

@@ -32,15 +32,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from .baselines import bspline_interpolate, linear_interpolate
+from ..acquisition import Acquisition, acquire, lr_count
+from ..evaluation.baselines import bspline_interpolate, linear_interpolate
+from ..evaluation.metrics import psnr
+from ..geometry import slice_grid
+from ..io.files import write_atomically
+from ..model import SAINR, ModelConfig, QueryOutput
+from ..runtime.inference import Plan, autocast, memory_format, super_resolve
+from ..runtime.weights import load_model, save_checkpoint
 from .data import PatchDataset, PatchSpec, Volume, collate, load_volume
-from .degradation import Acquisition, acquire, lr_count
-from .geometry import slice_grid
-from .inference import Plan, autocast, memory_format, super_resolve
-from .io import write_atomically
-from .metrics import psnr
-from .model import SAINR, ModelConfig, QueryOutput
-from .weights import load_model, save_checkpoint
 
 
 @dataclass
@@ -204,7 +204,7 @@ def moving_average(model: SAINR, decay: float, ckpt: dict[str, Any] | None) -> A
     """Exponential moving average of ``model``'s weights (``decay`` per step; None for 0),
     resumed from ``ckpt`` when it holds one, else starting from the current weights. At a
     high learning rate single steps scatter the held-out PSNR by tenths of a dB; validation
-    and export (:func:`sainr.weights.build_model`) use the average."""
+    and export (:func:`sainr.runtime.weights.build_model`) use the average."""
     if not decay:
         return None
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
@@ -400,7 +400,7 @@ def train(
     net = DistributedDataParallel(model) if world > 1 else model
     history = History(out) if rank == 0 else None
     halving = max(cfg.steps // cfg.gamma_halvings, 1)
-    # the thicknesses the model learns, so that a reduction refuses others (sainr.weights)
+    # the thicknesses the model learns, so that a reduction refuses others (sainr.runtime.weights)
     state = {
         "config": asdict(cfg),
         "thickness_range": PatchSpec(**cfg.patch).sampler.relative_range,

@@ -6,9 +6,9 @@ axis H and W in turn plays the slice axis. Resampled (anti-aliased) from its in-
 the target spacing c_T it is the HR; the LR is that HR blurred with the acquisition's slice
 profile (Gaussian, FWHM = the slice thickness: given, from the header or estimated from the
 image, :mod:`sainr.thickness`) and decimated by k = c_S / c_T, so the model practises the factor and the degradation it
-is then asked to undo. :mod:`sainr.data` cuts the patches (across the other in-plane
+is then asked to undo. :mod:`sainr.train.data` cuts the patches (across the other in-plane
 axis and the true slice axis), and the model is trained with the supervised loss of
-:mod:`sainr.training` for a bounded number of steps (and, optionally, minutes). The result is a
+:mod:`sainr.train.training` for a bounded number of steps (and, optionally, minutes). The result is a
 fine-tuned copy; the model passed in is never changed.
 
 ``sainr adapt`` saves the adapted weights (loadable by ``sainr reduce --weights``) and can write
@@ -30,20 +30,20 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .api import slice_first
+from ..acquisition import Acquisition, acquire, lr_count
+from ..api import slice_first
+from ..errors import Cancelled, InputImageError, OutputPathError, SainrError
+from ..intensity import robust_scale
+from ..io.files import check_writable
+from ..model import SAINR
+from ..planning import plan_reduction
+from ..protocol import DEFAULT_ADAPT_STEPS, DEFAULT_MODEL
+from ..request import ReduceOptions, Target
+from ..runtime.inference import CancelFn, ProgressFn, autocast, memory_format, resolve_precision
+from ..runtime.weights import check_not_shipped, save_checkpoint
+from ..thickness import resolve_slice_thickness
 from .data import PatchDataset, PatchSpec, Volume, collate, gradient_target
-from .degradation import Acquisition, acquire, lr_count
-from .errors import Cancelled, InputImageError, OutputPathError, SainrError
-from .inference import CancelFn, ProgressFn, autocast, memory_format, resolve_precision
-from .intensity import robust_scale
-from .io import check_writable
-from .model import SAINR
-from .planning import plan_reduction
-from .protocol import DEFAULT_ADAPT_STEPS, DEFAULT_MODEL
-from .request import ReduceOptions, Target
-from .thickness import resolve_slice_thickness
 from .training import TrainConfig, sainr_loss
-from .weights import check_not_shipped, save_checkpoint
 
 LogFn = Callable[[str], None]
 
@@ -68,7 +68,7 @@ class AdaptConfig:
     queries: int = 4096
     seed: int = 0
     precision: str = (
-        "auto"  # as sainr.inference.resolve_precision (bf16 on CPUs with bf16 hardware)
+        "auto"  # as sainr.runtime.inference.resolve_precision (bf16 on CPUs with bf16 hardware)
     )
     thickness: float = 1.0  # acquired slice thickness / slice spacing (1 = contiguous slices)
 
@@ -88,7 +88,7 @@ def pair_volumes(
 ) -> list[Volume]:
     """One HR training volume per in-plane axis of the normalised ``volume`` (S, H, W): that
     axis resampled to ``target_spacing`` and put first, then the other in-plane axis and the
-    true slice axis (the order :func:`sainr.data.sample_patch` crops in, slice axis = index
+    true slice axis (the order :func:`sainr.train.data.sample_patch` crops in, slice axis = index
     axis 2). Axes too short for two LR slices at the factor c_S / c_T are left out."""
     out = []
     for axis in pair_axes(volume.shape, spacing, target_spacing):
@@ -105,7 +105,7 @@ def pair_axes(
 ) -> list[int]:
     """The in-plane axes (1 = H, 2 = W) of a (S, H, W) volume long enough for two LR slices
     once resampled to ``target_spacing`` and decimated by c_S / c_T (as
-    :func:`resample_axis0` and :func:`sainr.degradation.lr_count` count them); refuses a volume
+    :func:`resample_axis0` and :func:`sainr.acquisition.lr_count` count them); refuses a volume
     with none. Needs only the shape, so every input of a batch is checked before any work."""
     factor = spacing[0] / target_spacing
     axes = []
@@ -140,7 +140,7 @@ def adaptation_data(
 ) -> PatchDataset:
     """The deterministic stream of training patches for ``config.steps`` batches: LR made by
     the slice profile (Gaussian, FWHM ``config.thickness`` x c_S) and decimation by c_S / c_T
-    (:mod:`sainr.degradation`; a thickness of c_T or less is almost no blur: thin slices with
+    (:mod:`sainr.acquisition`; a thickness of c_T or less is almost no blur: thin slices with
     gaps). Patches
     are square, no larger than the shortest in-plane side of any pair volume (few thick
     slices), so that every batch stacks."""

@@ -1,8 +1,8 @@
 """Training data: HR volumes -> (LR patch, thin-slice queries, targets, acquisition).
 
 Each batch draws a slice profile and a factor, each patch a slice thickness
-(:class:`sainr.degradation.AcquisitionSampler`); the LR is acquired from an HR crop cut with a
-margin along the slice axis (:func:`sainr.degradation.acquire`), so edge slices average real
+(:class:`sainr.train.degradation.AcquisitionSampler`); the LR is acquired from an HR crop cut with a
+margin along the slice axis (:func:`sainr.acquisition.acquire`), so edge slices average real
 neighbours. Optional augmentations (all off by default, each a small function below, each drawn
 from the item's own generator so that a resumed run sees the same stream): random gamma/scale,
 a piecewise-monotone contrast map, a smooth multiplicative bias field and a small elastic
@@ -12,7 +12,7 @@ gradient-magnitude target for the gating mask (top 20 %) is computed once.
 
 Per volume, the config may name its slice axes (``"in-plane"`` for real thick-slice scans whose
 native axis has no thin-slice truth), a sampling weight, and the native slice thickness, which
-enters the thickness the model is told (:meth:`sainr.degradation.Acquisition.told`).
+enters the thickness the model is told (:meth:`sainr.acquisition.Acquisition.told`).
 """
 
 from __future__ import annotations
@@ -27,17 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .degradation import (
-    Acquisition,
-    AcquisitionSampler,
-    acquire,
-    lr_count,
-    margin,
-    slice_scales,
-)
-from .geometry import MIN_ANISOTROPY, slice_count, slice_grid
-from .intensity import robust_scale
-from .model import Queries
+from ..acquisition import Acquisition, acquire, lr_count, margin
+from ..geometry import MIN_ANISOTROPY, slice_count, slice_grid
+from ..intensity import robust_scale
+from ..model import Queries
+from .degradation import AcquisitionSampler, slice_scales
 
 GATE_TOP_FRACTION = 0.2
 
@@ -141,7 +135,7 @@ def load_volume(
 
 @dataclass(frozen=True)
 class PatchSpec:
-    """How training patches are cut, degraded (:mod:`sainr.degradation`) and augmented."""
+    """How training patches are cut, degraded (:mod:`sainr.acquisition`) and augmented."""
 
     lr_slices: int = 17
     size: int = 64

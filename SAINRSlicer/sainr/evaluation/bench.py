@@ -21,23 +21,23 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from .api import plan_reduction, reduce_spacing
-from .errors import SainrError
-from .inference import cpu_features, resolve_precision
-from .int8 import Int8EDSR, Int8MLP
-from .model import SAINR, gating_disabled
-from .model.decoder import MLPDecoder
-from .model.edsr import EDSR3d
-from .model.gating import GatingMask
-from .model.lasa import LASA
-from .request import ReduceOptions
-from .resources import resource_path
+from ..api import plan_reduction, reduce_spacing
+from ..errors import SainrError
+from ..io.resources import resource_path
+from ..model import SAINR, gating_disabled
+from ..model.decoder import MLPDecoder
+from ..model.edsr import EDSR3d
+from ..model.gating import GatingMask
+from ..model.lasa import LASA
+from ..request import ReduceOptions
+from ..runtime.inference import cpu_features, resolve_precision
+from ..runtime.int8 import Int8EDSR, Int8MLP
 
 SAMPLE = "knee_qdess_sag_3mm.nii.gz"
 
 
 def sample_path() -> Path:
-    """The bundled sample volume (:mod:`sainr.resources`)."""
+    """The bundled sample volume (:mod:`sainr.io.resources`)."""
     try:
         return resource_path(f"Sample/{SAMPLE}")
     except FileNotFoundError:
@@ -73,7 +73,7 @@ def _sync(device: torch.device) -> None:
 
 
 #: The top-level stages timed, by module class: float modules and their int8 twins
-#: (:mod:`sainr.int8`), which inference swaps in on a copy of the model.
+#: (:mod:`sainr.runtime.int8`), which inference swaps in on a copy of the model.
 STAGES: dict[str, tuple[type[nn.Module], ...]] = {
     "encoder": (EDSR3d, Int8EDSR),
     "gate": (GatingMask,),

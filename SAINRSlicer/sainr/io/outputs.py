@@ -39,20 +39,10 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from . import __version__
-from .errors import OutputPathError
-from .io import (
-    DATA_FILES,
-    VOLUME_SUFFIXES,
-    check_writable,
-    data_file_of,
-    input_files,
-    is_temp_name,
-    new_temp_folder,
-    remove_stale_temps,
-    sha256,
-    volume_suffix,
-)
+from .. import __version__
+from ..errors import OutputPathError
+from .files import check_writable, is_temp_name, new_temp_folder, remove_stale_temps, sha256
+from .read import DATA_FILES, VOLUME_SUFFIXES, data_file_of, input_files, volume_suffix
 
 #: The record beside a result: ``out.nii.gz`` -> ``out.nii.gz.sainr.json``.
 RECORD_SUFFIX = ".sainr.json"

@@ -8,7 +8,7 @@ direction, i.e. at exactly p_j. In-plane the sample points are integer voxel pos
 ITK's interpolating cubic B-spline reproduces the data, so only the slice axis is interpolated.
 
 The profile-aware classical baseline ("B-spline + Wiener") knows what SA-INR is told: the slice
-profile. Thick slices average the tissue across their thickness (:mod:`sainr.degradation`);
+profile. Thick slices average the tissue across their thickness (:mod:`sainr.acquisition`);
 interpolation alone leaves that blur in place. :func:`bspline_wiener` interpolates with the
 B-spline, then undoes the known profile along the slice axis with a Wiener filter
 (:func:`wiener_deconvolve`) whose point-spread function on the thin grid comes from the same
@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .degradation import weights
-from .geometry import Geometry, SliceGrid, output_geometry, slice_grid
+from ..acquisition import weights
+from ..geometry import Geometry, SliceGrid, output_geometry, slice_grid
 
 INTERPOLATORS = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}
 
@@ -82,7 +82,7 @@ def slice_profile_psf(profile: str, width: float) -> np.ndarray:
 
     ``width`` is the slice thickness in thin-grid voxels; tap ``h + d`` (``h`` = half the
     length) is the weight of the thin voxel ``d`` voxels from the slice centre, i.e. the
-    weights :func:`sainr.degradation.weights` gives a slice centred on a voxel. A slice no
+    weights :func:`sainr.acquisition.weights` gives a slice centred on a voxel. A slice no
     thicker than one voxel (and pure decimation, ``profile`` none) is a delta."""
     first, w = weights(profile, float(width), 0.0)
     half = max(-first, first + len(w) - 1, 0)

@@ -13,8 +13,8 @@ import os
 import numpy as np
 import SimpleITK as sitk
 
+from ..geometry import slice_grid
 from .baselines import linear_interpolate
-from .geometry import slice_grid
 
 
 def _cut(array: np.ndarray, slice_axis: int) -> np.ndarray:

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .geometry import SliceGrid
-from .model import SAINR, FeatureMap, Queries
-from .model.decoder import MLPDecoder, split_shared
-from .model.edsr import EDSR3d, head_conv
+from ..geometry import SliceGrid
+from ..model import SAINR, FeatureMap, Queries
+from ..model.decoder import MLPDecoder, split_shared
+from ..model.edsr import EDSR3d, head_conv
 
 #: Calibrated ranges are widened by this factor: values outside them are clipped, and a
 #: wider range costs resolution (the held-out PSNR at this margin: docs/benchmark.md).

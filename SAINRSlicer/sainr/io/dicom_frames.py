@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputImageError
+from ..validation import MAX_INPUT_VOXELS
 from . import dicom_file as df
-from .errors import InputImageError
-from .validation import MAX_INPUT_VOXELS
 
 _POSITION, _ORIENTATION = (0x0020, 0x0032), (0x0020, 0x0037)
 _PIXEL_SPACING, _SLICE_THICKNESS = (0x0028, 0x0030), (0x0018, 0x0050)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import Cancelled, DeviceError, ResourceError
-from .geometry import SliceGrid
+from ..errors import Cancelled, DeviceError, ResourceError
+from ..geometry import SliceGrid
+from ..model import SAINR, SliceQueries, acquisition_tensor
 from .heap import retained_heap
 from .int8 import (
     CALIBRATION_QUERIES,
@@ -28,7 +29,6 @@ from .int8 import (
     int8_encoder,
     with_modules,
 )
-from .model import SAINR, SliceQueries, acquisition_tensor
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -159,7 +159,7 @@ def has_fast_bf16() -> bool:
 
 def resolve_precision(device: torch.device, precision: str, training: bool = False) -> str:
     """'auto' = fp16 on CUDA; on the CPU bf16 where it has bf16 hardware
-    (:func:`has_fast_bf16`), else int8 inference (:mod:`sainr.int8`) where this torch build
+    (:func:`has_fast_bf16`), else int8 inference (:mod:`sainr.runtime.int8`) where this torch build
     has its kernels, else fp32; fp32 on other devices. Training (test-time adaptation)
     never runs in int8: where inference would, it runs fp32. Explicit choices pass through
     once checked."""
@@ -251,7 +251,7 @@ def super_resolve(
     ``progress(done, total)`` counts decoded voxels; ``cancel()`` returning True stops the
     run between chunks with :class:`Cancelled`. The model is moved to ``device`` and its
     encoder to the memory layout that suits ``precision`` (values unchanged); int8 runs a
-    copy of it with a calibrated int8 encoder and, per tile, int8 decoder (:mod:`sainr.int8`).
+    copy of it with a calibrated int8 encoder and, per tile, int8 decoder (:mod:`sainr.runtime.int8`).
     """
     precision = resolve_precision(device, precision)
     layout = memory_format(precision)

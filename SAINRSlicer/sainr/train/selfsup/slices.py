@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import SainrError
-from ..geometry import detect_slice_axis
-from ..intensity import IntensityScale, robust_scale
-from ..io import read_volume
-from ..validation import check_image, check_values
+from ...errors import SainrError
+from ...geometry import detect_slice_axis
+from ...intensity import IntensityScale, robust_scale
+from ...io.read import read_volume
+from ...validation import check_image, check_values
 
 #: Training crops with less than this fraction of voxels above FOREGROUND are redrawn (up to
 #: 20 times), so the VAE does not spend its steps on air.

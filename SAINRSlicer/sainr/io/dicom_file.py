@@ -16,7 +16,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputImageError
+from ..errors import InputImageError
 
 Tag = tuple[int, int]
 #: A data set: tag -> raw value bytes, or a list of item data sets for a sequence.
