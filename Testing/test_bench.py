@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -14,9 +13,11 @@ from conftest import KNEE_QDESS
 from sainr.cli import main
 from sainr.geometry import slice_grid
 from sainr.model import SAINR, ModelConfig
-from sainr.runtime import heap
-from sainr.runtime.inference import plan, resolve_precision, super_resolve
-from sainr.runtime.int8 import int8_available
+from sainr.runtime.backends import load_backend
+from sainr.runtime.inference import plan, super_resolve
+from sainr.runtime.precision import resolve_precision
+
+INT8 = load_backend("int8").available()
 
 
 def test_bench_reports_times_ratios_stages_and_configuration(tmp_path, capsys):
@@ -156,18 +157,18 @@ def test_bf16_autocast_stays_close_to_fp32_on_a_real_knee(knee_thick):
 
 
 def test_auto_precision_is_fp16_on_cuda_bf16_on_cpus_with_bf16_hardware_else_int8():
-    from sainr.runtime.inference import cpu_features, resolve_precision
-    from sainr.runtime.int8 import int8_available
+    from sainr.runtime.device import cpu_features
 
     cpu = torch.device("cpu")
     assert resolve_precision(torch.device("cuda"), "auto") == "fp16"
     features = cpu_features()
     bf16_hardware = features["amx"] or features["avx512_bf16"]
-    fallback = "int8" if int8_available() else "fp32"
+    fallback = "int8" if INT8 else "fp32"
     assert resolve_precision(cpu, "auto") == ("bf16" if bf16_hardware else fallback)
     assert resolve_precision(cpu, "auto", training=True) in ("bf16", "fp32")
     assert resolve_precision(cpu, "fp32") == "fp32"
-    assert resolve_precision(cpu, "int8") == "int8"
+    if INT8:
+        assert resolve_precision(cpu, "int8") == "int8"
     assert resolve_precision(cpu, "int8", training=True) == "fp32"  # adaptation trains fp32
     with pytest.raises(ValueError, match="CPU only"):
         resolve_precision(torch.device("cuda"), "int8")
@@ -175,7 +176,7 @@ def test_auto_precision_is_fp16_on_cuda_bf16_on_cpus_with_bf16_hardware_else_int
         resolve_precision(cpu, "int4")
 
 
-@pytest.mark.skipif(not int8_available(), reason="this torch build lacks oneDNN int8 kernels")
+@pytest.mark.skipif(not INT8, reason="this torch build lacks oneDNN int8 kernels")
 def test_int8_stays_close_to_fp32_on_a_real_knee_and_keeps_the_geometry(knee_thick):
     """int8 (auto on CPUs without bf16 hardware) changes the shipped model's result by far
     less than what SA-INR adds over interpolation, and nothing else."""
@@ -194,7 +195,7 @@ def test_int8_stays_close_to_fp32_on_a_real_knee_and_keeps_the_geometry(knee_thi
 
 
 def test_int8_codes_round_to_nearest_saturate_and_fill_the_given_buffers():
-    from sainr.runtime.int8 import Range, quantize
+    from sainr.model.quantized import Range, quantize
 
     x = torch.randn(2, 3, 5, 7, 9) * 3
     r = Range(-2.0, 4.0)
@@ -209,7 +210,7 @@ def test_int8_codes_round_to_nearest_saturate_and_fill_the_given_buffers():
     assert again.data_ptr() == out.data_ptr() and torch.equal(again, codes)
 
 
-@pytest.mark.skipif(not int8_available(), reason="this torch build lacks oneDNN int8 kernels")
+@pytest.mark.skipif(not INT8, reason="this torch build lacks oneDNN int8 kernels")
 def test_int8_runs_are_timed_per_stage(tiny_model):
     """The int8 twins of the encoder and decoder count in the benchmark's stage times."""
     from sainr.evaluation.bench import stage_timer
@@ -255,22 +256,3 @@ def test_reduced_precision_layout_does_not_change_later_fp32_results(tiny_model)
     after = super_resolve(tiny_model, volume, grid, cpu, precision="fp32")[0]
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
     assert np.abs(half - before).max() < 0.05 * np.abs(before).max()
-
-
-def _resident_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-@pytest.mark.skipif(heap._glibc() is None, reason="the heap is retained on glibc only")
-def test_a_run_reuses_freed_memory_and_gives_it_back_when_it_ends():
-    """Inside a run a freed 256 MB block stays mapped for the next tile; after the run the
-    process's resident memory is back near where it started."""
-    before = _resident_mb()
-    with heap.retained_heap():
-        block = torch.ones(64 * 2**20)  # 256 MB, touched
-        del block
-        kept = _resident_mb() - before
-    released = _resident_mb() - before
-    assert kept > 200, f"freed memory was returned during the run ({kept:.0f} MB kept)"
-    assert released < 50, f"memory was not returned after the run ({released:.0f} MB held)"

@@ -46,7 +46,8 @@ from sainr.errors import (
 from sainr.io.outputs import write_volume, write_volumes
 from sainr.io.read import read_volume
 from sainr.model import SAINR, ModelConfig
-from sainr.runtime.inference import choose_device, super_resolve_with_fallback
+from sainr.runtime.device import choose_device
+from sainr.runtime.inference import super_resolve_with_fallback
 from sainr.runtime.weights import save_checkpoint, sha256
 
 # --- inputs ----------------------------------------------------------------------------------

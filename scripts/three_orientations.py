@@ -46,7 +46,8 @@ from sainr.evaluation.orthogonal import (
 )
 from sainr.geometry import detect_slice_axis
 from sainr.request import ReduceOptions
-from sainr.runtime.inference import choose_device, resolve_precision
+from sainr.runtime.device import choose_device
+from sainr.runtime.precision import resolve_precision
 from sainr.runtime.weights import load_model, resolve
 from sainr.thickness import resolve_slice_thickness
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 
-from .core import MODULE_DIR, SAINRSlicerError
+from .core import MODULE_DIR, SAINRSlicerError, coreModule
 from .framework import inSlicerApplication
 from .worker import PARENT_PID_VARIABLE
 
@@ -65,8 +65,10 @@ def noConsoleWindow() -> dict:
 def startProcess(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, object]:
     """Start ``command`` with text pipes for stdout and stderr, as the leader of a process
     group that :func:`killProcessTree` can end with everything it starts, told to watch this
-    process. Returns the process and its Job object handle (Windows; None elsewhere), which
-    :func:`closeJob` closes."""
+    process, with the core's allocator settings for inference (:mod:`sainr.runtime.heap`,
+    glibc reads them at start-up; ``env`` may override them). Returns the process and its Job
+    object handle (Windows; None elsewhere), which :func:`closeJob` closes."""
+    heap = coreModule("runtime.heap").environment()
     if _WINDOWS:
         group = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | _CREATE_NO_WINDOW}
     else:
@@ -79,7 +81,7 @@ def startProcess(command: list[str], env: dict[str, str]) -> tuple[subprocess.Po
         text=True,
         encoding="utf-8",
         errors="replace",
-        env={**env, PARENT_PID_VARIABLE: str(os.getpid())},
+        env={**heap, **env, PARENT_PID_VARIABLE: str(os.getpid())},
         **group,
     )
     return process, jobKillingWithSlicer(process)

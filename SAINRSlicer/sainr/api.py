@@ -21,13 +21,8 @@ from .intensity import robust_scale
 from .model import SAINR
 from .planning import geometry_of, plan_reduction
 from .request import ReduceOptions, Target
-from .runtime.inference import (
-    CancelFn,
-    NoticeFn,
-    ProgressFn,
-    choose_device,
-    super_resolve_with_fallback,
-)
+from .runtime.device import choose_device
+from .runtime.inference import CancelFn, NoticeFn, ProgressFn, super_resolve_with_fallback
 from .runtime.weights import load_model
 from .thickness import resolve_slice_thickness
 from .validation import check_values

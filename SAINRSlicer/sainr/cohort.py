@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from .errors import DeviceError, SainrError, one_line
 from .io.outputs import LandedInterrupt
-from .runtime.inference import choose_device
+from .runtime.device import choose_device
 
 #: One input of the batch and where its result (and gating mask, if asked for) go.
 Pair = tuple[Path, Path, Path | None]

@@ -55,7 +55,7 @@ class ReduceOptions:
 
     ``slice_thickness_mm``: the acquired slice thickness (None: auto, from the image header,
     else estimated from the voxels; :func:`sainr.thickness.resolve_slice_thickness`). ``device``: auto, cpu, cuda[:N] or mps. ``precision``: auto, fp32, bf16, fp16 or
-    int8 (CPU; :func:`sainr.runtime.inference.resolve_precision`).
+    int8 (CPU; :func:`sainr.runtime.precision.resolve_precision`).
     ``memory_mb``: the working-memory budget of the reconstruction. ``nan_policy``: one of
     :data:`NAN_POLICIES`. Per-volume adaptation has its own settings
     (:class:`sainr.train.adapt.AdaptConfig`).

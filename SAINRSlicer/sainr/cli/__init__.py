@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from .. import __version__
 from ..errors import SainrError, one_line
 from ..protocol import EXIT_INTERNAL, EXIT_USER
+from ..runtime.heap import retain_freed_memory
 
 #: Subcommands in ``--help`` order: name -> (one-line help, module of :mod:`sainr.cli` with
 #: its ``add_arguments``). Only the module of the command being run is imported, so a run
@@ -40,6 +41,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-vae": ("stage I: train the in-plane slice VAE on thick-slice volumes", "train_vae"),
     "synthesize": ("stage I: thin-slice volumes by latent interpolation", "synthesize"),
 }
+
+#: Commands whose work is whole-volume inference: their process keeps freed memory for reuse
+#: (:mod:`sainr.runtime.heap`), set here at the process boundary, never inside the library.
+RETAINED_HEAP_COMMANDS = frozenset({"reduce", "bench"})
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -86,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # keep stderr to our one-line messages
     try:
         args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
+        if args.command in RETAINED_HEAP_COMMANDS:
+            retain_freed_memory()
         return args.func(args)
     except SainrError as exc:
         print(f"sainr: error: {one_line(str(exc))}", file=sys.stderr)

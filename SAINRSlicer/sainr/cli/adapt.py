@@ -13,7 +13,7 @@ from ..io.outputs import destination, write_volume
 from ..model import SAINR
 from ..protocol import PROGRESS_TAG
 from ..request import Target
-from ..runtime.inference import choose_device
+from ..runtime.device import choose_device
 from ..runtime.weights import load_model, trained_thickness_range
 from ..train.adapt import (
     AdaptConfig,

@@ -21,7 +21,8 @@ from ..evaluation.bench import (
 from ..io.files import write_atomically
 from ..io.read import read_volume
 from ..planning import plan_reduction
-from ..runtime.inference import PRECISIONS, choose_device
+from ..runtime.device import choose_device
+from ..runtime.precision import PRECISIONS
 from ..runtime.weights import load_model
 
 

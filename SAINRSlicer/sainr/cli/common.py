@@ -21,7 +21,7 @@ from ..io.read import dicom_slice_thickness, read_volume
 from ..planning import plan_reduction
 from ..protocol import PROGRESS_TAG
 from ..request import ReduceOptions, Target
-from ..runtime.inference import PRECISIONS
+from ..runtime.precision import PRECISIONS
 from ..thickness import DICOM_THICKNESS_KEY, NRRD_THICKNESS_KEY, nrrd_thicknesses
 from ..validation import check_values
 

@@ -29,7 +29,7 @@ from ..io.read import is_dicom_folder, volume_suffix
 from ..model import SAINR
 from ..protocol import ADAPT_TAG, EXIT_USER
 from ..request import ReduceOptions, Target
-from ..runtime.inference import choose_device
+from ..runtime.device import choose_device
 from ..runtime.weights import load_model, resolve, sha256, trained_thickness_range
 from ..train.adapt import (
     AdaptConfig,

@@ -30,8 +30,8 @@ from ..model.edsr import EDSR3d
 from ..model.gating import GatingMask
 from ..model.lasa import LASA
 from ..request import ReduceOptions
-from ..runtime.inference import cpu_features, resolve_precision
-from ..runtime.int8 import Int8EDSR, Int8MLP
+from ..runtime.device import cpu_features
+from ..runtime.precision import resolve_precision
 
 SAMPLE = "knee_qdess_sag_3mm.nii.gz"
 
@@ -72,18 +72,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-#: The top-level stages timed, by module class: float modules and their int8 twins
-#: (:mod:`sainr.runtime.int8`), which inference swaps in on a copy of the model.
-STAGES: dict[str, tuple[type[nn.Module], ...]] = {
-    "encoder": (EDSR3d, Int8EDSR),
-    "gate": (GatingMask,),
-    "lasa": (LASA,),
-    "decoder": (MLPDecoder, Int8MLP),
+#: The top-level stages timed, by float module class. A backend's lowered twin of one (e.g.
+#: :mod:`sainr.model.edsr_int8`) names the class it stands in for as ``lowers`` and is timed
+#: as that stage.
+STAGES: dict[str, type[nn.Module]] = {
+    "encoder": EDSR3d,
+    "gate": GatingMask,
+    "lasa": LASA,
+    "decoder": MLPDecoder,
 }
 
 
 def _stage(module: nn.Module) -> str | None:
-    return next((name for name, kinds in STAGES.items() if isinstance(module, kinds)), None)
+    """The stage ``module`` runs, or None for any other module."""
+    kind = getattr(type(module), "lowers", type(module))
+    return next((name for name, cls in STAGES.items() if issubclass(kind, cls)), None)
 
 
 @contextmanager

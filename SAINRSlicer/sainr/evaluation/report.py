@@ -13,7 +13,7 @@ import torch
 from .. import __version__
 from ..io.files import write_atomically
 from ..model import SAINR, ModelConfig
-from ..runtime.inference import resolve_precision
+from ..runtime.precision import resolve_precision
 from .cases import Case
 from .eclare import EclareOptions, require_eclare
 from .flops import flops_table, slab_macs

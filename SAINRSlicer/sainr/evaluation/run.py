@@ -13,7 +13,7 @@ import torch
 from ..acquisition import Acquisition
 from ..errors import InputImageError, SainrError
 from ..io.files import check_output_folder, write_atomically
-from ..runtime.inference import choose_device
+from ..runtime.device import choose_device
 from .cases import (
     MIN_EXTENT,
     Case,

@@ -18,6 +18,19 @@ class MLPDecoder(nn.Module):
         blocks.append(nn.Linear(dims[-1], 1))
         self.net = nn.Sequential(*blocks)
 
+    def linears(self) -> list[nn.Linear]:
+        """The linear layers, input to output (a ReLU after each but the last)."""
+        return [m for m in self.net if isinstance(m, nn.Linear)]
+
+    @property
+    def width(self) -> int:
+        """The widest layer's outputs (the hidden width)."""
+        return max(layer.out_features for layer in self.linears())
+
+    def macs_per_query(self) -> int:
+        """Multiply-accumulates per query: every layer's weights once."""
+        return sum(layer.weight.numel() for layer in self.linears())
+
     def forward(self, z: torch.Tensor, shared: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar per row of ``z`` (Q, in_dim); ``shared`` as in :meth:`first_layer`."""
         if shared is None:
@@ -29,7 +42,7 @@ class MLPDecoder(nn.Module):
         same within each of J equal consecutive groups of rows and ``z`` holds only the
         others (Q, in_dim - k): their part of the layer is computed once per group (the
         conditions of a thin slice), which also saves concatenating them per query."""
-        first = self.net[0]
+        first = self.linears()[0]
         if shared is None:
             return torch.relu(first(z))
         w_rows, bias = split_shared(first.weight, first.bias, shared)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -9,7 +11,7 @@ from torch import nn
 def head_conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` for the one-input-channel head conv. On the CPU PyTorch sends an fp32 3D
     convolution with one input channel to its reference loop (``slow_conv3d``); oneDNN
-    computes the same values about 3x faster. Only fp32 inference on the CPU takes that
+    computes the same values several times faster. Only fp32 inference on the CPU takes that
     route: training (autograd), autocast and other devices run ``conv`` as usual."""
     fast = (
         x.device.type == "cpu"
@@ -37,6 +39,10 @@ class ResBlock3d(nn.Module):
             nn.Conv3d(channels, channels, 3, padding=1),
         )
 
+    def convs(self) -> tuple[nn.Conv3d, nn.Conv3d]:
+        """The two convolutions, in order (a ReLU between them, the skip around both)."""
+        return self.body[0], self.body[2]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
 
@@ -55,6 +61,25 @@ class EDSR3d(nn.Module):
             nn.Conv3d(channels, channels, 3, padding=1),
         )
         self.receptive_radius = 2 * blocks + 2
+
+    @property
+    def channels(self) -> int:
+        """Feature channels C of the output."""
+        return self.head.out_channels
+
+    def residual_blocks(self) -> Iterator[ResBlock3d]:
+        """The residual blocks, in order."""
+        yield from list(self.body)[:-1]
+
+    @property
+    def tail(self) -> nn.Conv3d:
+        """The body's last convolution, after the residual blocks (before the long skip)."""
+        return self.body[-1]
+
+    def macs_per_voxel(self) -> int:
+        """Multiply-accumulates per output voxel: every convolution's weights once (stride 1,
+        same padding)."""
+        return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Conv3d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         head = head_conv(self.head, x)

@@ -24,6 +24,10 @@ class GatingMask(nn.Module):
         super().__init__()
         self.proj = nn.Linear(channels, 1)
 
+    def macs_per_query(self) -> int:
+        """Multiply-accumulates per query: the one logit."""
+        return self.proj.weight.numel()
+
     def forward(self, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (logit, mask) for query features z0 of shape (Q, C); mask is 0/1 valued."""
         logit = self.proj(z0).squeeze(-1)

@@ -63,6 +63,23 @@ class LASA(nn.Module):
         self.register_buffer("in_plane", in_plane, persistent=False)
         self.reach = half * dilation
 
+    @property
+    def neighbour_count(self) -> int:
+        """Neighbours each query attends to: 2 l^2."""
+        return self.in_plane.shape[0]
+
+    def macs_per_query(self) -> int:
+        """Multiply-accumulates per attended query (module docstring): Theta, Phi_W^T and
+        Gamma once, a logit and a weighted sum term per neighbour and, with the offset
+        embedding, its weights twice (scoring the offsets, embedding their mean) plus two
+        in-plane products per neighbour (their logits, their mean)."""
+        c = self.query.in_features
+        macs = sum(m.weight.numel() for m in (self.query, self.key, self.value))
+        macs += 2 * self.neighbour_count * c
+        if self.offset is not None:
+            macs += 2 * self.offset.weight.numel() + 2 * self.in_plane.numel()
+        return macs
+
     def neighbours(self, fm: FeatureMap, q: Queries) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat indices (Q, 2 l^2) of the neighbours and their through-plane offsets dz
         (Q, 2 l^2): -t on the lower slice, 1 - t on the upper. Their in-plane offsets are

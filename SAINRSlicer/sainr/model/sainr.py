@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
@@ -77,28 +77,30 @@ class SAINR(nn.Module):
         """In-plane context (voxels) one output voxel depends on: encoder + attention window."""
         return self.encoder.receptive_radius + (self.lasa.reach if self.lasa else 0)
 
-    def encode(self, lr: torch.Tensor, acquisition: torch.Tensor | None = None) -> FeatureMap:
+    def encode(
+        self,
+        lr: torch.Tensor,
+        acquisition: torch.Tensor | None = None,
+        encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> FeatureMap:
         """Features of LR volumes (B, 1, S, H, W) with S the slice axis; run once per volume.
         ``acquisition`` (B, 2) holds 1 / factor and the relative slice thickness of each
-        volume (:func:`acquisition_tensor`); a conditioned model needs it."""
-        return encode_grid(self.encoder(lr), lr, acquisition)
-
-    def decode(self, z: torch.Tensor, fm: FeatureMap, q: Queries) -> torch.Tensor:
-        """MLP residual of the queries from their (attended) features and, for a conditioned
-        model, their position and the acquisition."""
-        if self.config.conditioning:
-            z = torch.cat([z, fm.conditions(q).to(z.dtype)], dim=1)
-        return self.decoder(z)
+        volume (:func:`acquisition_tensor`); a conditioned model needs it. ``encoder`` stands
+        in for the model's own (same input and output), e.g. a lowered copy of it."""
+        run = self.encoder if encoder is None else encoder
+        return encode_grid(run(lr), lr, acquisition)
 
     def query(self, fm: FeatureMap, q: Queries) -> QueryOutput:
         """Intensities at thin-slice queries: MLP(attended feature) + linear interpolation."""
-        z0, linear = fm.lerp(q)
-        if self.lasa is None:
-            ones = torch.ones_like(linear)
-            return QueryOutput(self.decode(z0, fm, q) + linear, ones, ones)
-        logit, mask = self._gate(z0, linear)
-        z = self._attend(z0, fm, q, mask)
-        return QueryOutput(self.decode(z, fm, q) + linear, logit, mask)
+        z, linear, logit, mask = self._attended(fm, q)
+        return QueryOutput(self.decoder(self._with_conditions(z, fm, q)) + linear, logit, mask)
+
+    def decoder_inputs(self, fm: FeatureMap, q: Queries) -> torch.Tensor:
+        """The rows (Q, decoder inputs) the decoder reads for queries ``q``: attended feature
+        and, for a conditioned model, the query's conditions. What a stand-in decoder is
+        calibrated on."""
+        z, *_ = self._attended(fm, q)
+        return self._with_conditions(z, fm, q)
 
     def forward(
         self, lr: torch.Tensor, q: Queries, acquisition: torch.Tensor | None = None
@@ -106,18 +108,43 @@ class SAINR(nn.Module):
         """Encode LR volumes and answer queries (the training path; DDP wraps this)."""
         return self.query(self.encode(lr, acquisition), q)
 
-    def query_slices(self, fm: FeatureMap, sq: SliceQueries) -> QueryOutput:
+    def query_slices(
+        self,
+        fm: FeatureMap,
+        sq: SliceQueries,
+        decoder: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+    ) -> QueryOutput:
         """:meth:`query` for whole thin slices of one volume (inference): features are read
         slice by slice, only gated queries get positions for the attention, and the
-        decoder takes each slice's conditions once. Same values as :meth:`query`."""
+        decoder takes each slice's conditions once. Same values as :meth:`query`.
+        ``decoder`` stands in for the model's own (same call as :meth:`MLPDecoder.forward`)."""
+        decode = self.decoder if decoder is None else decoder
         z0, linear = fm.lerp_slices(sq)
         shared = fm.slice_conditions(sq) if self.config.conditioning else None
         if self.lasa is None:
             ones = torch.ones_like(linear)
-            return QueryOutput(self.decoder(z0, shared) + linear, ones, ones)
+            return QueryOutput(decode(z0, shared) + linear, ones, ones)
         logit, mask = self._gate(z0, linear)
         z = self._attend_gated(z0, fm, sq, mask)
-        return QueryOutput(self.decoder(z, shared) + linear, logit, mask)
+        return QueryOutput(decode(z, shared) + linear, logit, mask)
+
+    def _attended(
+        self, fm: FeatureMap, q: Queries
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(attended feature, linear interpolation, gate logit, 0/1 gate) of point queries."""
+        z0, linear = fm.lerp(q)
+        if self.lasa is None:
+            ones = torch.ones_like(linear)
+            return z0, linear, ones, ones
+        logit, mask = self._gate(z0, linear)
+        return self._attend(z0, fm, q, mask), linear, logit, mask
+
+    def _with_conditions(self, z: torch.Tensor, fm: FeatureMap, q: Queries) -> torch.Tensor:
+        """Decoder input rows: ``z`` and, for a conditioned model, the queries' position and
+        acquisition."""
+        if self.config.conditioning:
+            return torch.cat([z, fm.conditions(q).to(z.dtype)], dim=1)
+        return z
 
     def _gate(self, z0: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logit, 0/1 mask) of the gate; every query attends when the gate is removed."""

@@ -1,3 +1,5 @@
-"""Running a trained model: device and precision, tiled inference in bounded chunks
-(:mod:`.inference`), the int8 backend (:mod:`.int8`), the memory allocator's tuning
-(:mod:`.heap`) and the model catalog and checkpoints (:mod:`.weights`)."""
+"""Running a trained model: the device and what its CPU offers (:mod:`.device`), the precision
+and the float settings training shares (:mod:`.precision`), one backend per precision
+(:mod:`.backends`), tiled inference in bounded chunks (:mod:`.inference`), the allocator's
+tuning for the processes that run inference (:mod:`.heap`) and the model catalog and
+checkpoints (:mod:`.weights`)."""

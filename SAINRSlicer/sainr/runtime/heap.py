@@ -1,14 +1,16 @@
-"""Keep freed memory inside the process for the length of a run (Linux, glibc).
+"""Keep freed memory inside the process (Linux, glibc), set once where a process starts.
 
 Inference allocates and frees the same large tensors tile after tile and chunk after chunk.
 By default glibc hands every block over 32 MB straight back to the OS (mmap) and trims the
 heap whenever its free top exceeds a few hundred kB, so each reuse page-faults the memory in
-again: on this project's 2-core benchmark machine that was a third of an int8 run and a
-fifth of an fp32 one (docs/benchmark.md). Inside :func:`retained_heap` malloc serves large
-blocks from the heap and does not trim it; on the way out the settings return to glibc's
-defaults and the heap is trimmed, so the memory goes back to the OS once the run is over.
+again: a large share of a CPU run's time (docs/benchmark.md). With these settings malloc serves
+large blocks from the heap and does not trim it; the memory goes back to the OS when the
+process ends.
 
-Elsewhere (Windows, macOS, musl) this is a no-op: nothing else is assumed about the allocator.
+It changes the allocator for the whole process, so no library call applies it: the command line
+does for the commands that run inference (:func:`retain_freed_memory`), and the Slicer module
+starts its worker with the same settings in the environment (:func:`environment`), which glibc
+reads at start-up. Elsewhere (Windows, macOS, musl) both are no-ops.
 """
 
 from __future__ import annotations
@@ -16,23 +18,19 @@ from __future__ import annotations
 import ctypes
 import platform
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 
-# mallopt parameters and glibc's documented defaults (man 3 mallopt)
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
-_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_TOP_PAD: 128 * 1024, _M_MMAP_MAX: 65536}
-_RETAIN = {_M_TRIM_THRESHOLD: 2**31 - 1, _M_TOP_PAD: 64 * 2**20, _M_MMAP_MAX: 0}
-
-_lock = threading.Lock()
-_depth = 0
+#: mallopt parameter -> (the environment variable glibc reads it from, the retained value)
+_RETAIN = {
+    -1: ("MALLOC_TRIM_THRESHOLD_", 2**31 - 1),  # M_TRIM_THRESHOLD: never trim the heap's top
+    -2: ("MALLOC_TOP_PAD_", 64 * 2**20),  # M_TOP_PAD: grow the heap in large steps
+    -4: ("MALLOC_MMAP_MAX_", 0),  # M_MMAP_MAX: large blocks from the heap, not mmap
+}
 
 
 @lru_cache(maxsize=1)
 def _glibc() -> ctypes.CDLL | None:
-    """The C library when it is glibc (the only one whose mallopt is used here)."""
+    """The C library when it is glibc (the only one whose tunables are set here)."""
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return None
     try:
@@ -41,29 +39,20 @@ def _glibc() -> ctypes.CDLL | None:
         return None
 
 
-def _apply(libc: ctypes.CDLL, settings: dict[int, int]) -> None:
-    for param, value in settings.items():
-        libc.mallopt(ctypes.c_int(param), ctypes.c_int(value))
-
-
-@contextmanager
-def retained_heap() -> Iterator[None]:
-    """Run the block with freed memory kept for reuse (see the module docstring); nested and
-    concurrent uses keep it until the last one ends."""
-    global _depth
+def retain_freed_memory() -> bool:
+    """Keep freed memory for reuse for the rest of this process (see the module docstring);
+    whether the settings were applied (glibc only)."""
     libc = _glibc()
     if libc is None:
-        yield
-        return
-    with _lock:
-        if _depth == 0:
-            _apply(libc, _RETAIN)
-        _depth += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                _apply(libc, _DEFAULTS)
-                libc.malloc_trim(ctypes.c_size_t(0))
+        return False
+    for param, (_name, value) in _RETAIN.items():
+        libc.mallopt(ctypes.c_int(param), ctypes.c_int(value))
+    return True
+
+
+def environment() -> dict[str, str]:
+    """The same settings as environment variables for a process about to start (empty where
+    the C library is not glibc)."""
+    if _glibc() is None:
+        return {}
+    return {name: str(value) for name, value in _RETAIN.values()}

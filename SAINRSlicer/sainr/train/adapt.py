@@ -39,7 +39,8 @@ from ..model import SAINR
 from ..planning import plan_reduction
 from ..protocol import DEFAULT_ADAPT_STEPS, DEFAULT_MODEL
 from ..request import ReduceOptions, Target
-from ..runtime.inference import CancelFn, ProgressFn, autocast, memory_format, resolve_precision
+from ..runtime.inference import CancelFn, ProgressFn
+from ..runtime.precision import autocast, memory_format, resolve_precision
 from ..runtime.weights import check_not_shipped, save_checkpoint
 from ..thickness import resolve_slice_thickness
 from .data import PatchDataset, PatchSpec, Volume, collate, gradient_target
@@ -68,7 +69,7 @@ class AdaptConfig:
     queries: int = 4096
     seed: int = 0
     precision: str = (
-        "auto"  # as sainr.runtime.inference.resolve_precision (bf16 on CPUs with bf16 hardware)
+        "auto"  # as sainr.runtime.precision.resolve_precision (bf16 on CPUs with bf16 hardware)
     )
     thickness: float = 1.0  # acquired slice thickness / slice spacing (1 = contiguous slices)
 

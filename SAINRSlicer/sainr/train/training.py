@@ -38,7 +38,8 @@ from ..evaluation.metrics import psnr
 from ..geometry import slice_grid
 from ..io.files import write_atomically
 from ..model import SAINR, ModelConfig, QueryOutput
-from ..runtime.inference import Plan, autocast, memory_format, super_resolve
+from ..runtime.inference import Plan, super_resolve
+from ..runtime.precision import autocast, memory_format
 from ..runtime.weights import load_model, save_checkpoint
 from .data import PatchDataset, PatchSpec, Volume, collate, load_volume
 

@@ -24,7 +24,7 @@ from ...io.files import write_atomically
 from ...io.outputs import write_volume
 from ...io.read import read_volume, volume_suffix
 from ...model.vae import SliceVAE
-from ...runtime.inference import choose_device
+from ...runtime.device import choose_device
 from ...validation import check_image
 from .slices import volume_slices
 

@@ -18,7 +18,8 @@ import torch
 from ...errors import SainrError, WeightsError
 from ...io.files import write_atomically
 from ...model.vae import SliceVAE, VAEConfig, kl_divergence
-from ...runtime.inference import autocast, choose_device
+from ...runtime.device import choose_device
+from ...runtime.precision import autocast
 from .slices import load_stacks, sample_crops
 
 VAE_FORMAT = "sainr-vae-v1"

@@ -1,0 +1,68 @@
+"""Which precision a run uses, and the float settings training and inference share: autocast
+and the encoder's memory layout.
+
+Light on purpose: training and adaptation import this, and it loads no backend (they live in
+:mod:`.backends` and are imported only when inference runs) and no allocator tuning.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+
+from .backends import REGISTRY, load_backend, registration
+from .device import has_fast_bf16
+
+#: What ``--precision`` accepts: auto and every registered backend.
+PRECISIONS = ("auto", *REGISTRY)
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(device: torch.device, precision: str, training: bool = False) -> str:
+    """'auto' = fp16 on CUDA; on the CPU bf16 where it has bf16 hardware
+    (:func:`sainr.runtime.device.has_fast_bf16`), else int8 inference where this torch build
+    has its kernels, else fp32; fp32 on other devices. Training (test-time adaptation) runs
+    fp32 where inference would run an inference-only precision (int8). Explicit choices pass
+    through once checked against the device (and, for inference, this torch build)."""
+    if precision == "auto":
+        return _auto(device, training)
+    entry = registration(precision)
+    if not entry.runs_on(device.type):
+        usable = [name for name, r in REGISTRY.items() if r.runs_on(device.type)]
+        places = " or ".join(d.upper() for d in entry.devices or ())
+        raise ValueError(
+            f"{precision} runs on the {places} only; use auto, {', '.join(usable)} on this device"
+        )
+    if training:
+        return precision if entry.trains else "fp32"
+    if not load_backend(precision).available():
+        raise ValueError(f"this PyTorch build cannot run {precision}; use auto or fp32")
+    return precision
+
+
+def _auto(device: torch.device, training: bool) -> str:
+    """The precision 'auto' stands for on ``device`` (see :func:`resolve_precision`)."""
+    if device.type == "cuda":
+        return "fp16"
+    if device.type != "cpu":
+        return "fp32"
+    if has_fast_bf16():
+        return "bf16"
+    if training or not load_backend("int8").available():
+        return "fp32"
+    return "int8"
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """Autocast for the encoder and the MLP at a resolved float ``precision`` (fp32 = none);
+    attention, softmax and outputs stay fp32. Inference, training and adaptation share it."""
+    dtype = _AUTOCAST.get(precision)
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def memory_format(precision: str) -> torch.memory_format:
+    """Channels-last 3D for reduced precision: oneDNN/cuDNN run those convolutions faster and the flattened (N, C) feature table becomes a view. fp32 CPU convolutions are
+    slightly slower channels-last, so fp32 keeps the default layout."""
+    return torch.contiguous_format if precision == "fp32" else torch.channels_last_3d
