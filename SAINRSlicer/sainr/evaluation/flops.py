@@ -8,21 +8,26 @@ and element-wise operations count nothing.
 Two accountings of LASA per attended query (n = 2 l^2 neighbours, C channels):
 - ``paper``: the official code projects every gathered (query, neighbour) pair with Phi and
   Gamma, n 2 C^2, plus the query projection C^2, and predicts two gating logits (2 C MACs).
-- ``ours`` (:mod:`sainr.model.lasa`): nothing is projected per neighbour or per LR voxel; a
-  query costs Theta and Phi_W^T (2 C^2), n C for the logits, n C for the weighted feature
-  sum and Gamma once (C^2), plus the offset-embedding terms (6 C + 4 n); one gating logit
-  (C MACs).
+- ``ours``: what the modules report of their own layers (:meth:`sainr.model.lasa.LASA.macs_per_query`
+  and :meth:`sainr.model.gating.GatingMask.macs_per_query`): nothing is projected per
+  neighbour or per LR voxel.
+
+Encoder and decoder counts come from the modules too (:meth:`EDSR3d.macs_per_voxel`,
+:meth:`MLPDecoder.macs_per_query`), built without weights (PyTorch's meta device), so a change
+of architecture changes the counts with no edit here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import torch
 
 from ..geometry import slice_count
-from ..model import ModelConfig
+from ..model import SAINR, ModelConfig
 
 ACCOUNTINGS = ("paper", "ours")
-_KERNEL = 27  # 3 x 3 x 3 convolutions
 
 
 @dataclass(frozen=True)
@@ -41,24 +46,40 @@ class Slab:
         return self.side**2 * slice_count(self.lr_slices, factor)
 
 
+@lru_cache(maxsize=8)
+def _modules(cfg: ModelConfig) -> SAINR:
+    """The model of ``cfg`` with shapes only (meta tensors): what the counts are read from."""
+    with torch.device("meta"):
+        return SAINR(cfg)
+
+
 def encoder_macs_per_voxel(cfg: ModelConfig) -> int:
-    """3D EDSR: head conv 1 -> C, then 2 B + 1 convs C -> C, all 3 x 3 x 3."""
-    return _KERNEL * cfg.channels + (2 * cfg.blocks + 1) * _KERNEL * cfg.channels**2
+    """3D EDSR: every convolution once per voxel (:meth:`EDSR3d.macs_per_voxel`)."""
+    return _modules(cfg).encoder.macs_per_voxel()
 
 
 def decoder_macs_per_query(cfg: ModelConfig) -> int:
-    """MLP C -> hidden -> ... -> 1 with ``decoder_layers`` linear layers."""
-    dims = [cfg.channels] + [cfg.hidden] * (cfg.decoder_layers - 1) + [1]
-    return sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
+    """The MLP's layers once per query (:meth:`MLPDecoder.macs_per_query`)."""
+    return _modules(cfg).decoder.macs_per_query()
 
 
 def lasa_macs_per_query(cfg: ModelConfig, accounting: str) -> int:
     """LASA MACs of one attended query (see the module docstring)."""
-    c, n = cfg.channels, 2 * cfg.window**2
     if accounting == "paper":
+        c, n = cfg.channels, 2 * cfg.window**2
         return n * 2 * c**2 + c**2
-    offset = 6 * c + 4 * n if cfg.offset_embed else 0
-    return 3 * c**2 + 2 * n * c + offset
+    lasa = _modules(replace(cfg, lasa=True)).lasa
+    assert lasa is not None
+    return lasa.macs_per_query()
+
+
+def gate_macs_per_query(cfg: ModelConfig, accounting: str) -> int:
+    """Gating MACs of one query: the paper's code predicts two logits, ours one."""
+    if accounting == "paper":
+        return 2 * cfg.channels
+    gate = _modules(replace(cfg, lasa=True, gating=True)).gate
+    assert gate is not None
+    return gate.macs_per_query()
 
 
 def slab_macs(
@@ -85,7 +106,7 @@ def slab_macs(
         g = attended if cfg.gating else 1.0
         out["lasa"] = g * queries * lasa_macs_per_query(cfg, accounting)
         if cfg.gating:
-            out["gate"] = float(queries * cfg.channels * (2 if accounting == "paper" else 1))
+            out["gate"] = float(queries * gate_macs_per_query(cfg, accounting))
     out["total"] = sum(out.values())
     return out
 
