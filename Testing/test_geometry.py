@@ -19,7 +19,7 @@ from sainr.geometry import (
     slice_count,
     slice_grid,
 )
-from sainr.planning import plan_reduction
+from sainr.planning import plan_grid
 from sainr.request import Target
 
 
@@ -181,7 +181,8 @@ def test_the_float32_cases_are_ones_the_old_tolerance_lost_a_slice_on():
 def test_a_float32_header_is_planned_with_every_slice():
     image = sitk.Image(8, 8, 40, sitk.sitkFloat32)
     image.SetSpacing((0.7, 0.7, float(np.float32(2.1))))
-    axis, out = plan_reduction(image, 0.7)
+    plan = plan_grid(image, 0.7)
+    axis, out = plan.axis, plan.output
     assert axis == 2 and out.size[2] == 118
     last = out.origin[2] + (out.size[2] - 1) * out.spacing[2]
     assert last == pytest.approx(image.GetOrigin()[2] + 39 * image.GetSpacing()[2], abs=1e-4)

@@ -9,6 +9,7 @@ small: an existing output node, a failing and a cancelled run, the console examp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import io
 import math
@@ -548,13 +549,13 @@ def test_torch_probe_reports_the_subprocess_torch():
 
 
 def _core_plan(volume, target: float, tmp_path):
-    """What the subprocess plans: the core's plan_reduction on the NRRD the run writes."""
-    from sainr.api import plan_reduction
+    """What the subprocess plans of the grid: the core's plan_grid on the NRRD the run writes."""
+    from sainr.planning import plan_grid
 
     path = tmp_path / f"{volume.GetID()}.nrrd"
     slicer_scene.SAINRSlicerLib.sceneio.writeVolume(volume, path)
     image = sitk.ReadImage(str(path))
-    return image, plan_reduction(image, target)
+    return image, plan_grid(image, target)
 
 
 PLAN_CASES = {
@@ -601,11 +602,39 @@ def test_logic_and_core_plan_identically(case, tmp_path):
         assert str(refused.value) == slicer_scene.SAINRSlicerLib.core.panelWording(str(core_error))
         assert "--" not in str(refused.value)
         return
-    axis, geometry = core
+    axis, geometry = core.axis, core.output
     plan = logic.plan(node, target)
     assert plan.axis == axis
     assert plan.outputSize == geometry.size
     np.testing.assert_allclose(plan.outputSpacing, geometry.spacing, atol=1e-12)
+
+
+@pytest.mark.parametrize("axis", [None, 1], ids=["detected axis", "named axis"])
+def test_the_worker_plans_the_grid_the_logic_planned(axis, tmp_path):
+    """The subprocess plans again only because it is another process: on the file the run
+    writes, with the arguments the run passes, its plan holds the Logic's plan of the grid
+    bit for bit (an oblique, left-handed grid), plus the voxel scan and the thickness."""
+    from sainr.cli import build_parser
+    from sainr.cli.common import options_of, target_of
+    from sainr.io.read import read_volume
+    from sainr.planning import plan_reduction
+
+    handles = slicer_scene.newScene()
+    spacing = (IN_PLANE, SLICE_SPACING, IN_PLANE)
+    node = slicer_scene.addVolume(
+        handles.scene,
+        thick_knee_slices_on_j(),
+        slicer_scene.ijkToRAS(DIRECTIONS, spacing, ORIGIN),
+        "knee",
+    )
+    plan = SAINRSlicerLogic().plan(node, 0.7, axis)
+    path = tmp_path / "input.nrrd"
+    slicer_scene.SAINRSlicerLib.sceneio.writeVolume(node, path)
+    arguments = slicer_scene.SAINRSlicerLib.run.workerArguments(plan)
+    args = build_parser().parse_args(["reduce", str(path), "out.nrrd", *arguments])
+    worker = plan_reduction(read_volume(path), target_of(args), options_of(args))
+    assert worker.thickness is not None and worker.nonfinite == 0
+    assert dataclasses.replace(worker, thickness=None, nonfinite=None) == plan.core
 
 
 # Slice thickness: from the panel's field through the Logic to the subprocess

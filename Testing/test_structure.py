@@ -127,6 +127,8 @@ def test_the_slicer_modules_core_imports_are_torch_free():
     """The Slicer process plans with these modules (no PyTorch there): none imports torch."""
     torch_free = {
         "sainr.planning",
+        "sainr.thickness",  # the plan resolves the slice thickness
+        "sainr.acquisition",
         "sainr.geometry",
         "sainr.errors",
         "sainr.protocol",

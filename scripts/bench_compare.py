@@ -18,21 +18,21 @@ import SimpleITK as sitk
 import torch
 
 import sainr
-from sainr.api import plan_reduction
 from sainr.evaluation.bench import resize_in_plane, sample_path, time_sainr, time_sitk
 from sainr.io.read import read_volume
+from sainr.planning import plan_grid
 from sainr.runtime.weights import load_model
 
 
 def main(label: str, weights: str, precision: str) -> None:
     model = load_model(weights)
     sample = read_volume(sample_path())
-    axis = plan_reduction(sample, 1.0)[0]
+    axis = plan_grid(sample, 1.0).axis
     for name, image in (
         ("192x192x40", sample),
         ("384x384x40", resize_in_plane(sample, axis, 384)),
     ):
-        grid = plan_reduction(image, 1.0)[1]
+        grid = plan_grid(image, 1.0).output
         row = {"label": label, "sainr": sainr.__file__, "weights": weights}
         row |= {"precision": precision, "volume": name, "threads": torch.get_num_threads()}
         row["linear_s"] = time_sitk(image, grid, sitk.sitkLinear, 3)

@@ -1,7 +1,11 @@
 """The Logic: everything the panel does, usable from the Python console and tests.
 
-Planning goes through the core's own :func:`sainr.planning.plan_reduction` on the image the
-subprocess will read, so the panel's preview and refusals are those of the run.
+Planning goes through the core's own :func:`sainr.planning.plan_grid` on the image the
+subprocess will read (its grid exactly as that process reads it), so the panel's preview and
+refusals are those of the run. A run is planned once here; the subprocess plans again only
+because it is another process, with what :func:`~SAINRSlicerLib.run.workerArguments` passes
+it, and makes the same plan of the grid (it adds the voxel checks and the slice thickness,
+which need the model's checkpoint and so PyTorch).
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import math
 import pathlib
 import re
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from typing import Annotated
 
+import SimpleITK as sitk
 import slicer
+import vtk
 
 from . import views
 from .core import SAINRSlicerError, coreModule, panelWording, resourcePath
@@ -31,7 +38,7 @@ from .framework import (
 )
 from .process import subprocessEnvironment
 from .run import ReductionPlan, ReductionRun
-from .sceneio import ijkToRASDirections, imageFromVolume
+from .sceneio import ijkToRASDirections, imageFromVolume, writeVolume
 from .torchenv import (
     installedTorchVersion,
     installTorchThroughExtension,
@@ -111,8 +118,9 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
     # Planning (the core's planning, no torch)
 
     def coreImage(self, volume):
-        """The SimpleITK image the subprocess will read for ``volume`` (kept until the volume
-        changes, since the panel plans on every parameter change)."""
+        """The SimpleITK image the subprocess will read for ``volume``: its voxels, and its
+        grid read from the header of the file the run writes (:func:`fileGrid`); kept until
+        the volume changes, since the panel plans on every parameter change."""
         if volume is None:
             raise SAINRSlicerError(_("Select an input volume."))
         if volume.IsA("vtkMRMLLabelMapVolumeNode"):
@@ -124,12 +132,17 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
             raise SAINRSlicerError(_("{name} has no voxels").format(name=volume.GetName()))
         key = (volume.GetID(), volume.GetMTime(), imageData.GetMTime())
         if self._imageCache is None or self._imageCache[0] != key:
-            self._imageCache = (key, imageFromVolume(volume))
+            image = imageFromVolume(volume)
+            spacing, origin, direction = fileGrid(volume)
+            image.SetSpacing(spacing)
+            image.SetOrigin(origin)
+            image.SetDirection(direction)
+            self._imageCache = (key, image)
         return self._imageCache[1]
 
     def _corePlan(self, volume, targetSpacing: float | None, axis: int | None, isotropic=False):
-        """(image, slice axis, output geometry) as the core plans them: to ``targetSpacing``
-        mm, or to isotropic voxels."""
+        """The core's plan of the grid (:func:`sainr.planning.plan_grid`): to
+        ``targetSpacing`` mm, or to isotropic voxels."""
         planning, request, errors = (coreModule(n) for n in ("planning", "request", "errors"))
         image = self.coreImage(volume)
         try:
@@ -137,10 +150,9 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
                 target = request.Target(isotropic=True, axis=axis)
             else:
                 target = request.Target(spacing=targetSpacing, axis=axis)
-            axis, out = planning.plan_reduction(image, target)
+            return planning.plan_grid(image, target)
         except errors.SainrError as error:
             raise SAINRSlicerError(panelWording(str(error))) from None
-        return image, axis, out
 
     def sliceAxis(self, volume, axis: int | None = None) -> tuple[int, str]:
         """(slice axis, description such as 'k (R-L, sagittal slices)') of a volume node."""
@@ -155,20 +167,11 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
     def plan(self, volume, targetSpacing: float, axis: int | None = None) -> ReductionPlan:
         """What reducing ``volume`` to ``targetSpacing`` mm will produce, from the core's
         planning; raises SAINRSlicerError with the core's reason when it is not possible."""
-        image, axis, out = self._corePlan(volume, targetSpacing, axis)
-        return ReductionPlan(
-            tuple(image.GetSize()),
-            tuple(image.GetSpacing()),
-            axis,
-            coreModule("geometry").axis_label(out.direction, axis),
-            out.spacing[axis],
-            tuple(out.size),
-        )
+        return ReductionPlan(self._corePlan(volume, targetSpacing, axis))
 
     def isotropicSpacing(self, volume) -> float:
         """The finest in-plane spacing: the target that gives isotropic voxels."""
-        _image, axis, out = self._corePlan(volume, None, None, isotropic=True)
-        return out.spacing[axis]
+        return self._corePlan(volume, None, None, isotropic=True).spacing_out
 
     def sliceSpacing(self, volume) -> float:
         """Spacing along the detected slice axis: the slice thickness of contiguous slices
@@ -285,7 +288,6 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
         options = ["--device", device]
         for option, value in (
             ("--weights", weights),
-            ("--axis", axis),
             ("--adapt-steps", adaptSteps or None),
             ("--save-adapted", saveAdaptedPath),
             (
@@ -393,6 +395,28 @@ class SAINRSlicerLogic(ScriptedLoadableModuleLogic):
     def setMaskOverlay(self, outputVolume, visible: bool, opacity: float) -> None:
         """Show (or hide) the result's gating mask over the result in the slice views."""
         views.setMaskOverlay(outputVolume, visible, opacity)
+
+
+def fileGrid(volume) -> tuple[tuple, tuple, tuple]:
+    """(spacing, origin, direction) of ``volume`` exactly as the subprocess reads them: from
+    the header of the NRRD :func:`writeVolume` writes, for a 2 x 2 x 2 stand-in with the same
+    IJK-to-RAS (the header does not depend on the voxels), read without voxels. Computed from
+    the node instead, an oblique direction can differ in its last bit, and so the plans."""
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    voxels = vtk.vtkImageData()
+    voxels.SetDimensions(2, 2, 2)
+    voxels.AllocateScalars(vtk.VTK_SHORT, 1)
+    standIn = slicer.vtkMRMLScalarVolumeNode()
+    standIn.SetAndObserveImageData(voxels)
+    standIn.SetIJKToRASMatrix(matrix)
+    with tempfile.TemporaryDirectory(prefix="sainr-") as folder:
+        path = pathlib.Path(folder) / "grid.nrrd"
+        writeVolume(standIn, path)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
 
 
 def _reason(error: BaseException) -> str:

@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import slicer
 
@@ -103,24 +104,52 @@ def formatDuration(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class ReductionPlan:
-    """What a reduction will do, as the core's planning computed it before anything runs."""
+    """What a reduction will do, as the core's planning computed it before anything runs:
+    ``core``, the core's plan of the grid (:class:`sainr.planning.ReductionPlan`), as the
+    panel reads it."""
 
-    inputSize: tuple[int, int, int]
-    inputSpacing: tuple[float, float, float]
-    axis: int
-    axisLabel: str
-    targetSpacing: float
-    outputSize: tuple[int, int, int]
+    core: Any
+
+    @property
+    def inputSize(self) -> tuple[int, int, int]:
+        return self.core.input.size
+
+    @property
+    def inputSpacing(self) -> tuple[float, float, float]:
+        return self.core.input.spacing
+
+    @property
+    def axis(self) -> int:
+        return self.core.axis
+
+    @property
+    def axisLabel(self) -> str:
+        return self.core.axis_label
+
+    @property
+    def targetSpacing(self) -> float:
+        return self.core.spacing_out
+
+    @property
+    def outputSize(self) -> tuple[int, int, int]:
+        return self.core.output.size
 
     @property
     def outputSpacing(self) -> tuple[float, float, float]:
-        spacing = list(self.inputSpacing)
-        spacing[self.axis] = self.targetSpacing
-        return tuple(spacing)
+        return self.core.output.spacing
 
     @property
     def factor(self) -> float:
-        return self.inputSpacing[self.axis] / self.targetSpacing
+        return self.core.factor
+
+
+def workerArguments(plan: ReductionPlan) -> list[str]:
+    """What the subprocess needs of the plan to plan the same grid on the file the run
+    writes: the target spacing (exactly: ``repr``) and the slice axis when one was named
+    (else it detects the same one on the same grid)."""
+    arguments = ["--spacing", repr(float(plan.targetSpacing))]
+    axis = plan.core.target.axis
+    return arguments + (["--axis", str(axis)] if axis is not None else [])
 
 
 class ReductionRun:
@@ -233,8 +262,7 @@ class ReductionRun:
             "reduce",
             str(inputPath),
             str(self.outputPath),
-            "--spacing",
-            repr(float(self.plan.targetSpacing)),
+            *workerArguments(self.plan),
             "--mask",
             str(self.maskPath),
             "--progress",

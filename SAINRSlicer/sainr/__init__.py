@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ReduceOptions",
     "ReduceResult",
+    "ReductionPlan",
     "SainrError",
     "Target",
     "__version__",
@@ -23,6 +24,7 @@ __all__ = [
 _LAZY = {
     "ReduceOptions": ".request",
     "ReduceResult": ".api",
+    "ReductionPlan": ".planning",
     "Target": ".request",
     "plan_reduction": ".planning",
     "reduce_spacing": ".api",

@@ -1,8 +1,9 @@
 """Python API: ``reduce_spacing(image, spacing_mm)`` on SimpleITK images.
 
-read -> validate -> slice axis -> thin-slice grid -> normalise -> SA-INR (encoder once per tile,
-thin slices in bounded chunks) -> de-normalise -> image with the input's origin and direction
-and the new spacing on the slice axis only. The input image is never modified.
+read -> plan (checks, slice axis, thin-slice grid, slice thickness; :mod:`sainr.planning`, or a
+plan the caller made) -> normalise -> SA-INR (encoder once per tile, thin slices in bounded
+chunks) -> de-normalise -> image with the input's origin and direction and the new spacing on
+the slice axis only. The input image is never modified.
 
 Output pixel type: the input's. Integer inputs are rounded and clipped to their type's range;
 float64 is computed in float32 and stored as float64.
@@ -16,16 +17,14 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import Geometry, axis_label, slice_grid
+from .geometry import EPS, Geometry
 from .intensity import robust_scale
 from .model import SAINR
-from .planning import geometry_of, plan_reduction
+from .planning import ReductionPlan, geometry_of, plan_reduction
 from .request import ReduceOptions, Target
 from .runtime.device import choose_device
 from .runtime.inference import CancelFn, NoticeFn, ProgressFn, super_resolve_with_fallback
 from .runtime.weights import load_model
-from .thickness import resolve_slice_thickness
-from .validation import check_values
 
 
 @dataclass
@@ -63,21 +62,43 @@ def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def slice_first(
-    image: sitk.Image, axis: int, nan_policy: str = "refuse"
+    image: sitk.Image, axis: int, replace_nonfinite: bool = False
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
     """The voxels as float32 (S, H, W) with index axis ``axis`` (the slice axis) first, and
-    their spacing (c_S, c_H, c_W) in mm; NaN/Inf and constant volumes are checked first."""
-    array = check_values(sitk.GetArrayViewFromImage(image), nan_policy)
-    volume = np.moveaxis(np.asarray(array, dtype=np.float32), 2 - axis, 0)
+    their spacing (c_S, c_H, c_W) in mm; NaN/Inf voxels replaced by 0 if ``replace_nonfinite``.
+    The voxels are checked by the plan (:func:`sainr.planning.plan_reduction`), not here."""
+    view = sitk.GetArrayViewFromImage(image)
+    volume = np.moveaxis(np.asarray(view, dtype=np.float32), 2 - axis, 0)
+    if replace_nonfinite:
+        volume = np.nan_to_num(volume, nan=0.0, posinf=0.0, neginf=0.0)
     order = [axis] + [a for a in (2, 1, 0) if a != axis]  # array axis b is index axis 2 - b
     return volume, tuple(float(image.GetSpacing()[a]) for a in order)
 
 
+def check_plan(plan: ReductionPlan, image: sitk.Image, trained: tuple[float, float] | None) -> None:
+    """Refuse to run a plan made for another grid, one of the grid alone
+    (:func:`sainr.planning.plan_grid`: its voxels are unchecked, its slice thickness unknown),
+    or one whose slice thickness lies outside the model's ``trained`` range (planned without
+    it: the model would be told a thickness it never saw)."""
+    if plan.input != geometry_of(image):
+        raise ValueError("the plan was made for an image with another grid; plan this image")
+    if plan.thickness is None or plan.nonfinite is None:
+        raise ValueError("a plan of the grid alone cannot run; make it with plan_reduction")
+    relative = plan.thickness.relative
+    if trained is not None and not trained[0] * (1 - EPS) <= relative <= trained[1] * (1 + EPS):
+        raise ValueError(
+            f"the plan's slice thickness ({relative:.3g}x the spacing) lies outside the "
+            f"{trained[0]:.2g}-{trained[1]:.2g}x this model was trained for; plan with the "
+            "model's range (plan_reduction(..., trained=model.trained_thickness))"
+        )
+
+
 def reduce_spacing(
     image: sitk.Image,
-    target: Target | float,
+    target: Target | float | None = None,
     options: ReduceOptions = ReduceOptions(),
     *,
+    plan: ReductionPlan | None = None,
     weights: str | None = None,
     model: SAINR | None = None,
     progress: ProgressFn | None = None,
@@ -85,27 +106,32 @@ def reduce_spacing(
     notice: NoticeFn | None = None,
 ) -> ReduceResult:
     """Reduce the slice spacing of ``image`` to ``target`` with SA-INR: a target spacing in
-    mm, or a :class:`~sainr.request.Target` (a factor, isotropic voxels, a named slice axis).
+    mm, or a :class:`~sainr.request.Target` (a factor, isotropic voxels, a named slice axis);
+    or run a ``plan`` already made for this image (:func:`sainr.planning.plan_reduction`), which
+    is then neither made again nor its voxel checks repeated. Give exactly one of the two.
 
     ``options`` says how it runs (:class:`~sainr.request.ReduceOptions`: slice thickness,
-    device, precision, memory budget, NaN policy). ``weights`` names a shipped model
-    ("default") or a checkpoint file; ``model`` passes an already loaded one (to adapt it to
-    the image first: :func:`sainr.train.adapt.adapt_to_image` with the same target and options).
+    device, precision, memory budget, NaN policy; with a ``plan``, its slice thickness and NaN
+    decisions hold). ``weights`` names a shipped model ("default") or a checkpoint file;
+    ``model`` passes an already loaded one (to adapt it to the image first:
+    :func:`sainr.train.adapt.adapt_to_image` with the same plan and options).
     The acquired slice thickness tells the model how much to deblur: ``options``' value, else
     the image header's (DICOM SliceThickness, NRRD thicknesses), else estimated from the
     voxels (:func:`sainr.thickness.resolve_slice_thickness`); ``info`` says which, with a
     warning about it (``slice_thickness_warning``), for the caller to show beside the result.
     """
-    ax, out_geom = plan_reduction(image, target)
-    geom = geometry_of(image)
-    grid = slice_grid(geom.size[ax], geom.spacing[ax], out_geom.spacing[ax])
-    volume, _ = slice_first(image, ax, options.nan_policy)
+    if (target is None) == (plan is None):
+        raise TypeError("give reduce_spacing a target or a plan (exactly one)")
     net = model if model is not None else load_model(weights)
     trained = getattr(net, "trained_thickness", None)
-    resolved = resolve_slice_thickness(image, ax, options.slice_thickness_mm, trained)
-    thickness = resolved.relative
+    if plan is None:
+        plan = plan_reduction(image, target, options, trained)
+    else:
+        check_plan(plan, image, trained)
+    volume, _ = slice_first(image, plan.axis, bool(plan.nonfinite))
     scale = robust_scale(volume)
     dev = choose_device(options.device)
+    grid = plan.grid()
     hr, mask = super_resolve_with_fallback(
         net,
         scale.normalize(volume),
@@ -116,26 +142,27 @@ def reduce_spacing(
         progress=progress,
         cancel=cancel,
         precision=options.precision,
-        thickness=thickness,
+        thickness=plan.thickness.relative,
     )
     hr = scale.denormalize(np.maximum(hr, 0.0))
     dtype = sitk.GetArrayViewFromImage(image).dtype
+    ax = plan.axis
     out = cast_like(np.moveaxis(hr, 0, 2 - ax), dtype)
     mask_arr = np.ascontiguousarray(np.moveaxis(mask, 0, 2 - ax))
     return ReduceResult(
-        image_from_array(np.ascontiguousarray(out), out_geom),
-        image_from_array(mask_arr, out_geom),
+        image_from_array(np.ascontiguousarray(out), plan.output),
+        image_from_array(mask_arr, plan.output),
         {
             "axis": ax,
-            "axis_label": axis_label(geom.direction, ax),
-            "spacing_in": geom.spacing[ax],
+            "axis_label": plan.axis_label,
+            "spacing_in": plan.spacing_in,
             "spacing_out": grid.spacing_hr,
             "factor": grid.factor,
             "slices_in": grid.n_lr,
             "slices_out": grid.n_hr,
-            "slice_thickness": resolved.mm,
-            "slice_thickness_source": resolved.source,
-            "slice_thickness_warning": resolved.warning,
+            "slice_thickness": plan.thickness.mm,
+            "slice_thickness_source": plan.thickness.source,
+            "slice_thickness_warning": plan.thickness.warning,
             "gated_fraction": float(mask.mean()),
             "device": str(dev),
         },

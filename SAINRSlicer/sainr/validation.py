@@ -93,20 +93,32 @@ def _vector_kind(image: sitk.Image) -> str:
 
 
 def check_values(array: np.ndarray, nan_policy: str = "refuse") -> np.ndarray:
-    """Refuse (or, with nan_policy='zero', replace by 0) NaN/Inf voxels; refuse values beyond
-    float32 (the network's type) and volumes without contrast (all zero, or constant).
-    Returns the (cleaned) array."""
+    """:func:`scan_values`, then the array with its NaN/Inf voxels replaced by 0 (allowed by
+    nan_policy='zero'): for readers that need the cleaned voxels at once."""
+    if scan_values(array, nan_policy):
+        return np.where(np.isfinite(array), array, 0)
+    return array
+
+
+def scan_values(array: np.ndarray, nan_policy: str = "refuse") -> int:
+    """The one pass over the voxels before a run: refuse NaN/Inf voxels (unless nan_policy is
+    'zero': they count as 0), values beyond float32 (the network's type) and volumes without
+    contrast (all zero, or constant). Returns how many NaN/Inf voxels are to be replaced by 0,
+    so that a run replaces them without scanning again."""
+    n_bad, finite = 0, array
     if array.dtype.kind == "f":
-        bad = ~np.isfinite(array)
-        n_bad = int(bad.sum())
+        good = np.isfinite(array)
+        n_bad = int(array.size - np.count_nonzero(good))
         if n_bad and nan_policy != "zero":
             raise InputImageError(
                 f"the volume has {n_bad} NaN/Inf voxels; fix them or allow replacing them "
                 "by 0 (--nan-to-zero)"
             )
         if n_bad:
-            array = np.where(bad, 0, array)
-    low, high = array.min(), array.max()
+            finite = array[good]
+    low, high = (finite.min(), finite.max()) if finite.size else (0, 0)
+    if n_bad:  # the replaced voxels are 0
+        low, high = min(low, 0), max(high, 0)
     _check_float32_range(float(low), float(high))
     if low == high == 0:
         raise InputImageError(
@@ -117,7 +129,7 @@ def check_values(array: np.ndarray, nan_policy: str = "refuse") -> np.ndarray:
         raise InputImageError(
             f"every voxel of the volume is {low:g}; there is nothing to interpolate"
         )
-    return array
+    return n_bad
 
 
 def _check_float32_range(low: float, high: float) -> None:
@@ -160,14 +172,19 @@ def check_forced_limits(
 def check_output_size(size: tuple[int, ...], bytes_per_voxel: int, force: bool = False) -> None:
     """Refuse an output whose result arrays would need more than MAX_RESULT_BYTES of memory,
     with the size it would need, unless ``force``."""
-    voxels = math.prod(size)
-    needed = voxels * (bytes_per_voxel + RESULT_WORK_BYTES_PER_VOXEL)
+    needed = result_bytes(size, bytes_per_voxel)
     if needed > MAX_RESULT_BYTES and not force:
         raise SpacingError(
             f"the output would be {' x '.join(map(str, size))} voxels and need "
             f"{format_bytes(needed)} of memory (limit {format_bytes(MAX_RESULT_BYTES)}); "
             "choose a larger target spacing, crop the volume, or force it (--force)"
         )
+
+
+def result_bytes(size: tuple[int, ...], bytes_per_voxel: int) -> int:
+    """Memory the result arrays of an output of ``size`` voxels need: the output itself
+    (``bytes_per_voxel``) and RESULT_WORK_BYTES_PER_VOXEL of work per voxel."""
+    return math.prod(size) * (bytes_per_voxel + RESULT_WORK_BYTES_PER_VOXEL)
 
 
 def format_bytes(n: float) -> str:

@@ -12,7 +12,7 @@ from ..api import reduce_spacing
 from ..io.outputs import destination, write_volume
 from ..model import SAINR
 from ..protocol import PROGRESS_TAG
-from ..request import Target
+from ..request import ReduceOptions
 from ..runtime.device import choose_device
 from ..runtime.weights import load_model, trained_thickness_range
 from ..train.adapt import (
@@ -69,20 +69,21 @@ def adapt_with_progress(
     name: str,
     checked: CheckedInput,
     model: SAINR,
-    target: Target,
+    options: ReduceOptions,
     config: AdaptConfig,
     progress_mode: str,
     tag: str,
 ) -> Adapted:
-    """Adapt ``model`` to the checked input ``name`` on its run's device, showing progress
-    as ``progress_mode`` says (``<tag> done total`` lines with ``lines``)."""
+    """Adapt ``model`` to the checked input ``name`` with its plan, on the run's device
+    (``options``), showing progress as ``progress_mode`` says (``<tag> done total`` lines
+    with ``lines``)."""
     update, close = progress_printer(progress_mode, f"adapting {name}", "step", tag)
     try:
         return adapt_to_image(
-            model.to(choose_device(checked.options.device)),
+            model.to(choose_device(options.device)),
             checked.image,
-            target,
-            checked.options,
+            checked.plan,
+            options,
             config,
             progress=update,
             log=lambda msg: print(msg, file=sys.stderr),
@@ -105,14 +106,20 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.weights)
     config = AdaptConfig(steps=args.steps, minutes=args.minutes, seed=args.seed)
     name = args.input.name
-    adapted = adapt_with_progress(name, checked, model, target, config, args.progress, PROGRESS_TAG)
+    adapted = adapt_with_progress(
+        name, checked, model, options, config, args.progress, PROGRESS_TAG
+    )
     save_adapted(adapted, args.out, args.weights, name)
     print(f"{name}: adapted {adapted.steps_done} steps -> {args.out}", file=sys.stderr)
     if args.reduce is not None:
         update, close = progress_printer(args.progress, name)
         try:
             result = reduce_spacing(
-                checked.image, target, checked.options, model=adapted.model, progress=update
+                checked.image,
+                options=options,
+                plan=checked.plan,
+                model=adapted.model,
+                progress=update,
             )
         finally:
             close()

@@ -20,7 +20,7 @@ from ..evaluation.bench import (
 )
 from ..io.files import write_atomically
 from ..io.read import read_volume
-from ..planning import plan_reduction
+from ..planning import plan_grid
 from ..runtime.device import choose_device
 from ..runtime.precision import PRECISIONS
 from ..runtime.weights import load_model
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         volumes = [(p.name, read_volume(p)) for p in args.inputs]
     else:
         sample = read_volume(sample_path())
-        axis = plan_reduction(sample, args.spacing)[0]
+        axis = plan_grid(sample, args.spacing).axis
         volumes = [
             (SAMPLE, sample),
             (f"{SAMPLE} resized to {args.in_plane}²", resize_in_plane(sample, axis, args.in_plane)),

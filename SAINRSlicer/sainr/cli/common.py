@@ -16,14 +16,12 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ..geometry import relative_thickness
 from ..io.read import dicom_slice_thickness, read_volume
-from ..planning import plan_reduction
+from ..planning import ReductionPlan, plan_reduction
 from ..protocol import PROGRESS_TAG
 from ..request import ReduceOptions, Target
 from ..runtime.precision import PRECISIONS
 from ..thickness import DICOM_THICKNESS_KEY, NRRD_THICKNESS_KEY, nrrd_thicknesses
-from ..validation import check_values
 
 
 def progress_printer(
@@ -130,12 +128,17 @@ def options_of(args: argparse.Namespace) -> ReduceOptions:
 
 @dataclass(frozen=True)
 class CheckedInput:
-    """An input read and checked, with the options of its run. A DICOM series' SliceThickness
-    travels in the image's metadata (:data:`sainr.thickness.DICOM_THICKNESS_KEY`), where the
-    reduction finds it as a header thickness."""
+    """An input read and planned: the image and its run's one plan
+    (:func:`sainr.planning.plan_reduction`), which adaptation and the reduction use as made."""
 
     image: sitk.Image
-    options: ReduceOptions
+    plan: ReductionPlan
+
+
+def read_input(src: Path, series: str | None) -> sitk.Image:
+    """Read ``src`` (one ``series`` of a DICOM folder), its reader's own messages silenced."""
+    with native_stderr_silenced():
+        return read_volume(src, series)
 
 
 def checked_input(
@@ -145,22 +148,19 @@ def checked_input(
     options: ReduceOptions,
     trained: tuple[float, float] | None = None,
 ) -> CheckedInput:
-    """Read ``src`` (one ``series`` of a DICOM folder) and run every check that needs no
-    model: grid, target, a given slice thickness (against the model's ``trained`` range),
-    voxel values."""
-    with native_stderr_silenced():
-        image = read_volume(src, series)
-    axis, _ = plan_reduction(image, target)
+    """Read ``src`` (one ``series`` of a DICOM folder) and plan its run once, with every
+    check that needs no model: grid, target, a given slice thickness (against the model's
+    ``trained`` range), voxel values. Without a given thickness, a DICOM series'
+    SliceThickness and an NRRD ``thicknesses`` field are put in the image's metadata first
+    (:data:`sainr.thickness.DICOM_THICKNESS_KEY`), where the planning finds them."""
+    image = read_input(src, series)
     if options.slice_thickness_mm is None:
         dicom_mm = dicom_slice_thickness(src, series)
         if dicom_mm is not None:
             image.SetMetaData(DICOM_THICKNESS_KEY, f"{dicom_mm:.17g}")
         if (nrrd := nrrd_thicknesses(src)) is not None:
             image.SetMetaData(NRRD_THICKNESS_KEY, nrrd)
-    else:
-        relative_thickness(options.slice_thickness_mm, image.GetSpacing()[axis], trained)
-    check_values(sitk.GetArrayViewFromImage(image), options.nan_policy)
-    return CheckedInput(image, options)
+    return CheckedInput(image, plan_reduction(image, target, options, trained))
 
 
 @contextmanager

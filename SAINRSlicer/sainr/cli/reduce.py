@@ -47,6 +47,7 @@ from .common import (
     native_stderr_silenced,
     options_of,
     progress_printer,
+    read_input,
     target_of,
 )
 
@@ -129,13 +130,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{src.name}: skipped (already complete) -> {dst}", file=sys.stderr)
     if not todo:
         return 0
-    # Every input to do is checked before the model loads (batch: before the first result is
-    # written); only the first image is kept, the others are read again in turn, with the
-    # slice thickness resolved by the check.
+    # Every input to do is planned, once, before the model loads (batch: before the first
+    # result is written); the plans are kept, and of the images only the first: the others
+    # are read again in turn and run with their plans.
     trained = trained_thickness_range(args.weights)
-    checked = [_checked(src, target, options, args) for src, _, _ in todo[:1]]
-    resolved = [checked[0].options]
-    resolved += [_checked(src, target, options, args).options for src, _, _ in todo[1:]]
+    first = _checked(todo[0][0], target, options, args, trained)
+    plans = [first.plan] + [_checked(s, target, options, args, trained).plan for s, *_ in todo[1:]]
     if len(pairs) > 1 and (skipped := _skipped_folders(args.input)):
         print(
             f"note: skipped subfolders without a DICOM series: {', '.join(skipped)}",
@@ -146,13 +146,9 @@ def run(args: argparse.Namespace) -> int:
     written: list[Path] = []
     try:
         for n, (src, dst, mask_dst) in enumerate(todo):
-            one = (
-                checked[0]
-                if n == 0
-                else checked_input(src, args.series, target, resolved[n], trained)
-            )
-            net = _model_for(src, one, model, target, args)
-            _reduce_one(src, one, dst, mask_dst, net, target, args, _made_for(made, src), written)
+            one = first if n == 0 else CheckedInput(read_input(src, args.series), plans[n])
+            net = _model_for(src, one, model, options, args)
+            _reduce_one(src, one, dst, mask_dst, net, options, args, _made_for(made, src), written)
     except KeyboardInterrupt as exc:
         if not written or (isinstance(exc, LandedInterrupt) and len(todo) == 1):
             raise  # its own message is true: nothing written, or the one result landed
@@ -170,15 +166,19 @@ def _is_batch(src: Path) -> bool:
 
 
 def _checked(
-    src: Path, target: Target, options: ReduceOptions, args: argparse.Namespace
+    src: Path,
+    target: Target,
+    options: ReduceOptions,
+    args: argparse.Namespace,
+    trained: tuple[float, float] | None,
 ) -> CheckedInput:
-    """:func:`checked_input` (a given thickness against the model's trained range), and with
-    ``--adapt-steps`` the check that the input is large enough to adapt to (in batch mode
-    before any result is written)."""
-    one = checked_input(src, args.series, target, options, trained_thickness_range(args.weights))
+    """:func:`checked_input` (its plan: a given thickness against the model's ``trained``
+    range), and with ``--adapt-steps`` the check, from the plan, that the input is large
+    enough to adapt to (in batch mode before any result is written)."""
+    one = checked_input(src, args.series, target, options, trained)
     if args.adapt_steps != 0:
         try:
-            check_adaptable(one.image, target)
+            check_adaptable(one.plan)
         except InputImageError as exc:
             raise InputImageError(f"{src.name}: {exc}") from exc
     return one
@@ -229,25 +229,30 @@ def _pair_reducer(
     (read and checked as it comes, not all first: a bad one fails alone)."""
     model = load_model(args.weights)
     _note_unused_thickness(model, args)
+    trained = trained_thickness_range(args.weights)
 
     def reduce_pair(src: Path, dst: Path, mask_dst: Path | None) -> None:
-        one = _checked(src, target, options, args)
-        net = _model_for(src, one, model, target, args)
-        _reduce_one(src, one, dst, mask_dst, net, target, args, _made_for(made, src), [])
+        one = _checked(src, target, options, args, trained)
+        net = _model_for(src, one, model, options, args)
+        _reduce_one(src, one, dst, mask_dst, net, options, args, _made_for(made, src), [])
 
     return reduce_pair
 
 
 def _model_for(
-    src: Path, checked: CheckedInput, model: SAINR, target: Target, args: argparse.Namespace
+    src: Path,
+    checked: CheckedInput,
+    model: SAINR,
+    options: ReduceOptions,
+    args: argparse.Namespace,
 ) -> SAINR:
-    """``model`` itself without ``--adapt-steps``, else a copy adapted to the input
-    (``ADAPT done total`` lines with ``--progress lines``), saved to ``--save-adapted``."""
+    """``model`` itself without ``--adapt-steps``, else a copy adapted to the input with its
+    plan (``ADAPT done total`` lines with ``--progress lines``), saved to ``--save-adapted``."""
     if args.adapt_steps == 0:
         return model
     config = AdaptConfig(steps=args.adapt_steps)
     adapted = adapt_with_progress(
-        src.name, checked, model, target, config, args.progress, ADAPT_TAG
+        src.name, checked, model, options, config, args.progress, ADAPT_TAG
     )
     if args.save_adapted is not None:
         save_adapted(adapted, args.save_adapted, args.weights, src.name)
@@ -260,20 +265,20 @@ def _reduce_one(
     dst: Path,
     mask_dst: Path | None,
     net: SAINR,
-    target: Target,
+    options: ReduceOptions,
     args: argparse.Namespace,
     made: dict[str, Any],
     written: list[Path],
 ) -> None:
-    """Reconstruct one checked input, write its result (and mask, with their record ``made``,
+    """Reconstruct one checked input with its plan, write its result (and mask, with their record ``made``,
     and --preview; ``dst`` is added to ``written`` as soon as it is in place, also when the
     run is stopped as it lands) and say so."""
     update, close = progress_printer(args.progress, src.name)
     try:
         result = reduce_spacing(
             checked.image,
-            target,
-            checked.options,
+            options=options,
+            plan=checked.plan,
             model=net,
             progress=update,
             notice=lambda msg: print(f"note: {msg}", file=sys.stderr),
@@ -314,8 +319,8 @@ def _reduce_one(
         f"gated {100 * info['gated_fraction']:.0f} % ({info['device']}) -> {dst}",
         file=sys.stderr,
     )
-    if net.config.conditioning and info["slice_thickness_warning"]:
-        print(f"note: {info['slice_thickness_warning']}", file=sys.stderr)
+    for note in checked.plan.notes if net.config.conditioning else ():
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _batch_pairs(src: Path, output: Path, mask: Path | None) -> list[Pair]:

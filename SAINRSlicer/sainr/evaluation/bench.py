@@ -21,7 +21,7 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from ..api import plan_reduction, reduce_spacing
+from ..api import reduce_spacing
 from ..errors import SainrError
 from ..io.resources import resource_path
 from ..model import SAINR, gating_disabled
@@ -29,6 +29,7 @@ from ..model.decoder import MLPDecoder
 from ..model.edsr import EDSR3d
 from ..model.gating import GatingMask
 from ..model.lasa import LASA
+from ..planning import plan_grid
 from ..request import ReduceOptions
 from ..runtime.device import cpu_features
 from ..runtime.precision import resolve_precision
@@ -168,7 +169,7 @@ def bench_volume(
 ) -> dict:
     """One row of the table; ``ungated`` also times the model with every query attended
     (minutes on a CPU: LASA on all queries)."""
-    axis, out_geom = plan_reduction(image, spacing)
+    out_geom = plan_grid(image, spacing).output
     row = {
         "volume": name,
         "size": list(image.GetSize()),

@@ -31,18 +31,17 @@ import SimpleITK as sitk
 import torch
 
 from ..acquisition import Acquisition, acquire, lr_count
-from ..api import slice_first
+from ..api import check_plan, slice_first
 from ..errors import Cancelled, InputImageError, OutputPathError, SainrError
 from ..intensity import robust_scale
 from ..io.files import check_writable
 from ..model import SAINR
-from ..planning import plan_reduction
+from ..planning import ReductionPlan
 from ..protocol import DEFAULT_ADAPT_STEPS, DEFAULT_MODEL
-from ..request import ReduceOptions, Target
+from ..request import ReduceOptions
 from ..runtime.inference import CancelFn, ProgressFn
 from ..runtime.precision import autocast, memory_format, resolve_precision
 from ..runtime.weights import check_not_shipped, save_checkpoint
-from ..thickness import resolve_slice_thickness
 from .data import PatchDataset, PatchSpec, Volume, collate, gradient_target
 from .training import TrainConfig, sainr_loss
 
@@ -124,13 +123,13 @@ def pair_axes(
     return axes
 
 
-def check_adaptable(image: sitk.Image, target: Target | float) -> None:
-    """Refuse, without reading the voxels, an image too small to adapt to at ``target``
-    (the refusal :func:`adapt_to_image` would give after the earlier work)."""
-    ax, out_geom = plan_reduction(image, target)
+def check_adaptable(plan: ReductionPlan) -> None:
+    """Refuse, from the plan alone (no voxels read), an image too small to adapt to at the
+    plan's target (the refusal :func:`adapt_to_image` would give after the earlier work)."""
+    ax = plan.axis
     order = [ax] + [a for a in (2, 1, 0) if a != ax]  # (S, H, W) as slice_first orders them
-    size, spacing = image.GetSize(), image.GetSpacing()
-    pair_axes(tuple(size[a] for a in order), tuple(spacing[a] for a in order), out_geom.spacing[ax])
+    size, spacing = plan.input.size, plan.input.spacing
+    pair_axes(tuple(size[a] for a in order), tuple(spacing[a] for a in order), plan.spacing_out)
 
 
 def adaptation_data(
@@ -242,23 +241,21 @@ class Adapted:
 def adapt_to_image(
     model: SAINR,
     image: sitk.Image,
-    target: Target | float,
+    plan: ReductionPlan,
     options: ReduceOptions = ReduceOptions(),
     config: AdaptConfig = AdaptConfig(),
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     log: LogFn | None = None,
 ) -> Adapted:
-    """:func:`adapt` for a SimpleITK image and the request of the reduction that follows
-    (:func:`sainr.api.reduce_spacing`): same checks, slice axis and intensity normalisation,
-    and the model is told the image's slice thickness (``options.slice_thickness_mm``, else
-    its header's or its estimate: :func:`sainr.thickness.resolve_slice_thickness`) and runs
-    at ``options.precision``; the budget and seed are ``config``'s."""
-    ax, out_geom = plan_reduction(image, target)
-    volume, spacing = slice_first(image, ax, options.nan_policy)
-    trained = getattr(model, "trained_thickness", None)
-    thickness = resolve_slice_thickness(image, ax, options.slice_thickness_mm, trained).relative
-    config = replace(config, precision=options.precision, thickness=thickness)
+    """:func:`adapt` for a SimpleITK image and the plan of the reduction that follows
+    (:func:`sainr.planning.plan_reduction`, passed on to :func:`sainr.api.reduce_spacing`):
+    its slice axis, target spacing, checked voxels and slice thickness (the model is told
+    it), the same intensity normalisation, at ``options.precision``; the budget and seed are
+    ``config``'s."""
+    check_plan(plan, image, getattr(model, "trained_thickness", None))
+    volume, spacing = slice_first(image, plan.axis, bool(plan.nonfinite))
+    config = replace(config, precision=options.precision, thickness=plan.thickness.relative)
     normalised = robust_scale(volume).normalize(volume)
     done = [0]
 
@@ -267,7 +264,7 @@ def adapt_to_image(
         if progress is not None:
             progress(n, total)
 
-    net = adapt(model, normalised, spacing, out_geom.spacing[ax], config, report, cancel, log)
+    net = adapt(model, normalised, spacing, plan.spacing_out, config, report, cancel, log)
     return Adapted(net, config, done[0])
 
 
