@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-CORE = Path(__file__).resolve().parents[1] / "SAINRSlicer" / "sainr"
+CORE = Path(__file__).resolve().parents[2] / "SAINRSlicer" / "sainr"
 #: The program's entry points, above the command line itself.
 ENTRY_POINTS = {"sainr.__main__"}
 
