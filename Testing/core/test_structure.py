@@ -1,5 +1,7 @@
-"""The core's import structure (issue 15): the command line on top, no cycles, no argparse
-below the command line, and the Slicer module's torch-free imports.
+"""The core's import structure (issues 15 and 24): layers whose imports point one way (the
+torch-free top, io, model, runtime, api and cohort, train, evaluation, the command line), no
+cycles, no argparse below the command line, no torch in the top and io, light package
+``__init__`` files and the Slicer module's torch-free imports.
 
 Every module of ``sainr`` is parsed (not imported) and its imports, at module level and inside
 functions alike, form the graph the assertions walk.
@@ -10,7 +12,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-CORE = Path(__file__).resolve().parents[2] / "SAINRSlicer" / "sainr"
+REPO = Path(__file__).resolve().parents[2]
+CORE = REPO / "SAINRSlicer" / "sainr"
 #: The program's entry points, above the command line itself.
 ENTRY_POINTS = {"sainr.__main__"}
 
@@ -101,7 +104,8 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
 def without_packages(edges: dict[str, set[str]]) -> dict[str, set[str]]:
     """The graph without edges from a module to the packages above it: ``from . import
     __version__`` or ``from .. import x`` runs a package's ``__init__``, which imports no
-    submodule in this project (each package's ``__init__`` is checked to be light below)."""
+    submodule of its own package, or (``sainr.model``) only submodules that never import the
+    package back (both checked in :func:`test_package_inits_are_light`)."""
     return {
         module: {m for m in imports if not module.startswith(m + ".")}
         for module, imports in edges.items()
@@ -156,3 +160,128 @@ def test_only_the_resource_locator_names_the_resources_folder():
         )
     ]
     assert naming == ["sainr/io/resources.py"]
+
+
+# --- layers -----------------------------------------------------------------------------------
+
+#: The core's layers, lowest first, by the name below ``sainr``: a module may import modules of
+#: its own layer and of the layers before it, never of a later one.
+LAYERS: tuple[frozenset[str], ...] = (
+    frozenset(
+        "errors request protocol geometry planning validation thickness intensity acquisition".split()
+    ),
+    frozenset({"io"}),
+    frozenset({"model"}),
+    frozenset({"runtime"}),
+    frozenset({"api", "cohort"}),
+    frozenset({"train"}),
+    frozenset({"evaluation"}),
+    frozenset({"cli"}),
+)
+TORCH_FREE_LAYERS = 2  # the top and io
+
+#: Imports against the layer order, each with its reason. Each one must still exist, so an
+#: entry cannot outlive the import it excuses.
+UPWARD_IMPORTS: dict[tuple[str, str], str] = {
+    # Torch-free helpers that training scores its validation with; the test below checks that
+    # they still import no torch and nothing beyond the torch-free top.
+    ("sainr.train.training", "sainr.evaluation.baselines"): "validation: interpolators",
+    ("sainr.train.training", "sainr.evaluation.metrics"): "validation: PSNR",
+    ("sainr.train.selfsup.synthesis", "sainr.evaluation.metrics"): "sanity checks: PSNR",
+    # A checkpoint that records no trained thickness range gets the one its training config's
+    # patch settings imply (PatchSpec.sampler), so loading weights reads that config.
+    ("sainr.runtime.weights", "sainr.train.data"): "trained range of older checkpoints",
+}
+
+
+def layer_of(module: str) -> int | None:
+    """Index in :data:`LAYERS` of a ``sainr`` module; None for the package itself and the entry
+    points, which belong to no layer."""
+    if module == "sainr" or module in ENTRY_POINTS:
+        return None
+    name = module.split(".")[1]
+    return next((i for i, names in enumerate(LAYERS) if name in names), -1)
+
+
+def test_every_module_belongs_to_a_layer():
+    assert [m for m in GRAPH if layer_of(m) == -1] == []
+
+
+def upward_imports(edges: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """Every (module, imported) of ``edges`` where the imported module's layer is a later one."""
+    return {
+        (module, imported)
+        for module, imports in edges.items()
+        for imported in imports
+        if None not in (layer_of(module), layer_of(imported))
+        and layer_of(imported) > layer_of(module)
+    }
+
+
+def test_imports_point_from_later_layers_to_earlier_ones():
+    assert upward_imports(GRAPH) == set(UPWARD_IMPORTS)
+
+
+def test_the_layer_check_sees_an_upward_import():
+    edges = {
+        "sainr.io.read": {"sainr.runtime.inference", "sainr.geometry"},
+        "sainr.cohort": {"sainr.api"},
+        "sainr.cli.reduce": {"sainr.api"},
+    }
+    assert upward_imports(edges) == {("sainr.io.read", "sainr.runtime.inference")}
+
+
+def torch_imports(module: str) -> set[str]:
+    """The torch modules ``module`` imports itself."""
+    imports = imported_modules(CORE.parent / module_path(module), module)
+    return {m for m in imports if m.split(".")[0] == "torch"}
+
+
+def module_path(module: str) -> Path:
+    """The file of a ``sainr`` module, relative to the folder holding ``sainr``."""
+    relative = Path(*module.split("."))
+    package = relative / "__init__.py"
+    return package if (CORE.parent / package).is_file() else relative.with_suffix(".py")
+
+
+def test_the_top_and_io_import_no_torch():
+    torch_free = {m for m in GRAPH if layer_of(m) in range(TORCH_FREE_LAYERS)}
+    assert {"sainr.geometry", "sainr.io.read", "sainr.io.outputs"} <= torch_free
+    assert {m: torch_imports(m) for m in torch_free if torch_imports(m)} == {}
+    assert {m for t in torch_free for m in GRAPH[t]} - {"sainr"} <= torch_free
+
+
+def test_the_upward_imports_of_training_reach_only_torch_free_code():
+    """Training and stage I score with :mod:`sainr.evaluation.metrics` and
+    :mod:`sainr.evaluation.baselines`: numpy and SimpleITK on the torch-free top only."""
+    scorers = {imported for (_, imported) in UPWARD_IMPORTS if imported.startswith("sainr.eval")}
+    assert scorers == {"sainr.evaluation.metrics", "sainr.evaluation.baselines"}
+    for scorer in scorers:
+        assert torch_imports(scorer) == set()
+        assert {layer_of(m) for m in GRAPH[scorer]} <= {0}
+
+
+#: Package ``__init__`` files that import their own submodules, with the reason.
+FACADES = {"sainr.model": "re-exports the network's classes (SAINR, ModelConfig, Queries...)"}
+
+
+def heavy_imports(package: str) -> set[str]:
+    """What the ``__init__`` of ``package`` should not import: its own submodules (unless it
+    is one of the :data:`FACADES`) and modules beyond the torch-free top."""
+    own = {m for m in GRAPH[package] if m.startswith(package + ".")}
+    beyond = {m for m in GRAPH[package] - own if layer_of(m) is not None and layer_of(m) > 0}
+    return beyond | (set() if package in FACADES else own)
+
+
+def test_package_inits_are_light():
+    """Importing a package runs no submodule of it (``sainr.io.read`` does not load the output
+    writer) and nothing beyond the torch-free top; ``sainr`` itself imports nothing (its API is
+    loaded lazily). A facade's submodules never import the facade back."""
+    packages = {module_name(p) for p in CORE.rglob("__init__.py")}
+    assert {"sainr.io", "sainr.runtime", "sainr.train.selfsup"} <= packages
+    heavy = {package: sorted(heavy_imports(package)) for package in packages}
+    assert {p: m for p, m in heavy.items() if m} == {}
+    assert GRAPH["sainr"] == set()
+    for facade in FACADES:
+        inside = [m for m in GRAPH if m.startswith(facade + ".")]
+        assert inside and [m for m in inside if facade in GRAPH[m]] == []
