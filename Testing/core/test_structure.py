@@ -1,7 +1,8 @@
 """The core's import structure (issues 15 and 24): layers whose imports point one way (the
 torch-free top, io, model, runtime, api and cohort, train, evaluation, the command line), no
 cycles, no argparse below the command line, no torch in the top and io, light package
-``__init__`` files and the Slicer module's torch-free imports.
+``__init__`` files, the Slicer module's torch-free imports, and a README layout and
+docs/architecture.md that name what is on disk.
 
 Every module of ``sainr`` is parsed (not imported) and its imports, at module level and inside
 functions alike, form the graph the assertions walk.
@@ -10,10 +11,12 @@ functions alike, form the graph the assertions walk.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CORE = REPO / "SAINRSlicer" / "sainr"
+TESTING = REPO / "Testing"
 #: The program's entry points, above the command line itself.
 ENTRY_POINTS = {"sainr.__main__"}
 
@@ -285,3 +288,61 @@ def test_package_inits_are_light():
     for facade in FACADES:
         inside = [m for m in GRAPH if m.startswith(facade + ".")]
         assert inside and [m for m in inside if facade in GRAPH[m]] == []
+
+
+# --- the layout as documented -----------------------------------------------------------------
+
+
+def layout_block() -> list[str]:
+    """The lines of the code block under README's ``## Layout``."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Layout\n", 1)[1]
+    return section.split("```\n", 2)[1].splitlines()
+
+
+def named_under(block: list[str], folder: str) -> list[tuple[int, str]]:
+    """(indent, name) of every name in the first column of the lines below the unindented
+    line ``folder``: the lines indented by 2 or 4 spaces, up to the next unindented line."""
+    start = next(i for i, line in enumerate(block) if line.split("  ")[0].strip() == folder)
+    names = []
+    for line in block[start + 1 :]:
+        indent = len(line) - len(line.lstrip(" "))
+        if indent == 0:
+            break
+        if indent in (2, 4):
+            names += [(indent, name) for name in line.strip().split("  ")[0].split()]
+    return names
+
+
+def core_names_on_disk() -> tuple[set[str], set[str]]:
+    """The top-level modules of ``sainr`` (no dunders) and its packages (``train/selfsup/``)."""
+    modules = {p.stem for p in CORE.glob("*.py") if not p.stem.startswith("__")}
+    packages = {f"{p.parent.relative_to(CORE).as_posix()}/" for p in CORE.rglob("*/__init__.py")}
+    return modules, packages
+
+
+def test_the_readme_layout_names_the_core_as_it_is_on_disk_in_layer_order():
+    listed, parent = [], ""
+    for indent, name in named_under(layout_block(), "SAINRSlicer/sainr/"):
+        parent = name if indent == 2 else parent
+        listed.append(f"{parent}{name}" if indent == 4 else name)
+    modules, packages = core_names_on_disk()
+    assert sorted(listed) == sorted(modules | packages)
+    layers = [layer_of(f"sainr.{name.split('/')[0]}") for name in listed]
+    assert layers == sorted(layers)
+
+
+def test_the_readme_layout_names_every_test_folder():
+    listed = {name for _, name in named_under(layout_block(), "Testing/")}
+    on_disk = {f"{p.name}/" for p in TESTING.iterdir() if any(p.glob("test_*.py"))}
+    assert listed == on_disk and "core/" in on_disk
+
+
+def test_the_architecture_picture_names_every_layer_and_only_real_packages():
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    picture = text.split("```\n", 2)[1]
+    words = set(re.findall(r"[a-z_]+/?", picture))
+    modules, packages = core_names_on_disk()
+    short = {name.rstrip("/").split("/")[-1] + "/" for name in packages}
+    assert modules | short <= words
+    assert {w for w in words if w.endswith("/")} <= short
