@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--steps",
         type=int,
         default=AdaptConfig.steps,
-        help="optimizer steps (default 200; about 0.6-2.5 s each on a 2-core CPU)",
+        help="optimizer steps (default 200); the time grows with them",
     )
     p.add_argument("--minutes", type=float, help="also stop after this many minutes")
     p.add_argument(

@@ -61,7 +61,7 @@ class AdaptConfig:
     steps: int = DEFAULT_ADAPT_STEPS  # optimizer steps (hard budget)
     minutes: float | None = None  # optional wall-clock budget, whichever comes first
     #: A fresh Adam moves every weight by ~lr per step; 1e-4 undid the shipped model on some
-    #: held-out cases (MNI x4: -0.65 dB), 1e-5 improved them (+0.12 dB; docs/evaluation/eclare).
+    #: held-out cases, 1e-5 improved them (docs/evaluation/eclare/README.md).
     lr: float = 1e-5
     batch: int = 2
     size: int = 48  # in-plane patch size

@@ -204,8 +204,8 @@ def _val_profile(name: str) -> tuple[str, float]:
 def moving_average(model: SAINR, decay: float, ckpt: dict[str, Any] | None) -> AveragedModel | None:
     """Exponential moving average of ``model``'s weights (``decay`` per step; None for 0),
     resumed from ``ckpt`` when it holds one, else starting from the current weights. At a
-    high learning rate single steps scatter the held-out PSNR by tenths of a dB; validation
-    and export (:func:`sainr.runtime.weights.build_model`) use the average."""
+    high learning rate single steps scatter the held-out PSNR (docs/training/thick.md);
+    validation and export (:func:`sainr.runtime.weights.build_model`) use the average."""
     if not decay:
         return None
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from test_reliability import _tiny_checkpoint, _tree, assert_cli_refuses, run_cli
+from cli_runs import _tiny_checkpoint, _tree, assert_cli_refuses, run_cli
 
 import sainr
 import sainr.cli.reduce

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_dicom_series import write_series
-from test_reliability import (
+from cli_runs import (
     _array,
     _image,
     _tiny_checkpoint,
@@ -28,6 +27,7 @@ from test_reliability import (
     assert_cli_refuses,
     run_cli,
 )
+from dicom_write import write_series
 
 import sainr.cli.reduce
 from conftest import KNEE_QDESS

@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from test_reliability import _catalog, _tiny_checkpoint, _volume, assert_cli_refuses
+from cli_runs import _catalog, _tiny_checkpoint, _volume, assert_cli_refuses
 
 from sainr.cli import main
 from sainr.runtime.weights import load_model

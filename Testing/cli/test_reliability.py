@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import os
 import re
 import signal
@@ -26,12 +25,23 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from cli_runs import (
+    _array,
+    _catalog,
+    _image,
+    _tiny_checkpoint,
+    _tree,
+    _volume,
+    _write,
+    assert_cli_refuses,
+    run_cli,
+)
 
 import sainr.cli.reduce
 from conftest import TINY
 from sainr import ReduceOptions, Target, reduce_spacing
 from sainr.api import cast_like
-from sainr.cli import build_parser, main
+from sainr.cli import build_parser
 from sainr.errors import (
     AxisError,
     Cancelled,
@@ -48,34 +58,8 @@ from sainr.io.read import read_volume
 from sainr.model import SAINR, ModelConfig
 from sainr.runtime.device import choose_device
 from sainr.runtime.inference import super_resolve_with_fallback
-from sainr.runtime.weights import save_checkpoint, sha256
 
 # --- inputs ----------------------------------------------------------------------------------
-
-
-def _array(shape=(4, 12, 12), dtype=np.float32) -> np.ndarray:
-    """A smooth image with contrast, numpy (k, j, i) order, scaled into ``dtype``'s range."""
-    idx = np.indices(shape)
-    values = 0.5 + 0.4 * np.sin(0.7 * idx[-1] + 0.3 * idx[-2]) * np.cos(0.9 * idx[0])
-    if np.issubdtype(dtype, np.integer):
-        values = values * min(np.iinfo(dtype).max, 4000)
-    return values.astype(dtype)
-
-
-def _image(array: np.ndarray, spacing=(0.5, 0.5, 2.0)) -> sitk.Image:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing[: image.GetDimension()])
-    return image
-
-
-def _write(folder: Path, name: str, image: sitk.Image) -> Path:
-    path = folder / name
-    sitk.WriteImage(image, str(path))
-    return path
-
-
-def _volume(folder: Path, name: str = "in.nrrd", **kwargs) -> Path:
-    return _write(folder, name, _image(_array(**kwargs)))
 
 
 def _nrrd(folder: Path, fields: str, sizes=(12, 12, 4), data: bytes | None = None) -> Path:
@@ -119,23 +103,6 @@ def _meta(folder: Path, spacing: str) -> Path:
 
 
 # --- weights ---------------------------------------------------------------------------------
-
-
-def _tiny_checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
-    save_checkpoint(SAINR(TINY), path)
-    return path
-
-
-def _catalog(folder: Path, monkeypatch, file: str = "sainr_default.pt") -> Path:
-    """A models folder (tiny model + catalog with its SHA-256) selected by SAINR_MODELS_DIR."""
-    models = folder / "models"
-    models.mkdir()
-    weights = _tiny_checkpoint(models / "sainr_default.pt")
-    entry = {"file": file, "sha256": sha256(weights), "bytes": weights.stat().st_size}
-    (models / "models.json").write_text(json.dumps({"models": {"default": entry}}))
-    monkeypatch.setenv("SAINR_MODELS_DIR", str(models))
-    return weights
 
 
 def _other_architecture(path: Path) -> Path:
@@ -538,27 +505,11 @@ def _nan_array() -> np.ndarray:
 # --- helpers: run both ways, check nothing changed -------------------------------------------
 
 
-def _tree(folder: Path) -> dict[str, str]:
-    """Relative path -> SHA-256 of every file under ``folder`` (hidden temp files included)."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 def _with_weights(folder: Path, opts: list[str]) -> list[str]:
     """``opts`` plus the tiny model unless they name weights."""
     if "--weights" in opts:
         return opts
     return [*opts, "--weights", str(_tiny_checkpoint(folder / "tiny.pt"))]
-
-
-def run_cli(argv: list[str], capfd) -> tuple[int, list[str]]:
-    """Exit code and stderr lines (file-descriptor level: native ITK output included)."""
-    code = main(argv)
-    err = capfd.readouterr().err.strip()
-    return code, err.splitlines() if err else []
 
 
 def run_api(src: Path, opts: list[str]):
@@ -568,16 +519,6 @@ def run_api(src: Path, opts: list[str]):
     target = Target(a.spacing, a.factor, a.isotropic, a.axis, a.force)
     options = ReduceOptions(device=a.device, nan_policy="zero" if a.nan_to_zero else "refuse")
     return reduce_spacing(image, target, options, weights=a.weights)
-
-
-def assert_cli_refuses(folder: Path, argv: list[str], pattern: str, capfd) -> None:
-    """Exit 2, one ``sainr: error:`` line matching ``pattern``, ``folder`` unchanged."""
-    before = _tree(folder)
-    code, err = run_cli(argv, capfd)
-    assert code == 2, err
-    assert len(err) == 1 and err[0].startswith("sainr: error: "), err
-    assert re.search(pattern, err[0]), err[0]
-    assert _tree(folder) == before  # input unchanged, no output, no temp or probe file
 
 
 @pytest.mark.parametrize("name", CASES)

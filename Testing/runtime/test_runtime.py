@@ -19,7 +19,7 @@ from sainr.runtime.backends import REGISTRY, load_backend
 from sainr.runtime.inference import super_resolve
 from sainr.runtime.precision import PRECISIONS, resolve_precision
 
-CORE = os.path.join(os.path.dirname(__file__), "..", "SAINRSlicer")
+CORE = os.path.join(os.path.dirname(__file__), "..", "..", "SAINRSlicer")
 #: Modules training and adaptation must not load: the lowered backends and the allocator.
 HEAVY = (
     "sainr.runtime.backends.int8",

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_dicom_series import write_series
+from dicom_write import write_series
 
 from conftest import KNEE_FAIR, KNEE_QDESS, TINY
 from sainr.acquisition import Acquisition, acquire, lr_count

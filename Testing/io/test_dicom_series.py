@@ -8,7 +8,6 @@ ITK's series reader alone would load each of them with a wrong geometry (issue 1
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -16,6 +15,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from cli_runs import _tree
+from dicom_write import write_series
 
 from conftest import KNEE_QDESS, TINY
 from sainr.cli import main
@@ -31,49 +32,6 @@ SLICES = 8
 def knee() -> sitk.Image:
     """16 x 16 x 8 voxels of the real knee crop (0.3125 x 0.3125 x 1.5 mm, oblique direction)."""
     return sitk.ReadImage(str(KNEE_QDESS))[24:40, 24:40, 10 : 10 + SLICES]
-
-
-def _ds(values) -> str:
-    return "\\".join(f"{v:.6f}" for v in values)
-
-
-def write_series(
-    folder: Path,
-    volume: sitk.Image,
-    uid: str = "1.2.826.0.1.3680043.2.1125.1",
-    positions: dict[int, np.ndarray] | None = None,
-    orientations: dict[int, np.ndarray] | None = None,
-    thickness: str = "1.5",
-    description: str = "SAG qDESS",
-    prefix: str = "IM",
-) -> Path:
-    """One single-frame MR image per slice of ``volume``, with the volume's geometry in its
-    tags except where ``positions`` / ``orientations`` override a slice's."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cosines = np.array(volume.GetDirection()).reshape(3, 3)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(volume.GetDepth()):
-        image = volume[:, :, k]
-        position = np.array(volume.TransformIndexToPhysicalPoint((0, 0, k)))
-        position = (positions or {}).get(k, position)
-        orientation = (orientations or {}).get(k, np.concatenate([cosines[:, 0], cosines[:, 1]]))
-        tags = {
-            "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
-            "0008|0060": "MR",
-            "0008|103e": description,
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.0",
-            "0020|000e": uid,
-            "0020|0013": str(k + 1),
-            "0020|0032": _ds(position),
-            "0020|0037": _ds(orientation),
-            "0018|0050": thickness,
-        }
-        for key, value in tags.items():
-            image.SetMetaData(key, value)
-        writer.SetFileName(str(folder / f"{prefix}{k:04d}.dcm"))
-        writer.Execute(image)
-    return folder
 
 
 def _position(volume: sitk.Image, k: float) -> np.ndarray:
@@ -105,14 +63,6 @@ def assert_same_grid(image: sitk.Image, volume: sitk.Image) -> None:
     np.testing.assert_array_equal(
         sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(volume)
     )
-
-
-def _tree(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def test_a_regular_series_reads_with_its_exact_geometry(tmp_path, knee):

@@ -24,9 +24,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 from dicom_edit import load, save, value
+from dicom_write import write_series
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_dicom_series import assert_same_grid, write_series
+from test_dicom_series import assert_same_grid
 from test_reader_fuzz import FUZZ, assert_valid_or_refused
 
 from conftest import KNEE_QDESS, TINY

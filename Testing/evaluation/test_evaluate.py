@@ -13,6 +13,7 @@ import SimpleITK as sitk
 import torch
 
 import sainr.train.adapt
+from conftest import DATA
 from sainr.acquisition import Acquisition, acquire, lr_count
 from sainr.cli import main
 from sainr.errors import SainrError
@@ -33,7 +34,6 @@ from sainr.runtime.inference import super_resolve
 from sainr.runtime.weights import load_model
 from sainr.train.training import TrainConfig, train
 
-DATA = Path(__file__).parent / "Data"
 QDESS = DATA / "knee_qdess_crop_1p5mm.nii.gz"  # 1.5 mm slices along k
 FAIR = DATA / "knee_fair_crop_1mm.nii.gz"  # near-isotropic 1 mm
 CROP = 32

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter
 
+from conftest import KNEE_QDESS
 from sainr.evaluation.baselines import (
     bspline_interpolate,
     linear_interpolate,
@@ -27,13 +27,11 @@ from sainr.evaluation.metrics import (
 )
 from sainr.geometry import slice_grid
 
-KNEE = Path(__file__).parent / "Data" / "knee_qdess_crop_1p5mm.nii.gz"
-
 
 @pytest.fixture(scope="module")
 def knee_image() -> sitk.Image:
     """Real knee crop, 64 x 64 in-plane x 40 slices of 1.5 mm (slice axis k)."""
-    return sitk.ReadImage(str(KNEE))
+    return sitk.ReadImage(str(KNEE_QDESS))
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import DATA
 from sainr.acquisition import Acquisition
 from sainr.evaluation.baselines import (
     bspline_interpolate,
@@ -28,10 +29,9 @@ from sainr.evaluation.orthogonal import (
     thick_stack,
 )
 
-DATA = Path(__file__).parent / "Data"
 QDESS = DATA / "knee_qdess_crop_1p5mm.nii.gz"
 FAIR = DATA / "knee_fair_crop_1mm.nii.gz"
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 #: Direction cosines of the real oblique stacks of prostate session PX0000 (coronal, axial).
 CORONAL = (1.0, 0.0, 0.0, 0.0, -0.3173046404387318, 0.9483236560419634)

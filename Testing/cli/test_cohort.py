@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from test_reliability import _tiny_checkpoint, run_cli
+from cli_runs import _tiny_checkpoint, run_cli
 
 import sainr
 from conftest import KNEE_QDESS
