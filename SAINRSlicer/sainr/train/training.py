@@ -2,7 +2,9 @@
 
 Loss per batch: L1(pred, HR) + gamma * BCE(sigmoid(logit), G) + (theta - mean(M))^2, with G the
 top-20 % gradient target and M the straight-through mask; gamma halves 40 times over the run
-(the paper's "every 50 of 2000 epochs"). Adam with step decay at fixed fractions of the run or
+(the paper's "every 50 of 2000 epochs"). With a ``teacher`` (distillation), plus
+distil * L1(pred, teacher's value) on the same queries of the same patch, the teacher frozen
+and evaluated per batch. Adam with step decay at fixed fractions of the run or
 a cosine schedule, both defined on the planned total ``steps``, so a run split over sessions
 (``--max-minutes``, then the same command again) follows one schedule.
 
@@ -36,11 +38,11 @@ from ..acquisition import Acquisition, acquire, lr_count
 from ..evaluation.baselines import bspline_interpolate, linear_interpolate
 from ..evaluation.metrics import psnr
 from ..geometry import slice_grid
-from ..io.files import write_atomically
+from ..io.files import sha256, write_atomically
 from ..model import SAINR, ModelConfig, QueryOutput
 from ..runtime.inference import Plan, super_resolve
 from ..runtime.precision import autocast, memory_format
-from ..runtime.weights import load_model, save_checkpoint
+from ..runtime.weights import load_model, resolve, save_checkpoint
 from .data import PatchDataset, PatchSpec, Volume, collate, load_volume
 
 
@@ -73,6 +75,10 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_minutes: float = 3.0
     init: str = ""  # shipped model name or checkpoint to start a new run from (warm start)
+    # distillation: a shipped model name or checkpoint whose values on the same queries the
+    # student also learns, with weight ``distil``; validation also reports the teacher's PSNR
+    teacher: str = ""
+    distil: float = 0.0
     ema: float = 0.0  # decay per step of the weights' moving average (validated, exported); 0: off
     seed: int = 0
     amp: str = "none"  # none | bf16 | fp16 (CUDA)
@@ -105,6 +111,10 @@ class TrainConfig:
                 raise ValueError(f"unknown keys {sorted(unknown)} in data entry {entry}")
         if cfg.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule must be step or cosine, got {cfg.schedule!r}")
+        if not (math.isfinite(cfg.distil) and cfg.distil >= 0):
+            raise ValueError(f"distil must be a weight >= 0, got {cfg.distil!r}")
+        if cfg.distil and not cfg.teacher:
+            raise ValueError("distil > 0 needs a teacher (a shipped model name or checkpoint)")
         return cfg
 
     def lr_factor(self, step: int) -> float:
@@ -213,6 +223,83 @@ def moving_average(model: SAINR, decay: float, ckpt: dict[str, Any] | None) -> A
         ema.module.load_state_dict(ckpt["ema_state_dict"])
         ema.n_averaged.fill_(ckpt["ema_updates"])
     return ema
+
+
+def load_teacher(
+    name: str, device: torch.device, layout: torch.memory_format
+) -> tuple[SAINR | None, dict[str, str]]:
+    """The distillation teacher ``name`` (a shipped model, checksum-verified, or a checkpoint
+    file; its weight average where it kept one), frozen in eval mode on ``device``, and its
+    record {"name", "sha256"} for the student's checkpoints; (None, {}) without one. In eval
+    mode its gate is deterministic and draws no random numbers, so the student's random
+    stream (and an exact resume) is the same with and without a teacher."""
+    if not name:
+        return None, {}
+    teacher = load_model(name).to(device)
+    teacher.requires_grad_(False)
+    teacher.encoder.to(memory_format=layout)
+    return teacher, {"name": name, "sha256": sha256(resolve(name)[0])}
+
+
+def check_same_teacher(ckpt: dict[str, Any], record: dict[str, str]) -> None:
+    """Refuse to resume a run with another teacher than the one its checkpoint was distilled
+    from (e.g. a teacher checkpoint that went on training since): one run, one target."""
+    before = ckpt.get("meta", {}).get("teacher") or {}
+    if before.get("sha256") != record.get("sha256"):
+        raise ValueError(
+            f"this run was distilled from {before.get('name') or 'no teacher'} "
+            f"(SHA-256 {before.get('sha256', '-')[:12]}), the config names "
+            f"{record.get('name') or 'no teacher'} (SHA-256 {record.get('sha256', '-')[:12]}); "
+            "give the same teacher file, or start a new run in another folder"
+        )
+
+
+def batch_loss(
+    net: torch.nn.Module,
+    batch: tuple,
+    teacher: SAINR | None,
+    cfg: TrainConfig,
+    gamma: float,
+    device: torch.device,
+    precision: str,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(loss, its parts) of one batch (LR, queries, targets, on ``device``): :func:`sainr_loss`
+    plus, with a ``teacher`` and ``distil`` > 0, distil x L1 between the student's and the
+    teacher's values on the same queries, the teacher told the same acquisition (slice
+    thickness included). Only the values are matched: the student's gate keeps the gradient
+    target the teacher's gate was trained on, and attends where its own smaller attention needs
+    it. Parts: "l1" (to HR), "mask" (attended fraction), "distil" (to the teacher; 0 without)."""
+    lr_batch, q, tgt = batch
+    acquisition = tgt["acquisition"]
+    with autocast(device, precision):
+        res = net(lr_batch, q, acquisition)
+    gated = getattr(net, "module", net).gate is not None
+    loss, l1 = sainr_loss(res, tgt["target"], tgt["gate"], gated, gamma, cfg.theta)
+    distil = torch.zeros(())
+    if teacher is not None and cfg.distil:
+        with torch.no_grad(), autocast(device, precision):
+            taught = teacher(lr_batch, q, acquisition).value.float()
+        distil = (res.value.float() - taught).abs().mean()
+        loss = loss + cfg.distil * distil
+    parts = {"l1": l1.item(), "mask": res.mask.float().mean().item(), "distil": distil.item()}
+    return loss, parts
+
+
+def teacher_columns(
+    scores: dict[str, float], teacher: dict[str, float], profiles: tuple[str, ...], factors
+) -> dict[str, float]:
+    """History columns that compare a validation with the teacher's on the same rows: the
+    teacher's PSNR per row (``teacher_<row>``), the mean student - teacher PSNR per profile
+    (``teacher_gap_<profile>``) and over all rows (``teacher_gap``); {} without a teacher."""
+    if not teacher:
+        return {}
+    out = {f"teacher_{k[5:]}": v for k, v in teacher.items() if k.startswith("psnr_")}
+    for profile in profiles:
+        keys = [f"psnr_{_score_key(profile, f)}" for f in factors]
+        out[f"teacher_gap_{profile}"] = float(np.mean([scores[k] - teacher[k] for k in keys]))
+    gaps = [scores[k] - v for k, v in teacher.items() if k.startswith("psnr_")]
+    out["teacher_gap"] = float(np.mean(gaps))
+    return out
 
 
 def validate(
@@ -375,8 +462,10 @@ def train(
     step, elapsed, best, rng_state = 0, 0.0, -math.inf, None
     last = out / "last.pt"
     ckpt: dict[str, Any] | None = None
+    teacher, teacher_record = load_teacher(cfg.teacher, device, layout)
     if last.is_file():
         ckpt = torch.load(last, map_location=device, weights_only=True)
+        check_same_teacher(ckpt, teacher_record)
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])  # the schedule itself comes from cfg
@@ -405,6 +494,7 @@ def train(
     state = {
         "config": asdict(cfg),
         "thickness_range": PatchSpec(**cfg.patch).sampler.relative_range,
+        "teacher": teacher_record,
     }
 
     def checkpoint(path: Path, **meta: Any) -> None:
@@ -432,17 +522,21 @@ def train(
     started = time.time()
     model.train()
 
+    def scored(net: SAINR) -> dict[str, float]:
+        profiles = tuple(cfg.val_profiles)
+        return validate(net, val_vols, cfg.val_factors, cfg.val_size, precision, profiles)
+
+    taught: dict[str, float] = {}
+    if rank == 0 and val_vols and teacher is not None:  # once per session: it never changes
+        taught = scored(teacher)
+        teacher.eval()  # validate() leaves a model in training mode
+        log("  teacher " + "  ".join(f"{k} {v:.2f}" for k, v in taught.items()))
+
     def record() -> dict[str, float]:
-        scores = validate(
-            model if ema is None else ema.module,
-            val_vols,
-            cfg.val_factors,
-            cfg.val_size,
-            precision,
-            tuple(cfg.val_profiles),
-        )
-        history.add({"step": step, "minutes": round(elapsed / 60, 2), **scores})
-        log("  val " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+        scores = scored(model if ema is None else ema.module)
+        compared = teacher_columns(scores, taught, tuple(cfg.val_profiles), cfg.val_factors)
+        history.add({"step": step, "minutes": round(elapsed / 60, 2), **scores, **compared})
+        log("  val " + "  ".join(f"{k} {v:.2f}" for k, v in {**scores, **compared}.items()))
         return scores
 
     if rank == 0 and val_vols and step == 0:  # the starting point of the learning curve
@@ -453,11 +547,9 @@ def train(
     for lr_batch, q, tgt in batches:
         lr_batch = lr_batch.to(device).contiguous(memory_format=layout)
         q = type(q)(*(getattr(q, f).to(device) for f in ("b", "s", "y", "x", "t")))
-        target, gate = tgt["target"].to(device), tgt["gate"].to(device)
-        with autocast(device, precision):
-            res = net(lr_batch, q, tgt["acquisition"].to(device))
+        tgt = {k: tgt[k].to(device) for k in ("target", "gate", "acquisition")}
         gamma = cfg.gamma * 0.5 ** (step // halving)
-        loss, l1 = sainr_loss(res, target, gate, model.gate is not None, gamma, cfg.theta)
+        loss, parts = batch_loss(net, (lr_batch, q, tgt), teacher, cfg, gamma, device, precision)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -466,11 +558,12 @@ def train(
             ema.update_parameters(model)
         step += 1
         elapsed = time.time() - t0
-        running.append((l1.item(), res.mask.float().mean().item()))
+        running.append((parts["l1"], parts["mask"], parts["distil"]))
         if rank == 0 and step % cfg.log_every == 0:
-            l1m, mm = np.mean(running, axis=0)
+            l1m, mm, dm = np.mean(running, axis=0)
+            taught_l1 = f"  distil {dm:.4f}" if cfg.distil else ""
             log(
-                f"step {step}/{cfg.steps}  l1 {l1m:.4f}  mask {mm:.3f}  "
+                f"step {step}/{cfg.steps}  l1 {l1m:.4f}{taught_l1}  mask {mm:.3f}  "
                 f"lr {sched.get_last_lr()[0]:.2e}  {elapsed / 60:.1f} min"
             )
             running = []
