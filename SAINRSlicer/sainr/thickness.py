@@ -22,7 +22,7 @@ width at half maximum; the box also fitted the validation and training volumes b
 while averaging in the simulation removes it; the noise level is measured in-plane and put
 back into the simulated slices so that both sides carry the same noise.
 
-Only lines through the foreground count (a robust threshold), and the in-plane lines are
+Only lines through the foreground count (a robust threshold), and the lines are evenly
 thinned, so the estimate takes a fraction of a second on a clinical volume.
 """
 
