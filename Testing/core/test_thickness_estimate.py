@@ -66,6 +66,14 @@ def test_the_estimate_tells_gapped_from_contiguous_slices(path, factor):
     assert contiguous >= 2 * gapped
 
 
+@pytest.mark.parametrize(("path", "factor"), [(KNEE_FAIR, 3), (KNEE_QDESS, 2)])
+def test_overlapping_slices_read_at_least_as_thick_as_they_are(path, factor):
+    """Gaussian slices 1.5x as thick as their spacing (overlapping) are not read thin: a model
+    told too thin a slice under-deblurs, so the bound is the truth itself."""
+    overlapping = estimate(thick(path, "gaussian", factor, 1.5))
+    assert overlapping >= 1.5, overlapping
+
+
 def test_the_estimate_sees_the_bundled_sample_has_gaps():
     """The demo volume: 1.5 mm-thick slices every 3 mm (relative thickness 0.5)."""
     image = sitk.ReadImage(str(SAMPLE))
