@@ -89,9 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="first adapt the model to each input for N steps (default 0: off). It costs "
-        "about 0.6-2.5 s per step on a 2-core CPU (100 steps: 5-22x the reduction alone) and "
-        "gained +0.05 to +0.5 dB on held-out thick slices",
+        help="first adapt the model to each input for N steps (default 0: off); each step "
+        "costs training time on the input (cost and gain: README, adaptation)",
     )
     p.add_argument(
         "--save-adapted",

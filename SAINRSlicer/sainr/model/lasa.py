@@ -16,7 +16,7 @@ splits into a through-plane term (dz depends on the query's t) and an in-plane o
 window's, shared by all queries).
 
 Attention always runs in fp32, also inside a bf16/fp16 autocast region: its cost is the row
-gather, not arithmetic (measured: LASA 2.3x slower under bf16 autocast on the CPU). Inference
+gather, not arithmetic, so reduced precision saves nothing there and costs accuracy. Inference
 hands it an fp32 feature table (converted once per tile); reduced-precision features, as in
 mixed-precision training, are cast after the gather.
 """
