@@ -25,6 +25,7 @@ from .request import ReduceOptions, Target
 from .runtime.device import choose_device
 from .runtime.inference import CancelFn, NoticeFn, ProgressFn, super_resolve_with_fallback
 from .runtime.weights import load_model
+from .validation import zero_nonfinite
 
 
 @dataclass
@@ -70,7 +71,7 @@ def slice_first(
     view = sitk.GetArrayViewFromImage(image)
     volume = np.moveaxis(np.asarray(view, dtype=np.float32), 2 - axis, 0)
     if replace_nonfinite:
-        volume = np.nan_to_num(volume, nan=0.0, posinf=0.0, neginf=0.0)
+        volume = zero_nonfinite(volume)
     order = [axis] + [a for a in (2, 1, 0) if a != axis]  # array axis b is index axis 2 - b
     return volume, tuple(float(image.GetSpacing()[a]) for a in order)
 

@@ -40,6 +40,7 @@ import SimpleITK as sitk
 from .acquisition import weights
 from .errors import SainrError
 from .geometry import relative_thickness
+from .validation import zero_nonfinite
 
 #: Candidate relative thicknesses (slice thickness / slice spacing) of the simulation.
 CANDIDATES: tuple[float, ...] = tuple(float(t) for t in np.geomspace(0.15, 3.5, 17))
@@ -282,7 +283,7 @@ def estimate_relative_thickness(
         raise ValueError(f"a 3D array is needed, got {np.ndim(array)} dimensions")
     volume = np.moveaxis(np.asarray(array, dtype=np.float32), 2 - axis, 0)
     if not np.isfinite(volume).all():  # as --nan-to-zero does for the model
-        volume = np.nan_to_num(volume, nan=0.0, posinf=0.0, neginf=0.0)
+        volume = zero_nonfinite(volume)
     peak = float(np.max(np.abs(volume)))
     if peak > 0:  # the statistic is scale-free; unit scale keeps differences finite
         volume = volume / np.float32(peak)

@@ -96,8 +96,15 @@ def check_values(array: np.ndarray, nan_policy: str = "refuse") -> np.ndarray:
     """:func:`scan_values`, then the array with its NaN/Inf voxels replaced by 0 (allowed by
     nan_policy='zero'): for readers that need the cleaned voxels at once."""
     if scan_values(array, nan_policy):
-        return np.where(np.isfinite(array), array, 0)
+        return zero_nonfinite(array)
     return array
+
+
+def zero_nonfinite(array: np.ndarray) -> np.ndarray:
+    """``array`` with its NaN/Inf voxels replaced by 0: what ``--nan-to-zero`` does, the one
+    place it is done (the model, the thickness estimate and evaluation all see the same
+    voxels). A new array; the caller's is never changed."""
+    return np.where(np.isfinite(array), array, np.zeros((), dtype=array.dtype))
 
 
 def scan_values(array: np.ndarray, nan_policy: str = "refuse") -> int:

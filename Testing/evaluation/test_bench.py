@@ -150,10 +150,12 @@ def _assert_close(full, low, mean_tol: float, p99_tol: float) -> np.ndarray:
 
 def test_bf16_autocast_stays_close_to_fp32_on_a_real_knee(knee_thick):
     """Reduced precision (opt-in on CPU, fp16 by default on CUDA) changes the result by far less
-    than what SA-INR adds over interpolation."""
+    than what SA-INR adds over interpolation. The central 32 x 32 of the crop: CPUs without
+    bf16 hardware emulate it, slowly."""
     from sainr.runtime.weights import load_model
 
-    _assert_close(*_reduce_at(knee_thick, load_model(), "fp32", "bf16"), 5e-4, 5e-3)
+    centre = knee_thick[16:48, 16:48, :]
+    _assert_close(*_reduce_at(centre, load_model(), "fp32", "bf16"), 5e-4, 5e-3)
 
 
 def test_auto_precision_is_fp16_on_cuda_bf16_on_cpus_with_bf16_hardware_else_int8():

@@ -141,8 +141,12 @@ def test_the_command_line_retains_the_heap_for_inference_commands_only(monkeypat
     missing = str(tmp_path / "missing.nii.gz")
     assert sainr.cli.main(["reduce", missing, str(tmp_path / "out.nii.gz"), "--spacing", "1"]) == 2
     assert calls == [1]
+    assert (
+        sainr.cli.main(["adapt", missing, "--spacing", "1", "--out", str(tmp_path / "w.pt")]) == 2
+    )
+    assert calls == [1, 1]  # adaptation trains on the volume, then may reduce it
     assert sainr.cli.main(["export", missing, "--models-dir", str(tmp_path)]) == 2
-    assert calls == [1]  # export runs no inference
+    assert calls == [1, 1]  # export runs no inference
 
 
 def test_a_library_run_leaves_the_allocator_alone():

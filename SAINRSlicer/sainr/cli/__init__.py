@@ -42,9 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synthesize": ("stage I: thin-slice volumes by latent interpolation", "synthesize"),
 }
 
-#: Commands whose work is whole-volume inference: their process keeps freed memory for reuse
-#: (:mod:`sainr.runtime.heap`), set here at the process boundary, never inside the library.
-RETAINED_HEAP_COMMANDS = frozenset({"reduce", "bench"})
+#: Commands that run whole-volume inference (adapt's --reduce, evaluate's cases) or adapt the
+#: model to a volume: their process keeps freed memory for reuse (:mod:`sainr.runtime.heap`),
+#: set here at the process boundary, never inside the library.
+RETAINED_HEAP_COMMANDS = frozenset({"reduce", "bench", "adapt", "evaluate"})
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
