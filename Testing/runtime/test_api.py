@@ -141,6 +141,22 @@ def test_nan_voxels_can_be_replaced_on_request(knee_thick, model):
     assert np.isfinite(out).all()
 
 
+def test_a_bad_image_is_refused_before_any_model_is_built(knee_thick, monkeypatch):
+    """The plan comes first (the trained thickness range read from the checkpoint alone): NaN
+    voxels are refused with their message before seconds go into building a model."""
+    import sainr.api
+
+    built = []
+    monkeypatch.setattr(sainr.api, "load_model", lambda weights=None: built.append(weights))
+    arr = sitk.GetArrayFromImage(knee_thick).astype(np.float32)
+    arr[5, 20, 20] = np.nan
+    image = sitk.GetImageFromArray(arr)
+    image.CopyInformation(knee_thick)
+    with pytest.raises(InputImageError, match="NaN"):
+        reduce_spacing(image, 1.0, weights="default")
+    assert built == []
+
+
 def test_the_torch_free_default_memory_budget_is_the_inference_default():
     """ReduceOptions lives where PyTorch may be missing, so it repeats the budget's value."""
     from sainr.runtime.inference import DEFAULT_BUDGET_MB
