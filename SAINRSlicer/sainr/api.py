@@ -24,7 +24,7 @@ from .planning import ReductionPlan, geometry_of, plan_reduction
 from .request import ReduceOptions, Target
 from .runtime.device import choose_device
 from .runtime.inference import CancelFn, NoticeFn, ProgressFn, super_resolve_with_fallback
-from .runtime.weights import load_model, trained_thickness_range
+from .runtime.weights import open_weights
 from .validation import zero_nonfinite
 
 
@@ -125,15 +125,13 @@ def reduce_spacing(
         raise TypeError("give reduce_spacing a target or a plan (exactly one)")
     # the plan first, from the checkpoint's header alone: a bad image is refused before a
     # model is built for it
-    if model is not None:
-        trained = getattr(model, "trained_thickness", None)
-    else:
-        trained = trained_thickness_range(weights)
+    opened = open_weights(weights) if model is None else None
+    trained = opened.trained_thickness if opened else getattr(model, "trained_thickness", None)
     if plan is None:
         plan = plan_reduction(image, target, options, trained)
     else:
         check_plan(plan, image, trained)
-    net = model if model is not None else load_model(weights)
+    net = opened.build() if opened else model
     volume, _ = slice_first(image, plan.axis, bool(plan.nonfinite))
     scale = robust_scale(volume)
     dev = choose_device(options.device)

@@ -25,7 +25,7 @@ from sainr.geometry import relative_thickness
 from sainr.io.resources import resource_folders
 from sainr.model import SAINR
 from sainr.request import ReduceOptions
-from sainr.runtime.weights import save_checkpoint, trained_thickness_range
+from sainr.runtime.weights import open_weights, save_checkpoint
 from sainr.thickness import (
     SOURCE_ASSUMED,
     SOURCE_ESTIMATE,
@@ -139,12 +139,15 @@ def test_the_trained_range_comes_from_the_checkpoint(tmp_path):
     conditioned = SAINR(dataclasses.replace(TINY, conditioning=True))
     path = tmp_path / "m.pt"
     save_checkpoint(conditioned, path, meta={"thickness_range": (0.3, 2.0)})
-    assert trained_thickness_range(path) == (0.3, 2.0)
+    assert open_weights(path).trained_thickness == (0.3, 2.0)
     save_checkpoint(conditioned, path, meta={})  # an older checkpoint: the shipped range
-    assert trained_thickness_range(path) == (0.2, 1.2)
+    assert open_weights(path).trained_thickness == (0.2, 1.2)
     save_checkpoint(SAINR(TINY), path)  # not told the thickness: no range
-    assert trained_thickness_range(path) is None
-    assert trained_thickness_range(None) == (0.2, 1.2)  # the shipped default, from its config
+    assert open_weights(path).trained_thickness is None
+    assert open_weights(None).trained_thickness == (
+        0.2,
+        1.2,
+    )  # the shipped default, from its config
 
 
 def _reduce(src: Path, out: Path, weights: Path, *extra: str) -> list[str]:
@@ -275,6 +278,6 @@ def test_training_and_export_record_the_thickness_range(tmp_path):
     (tmp_path / "models").mkdir()
     entry = export_model(tmp_path / "run" / "last.pt", "t", "test", tmp_path / "models")
     exported = tmp_path / "models" / entry["file"]
-    assert trained_thickness_range(exported) == pytest.approx((1 / 3, 1.5))
+    assert open_weights(exported).trained_thickness == pytest.approx((1 / 3, 1.5))
     with pytest.raises(SpacingError, match=r"trained for 0\.33-1\.5x"):
-        relative_thickness(4.8, 3.0, trained_thickness_range(exported))
+        relative_thickness(4.8, 3.0, open_weights(exported).trained_thickness)

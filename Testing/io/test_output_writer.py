@@ -28,7 +28,7 @@ import torch
 from cli_runs import _tiny_checkpoint, _tree, assert_cli_refuses, run_cli
 
 import sainr
-import sainr.cli.reduce
+import sainr.runtime.weights
 from conftest import KNEE_QDESS, TINY
 from sainr.errors import OutputPathError, WeightsError
 from sainr.io import outputs
@@ -136,6 +136,11 @@ DESTINATIONS = {  # how the output is made from the input, the message
 }
 
 
+def _no_model(ckpt: dict, name: str) -> None:
+    """Stands in for building a model in runs that must stop before one is built."""
+    pytest.fail(f"model {name} built")
+
+
 def _symlink(link: Path, target: Path) -> Path:
     link.symlink_to(target)
     return link
@@ -148,7 +153,7 @@ def test_outputs_that_are_an_input_or_odd_links_are_refused_before_any_work(
     make, pattern = DESTINATIONS[name]
     src = _write(knee, tmp_path / "in.nrrd")
     out = make(tmp_path, src)
-    monkeypatch.setattr(sainr.cli.reduce, "load_model", lambda w: pytest.fail("model loaded"))
+    monkeypatch.setattr(sainr.runtime.weights, "build_model", _no_model)
     assert_cli_refuses(tmp_path, ["reduce", str(src), str(out), *FACTOR2, *weights], pattern, capfd)
 
 
@@ -409,7 +414,7 @@ def test_odd_output_names_are_refused_before_any_work(
 ):
     name, pattern = ODD_NAMES[case]
     src = _write(knee, tmp_path / "in.nrrd")
-    monkeypatch.setattr(sainr.cli.reduce, "load_model", lambda w: pytest.fail("model loaded"))
+    monkeypatch.setattr(sainr.runtime.weights, "build_model", _no_model)
     argv = ["reduce", str(src), str(tmp_path / name), *FACTOR2, *weights]
     assert_cli_refuses(tmp_path, argv, pattern, capfd)
 

@@ -144,10 +144,10 @@ def test_nan_voxels_can_be_replaced_on_request(knee_thick, model):
 def test_a_bad_image_is_refused_before_any_model_is_built(knee_thick, monkeypatch):
     """The plan comes first (the trained thickness range read from the checkpoint alone): NaN
     voxels are refused with their message before seconds go into building a model."""
-    import sainr.api
+    import sainr.runtime.weights
 
     built = []
-    monkeypatch.setattr(sainr.api, "load_model", lambda weights=None: built.append(weights))
+    monkeypatch.setattr(sainr.runtime.weights, "build_model", lambda ckpt, name: built.append(name))
     arr = sitk.GetArrayFromImage(knee_thick).astype(np.float32)
     arr[5, 20, 20] = np.nan
     image = sitk.GetImageFromArray(arr)

@@ -14,7 +14,7 @@ from ..model import SAINR
 from ..protocol import PROGRESS_TAG
 from ..request import ReduceOptions
 from ..runtime.device import choose_device
-from ..runtime.weights import load_model, trained_thickness_range
+from ..runtime.weights import open_weights
 from ..train.adapt import (
     AdaptConfig,
     Adapted,
@@ -100,10 +100,9 @@ def run(args: argparse.Namespace) -> int:
         destination(args.reduce, (args.input,))
     target, options = target_of(args), options_of(args)
     choose_device(options.device)  # an unavailable device fails before any work
-    checked = checked_input(
-        args.input, None, target, options, trained_thickness_range(args.weights)
-    )
-    model = load_model(args.weights)
+    weights = open_weights(args.weights)
+    checked = checked_input(args.input, None, target, options, weights.trained_thickness)
+    model = weights.build()
     config = AdaptConfig(steps=args.steps, minutes=args.minutes, seed=args.seed)
     name = args.input.name
     adapted = adapt_with_progress(

@@ -30,7 +30,7 @@ from ..model import SAINR
 from ..protocol import ADAPT_TAG, EXIT_USER
 from ..request import ReduceOptions, Target
 from ..runtime.device import choose_device
-from ..runtime.weights import load_model, resolve, sha256, trained_thickness_range
+from ..runtime.weights import open_weights, resolve, sha256
 from ..train.adapt import (
     AdaptConfig,
     check_adaptable,
@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     # Every input to do is planned, once, before the model loads (batch: before the first
     # result is written); the plans are kept, and of the images only the first: the others
     # are read again in turn and run with their plans.
-    trained = trained_thickness_range(args.weights)
+    weights = open_weights(args.weights)
+    trained = weights.trained_thickness
     first = _checked(todo[0][0], target, options, args, trained)
     plans = [first.plan] + [_checked(s, target, options, args, trained).plan for s, *_ in todo[1:]]
     if len(pairs) > 1 and (skipped := _skipped_folders(args.input)):
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             f"note: skipped subfolders without a DICOM series: {', '.join(skipped)}",
             file=sys.stderr,
         )
-    model = load_model(args.weights)
+    model = weights.build()
     _note_unused_thickness(model, args)
     written: list[Path] = []
     try:
@@ -226,9 +227,9 @@ def _pair_reducer(
 ) -> Callable[[Path, Path, Path | None], None]:
     """Under torchrun: load the model once and return what reduces one input of the share
     (read and checked as it comes, not all first: a bad one fails alone)."""
-    model = load_model(args.weights)
+    model = open_weights(args.weights).build()
     _note_unused_thickness(model, args)
-    trained = trained_thickness_range(args.weights)
+    trained = model.trained_thickness
 
     def reduce_pair(src: Path, dst: Path, mask_dst: Path | None) -> None:
         one = _checked(src, target, options, args, trained)

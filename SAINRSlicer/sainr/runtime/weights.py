@@ -11,7 +11,7 @@ import json
 import os
 import pickle
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +98,37 @@ def _unknown_model(name: str, models: dict[str, Any]) -> str:
     return f"{why}; shipped models: {shipped} (or give a weights file .pt)"
 
 
+@dataclass(frozen=True)
+class OpenedWeights:
+    """A checkpoint read and checked once (present, intact, a SA-INR checkpoint), so that a
+    run can plan with what the model was trained for and then build it, without reading or
+    hashing the file again."""
+
+    name: str
+    checkpoint: dict[str, Any]
+
+    @property
+    def trained_thickness(self) -> tuple[float, float] | None:
+        """:func:`thickness_range` of the checkpoint."""
+        return thickness_range(self.checkpoint)
+
+    def build(self) -> SAINR:
+        """The model, in eval mode, knowing its trained thickness range."""
+        model = build_model(self.checkpoint, self.name).eval()
+        model.trained_thickness = self.trained_thickness
+        return model
+
+
+def open_weights(weights: str | os.PathLike | None = None) -> OpenedWeights:
+    """The checkpoint of a shipped model name (default: the default model) or weights file,
+    read once: checksum for shipped models, no code execution."""
+    path = _checked(weights)
+    return OpenedWeights(path.name, read_checkpoint(path))
+
+
 def load_model(weights: str | os.PathLike | None = None) -> SAINR:
     """Build the model from a checkpoint; strict keys, checksum for shipped models."""
-    path = _checked(weights)
-    ckpt = read_checkpoint(path)
-    model = build_model(ckpt, path.name).eval()
-    model.trained_thickness = thickness_range(ckpt)
-    return model
+    return open_weights(weights).build()
 
 
 def _checked(weights: str | os.PathLike | None) -> Path:
@@ -135,12 +159,6 @@ def thickness_range(ckpt: dict[str, Any]) -> tuple[float, float] | None:
         except (TypeError, ValueError):
             pass
     return FALLBACK_TRAINED_RANGE
-
-
-def trained_thickness_range(weights: str | os.PathLike | None = None) -> tuple[float, float] | None:
-    """:func:`thickness_range` of a shipped model name or weights file, without building it
-    (checked as :func:`load_model` checks it)."""
-    return thickness_range(read_checkpoint(_checked(weights)))
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
