@@ -144,10 +144,8 @@ def test_the_trained_range_comes_from_the_checkpoint(tmp_path):
     assert open_weights(path).trained_thickness == (0.2, 1.2)
     save_checkpoint(SAINR(TINY), path)  # not told the thickness: no range
     assert open_weights(path).trained_thickness is None
-    assert open_weights(None).trained_thickness == (
-        0.2,
-        1.2,
-    )  # the shipped default, from its config
+    # the shipped default, from its config
+    assert open_weights(None).trained_thickness == (0.2, 1.2)
 
 
 def _reduce(src: Path, out: Path, weights: Path, *extra: str) -> list[str]:
