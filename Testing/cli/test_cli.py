@@ -93,7 +93,16 @@ def test_missing_input_and_bad_output_folder(tmp_path, thick_file, capsys):
     assert "output folder does not exist" in capsys.readouterr().err
 
 
-def test_batch_mode_processes_every_volume_in_a_folder(tmp_path, knee_thick):
+def test_batch_mode_processes_every_volume_in_a_folder(tmp_path, knee_thick, monkeypatch):
+    """Every volume is reduced and recorded; the weights are read (and hashed) once for the
+    whole batch, not once per volume or once more to plan."""
+    import sainr.runtime.weights
+
+    reads = []
+    read = sainr.runtime.weights.read_checkpoint
+    monkeypatch.setattr(
+        sainr.runtime.weights, "read_checkpoint", lambda path: reads.append(path.name) or read(path)
+    )
     src = tmp_path / "in"
     src.mkdir()
     sitk.WriteImage(knee_thick, str(src / "a.nii.gz"))
@@ -107,6 +116,7 @@ def test_batch_mode_processes_every_volume_in_a_folder(tmp_path, knee_thick):
         "b.nrrd.sainr.json",
     ]
     assert sitk.ReadImage(str(dst / "b.nrrd")).GetSize() == (32, 64, 39)
+    assert reads == ["sainr_default.pt"]
 
 
 def test_module_entry_point_exit_code_without_traceback(tmp_path, thick_file):
