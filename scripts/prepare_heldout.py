@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 
 def main(data: str, out: str) -> None:
+    os.makedirs(out, exist_ok=True)
     knee = sitk.ReadImage(f"{data}/knee_qdess_echo1_sag_0p31x0p31x1p5.nii.gz")
     sitk.WriteImage(knee[:, 300:416, :], f"{out}/knee_qdess_heldout_rows300-415.nii.gz", True)
     for name in ("knee_fair_T_1mm", "brain_mni152_2009a_sym_t1_1mm"):

@@ -196,6 +196,25 @@ def test_scores_match_an_independent_computation(
     assert scores["tiny"] == pytest.approx(psnr(model, truth), abs=1e-3)
 
 
+def test_named_precision_runs_every_model_row_and_is_reported(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """``auto`` differs between CPUs (bf16, int8, fp32): a run that names fp32 scores the
+    fp32 output on any machine and says so."""
+    out = tmp_path / "fp32"
+    argv = ["evaluate", str(FAIR), "--axis", "1", "--factors", "2", "--profiles", "none"]
+    argv += ["--model", f"tiny={checkpoint}", "--crop", str(CROP), "--max-slices", "2"]
+    argv += ["--no-estimated", "--no-ungated", "--device", "cpu", "--precision", "fp32"]
+    assert main([*argv, "--out", str(out)]) == 0
+    hr = _normalised_crop(FAIR, 1)
+    n_lr = int((hr.shape[0] - 1) // 2) + 1
+    lr, grid = acquire(hr, Acquisition(2.0, 1.0, "none"), n_lr), slice_grid(n_lr, 2.0, 1.0)
+    pred, _ = super_resolve(load_model(checkpoint), lr, grid, torch.device("cpu"), precision="fp32")
+    row = next(r for r in _rows(out) if r["method"] == "tiny")
+    assert float(row["psnr"]) == pytest.approx(psnr(pred, hr[: grid.n_hr]), abs=1e-4)
+    assert "precision: fp32 (fp32)" in (out / "results.md").read_text(encoding="utf-8")
+
+
 @pytest.mark.parametrize("profile", ["gaussian", "box"])
 def test_simulated_truth_lies_on_the_thin_slice_grid(profile: str) -> None:
     # a ramp: a symmetric profile averages it to its centre, so slices sit at 0, r, 2r, ...

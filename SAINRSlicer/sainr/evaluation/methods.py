@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -116,10 +117,11 @@ def build_methods(
     ungated: bool = True,
     estimated: bool = True,
     nsr: float = WIENER_NSR,
+    precision: str = "auto",
 ) -> list[Method]:
     """Interpolators, B-spline + Wiener (noise-to-signal ratio ``nsr``), then each model told
     the true thickness, then (``estimated``) each model told the image estimate, then
-    (``ungated``) each gated model with its gate removed."""
+    (``ungated``) each gated model with its gate removed; every model runs at ``precision``."""
 
     def interp(fn) -> RunFn:
         return lambda lr, grid, _spacing, _told: (fn(lr, grid), None)
@@ -134,13 +136,18 @@ def build_methods(
     ]
     for name, _, model in models:
         methods.append(
-            Method(name, _network(model, device, budget_mb), model, model.gate is not None)
+            Method(
+                name,
+                _network(model, device, budget_mb, precision),
+                model,
+                model.gate is not None,
+            )
         )
     for name, _, model in models if estimated else ():
         methods.append(
             Method(
                 name + ESTIMATED,
-                _network(model, device, budget_mb),
+                _network(model, device, budget_mb, precision),
                 model,
                 thickness=estimated_for(model),
             )
@@ -148,7 +155,11 @@ def build_methods(
     for name, _, model in models if ungated else ():
         if model.gate is not None:
             methods.append(
-                Method(f"{name} (ungated)", _network(model, device, budget_mb, ungated=True), model)
+                Method(
+                    f"{name} (ungated)",
+                    _network(model, device, budget_mb, precision, ungated=True),
+                    model,
+                )
             )
     return methods
 
@@ -157,6 +168,7 @@ def _network(
     model: SAINR,
     device: torch.device,
     budget_mb: float,
+    precision: str = "auto",
     ungated: bool = False,
     adapt_steps: int = 0,
 ) -> RunFn:
@@ -170,10 +182,11 @@ def _network(
         net = model
         if adapt_steps:
             net = adapt_to_case(model, lr, grid, spacing, thickness, adapt_steps)
+        run = partial(super_resolve, device=device, budget_mb=budget_mb, precision=precision)
         if ungated:
             with gating_disabled(net):
-                return super_resolve(net, lr, grid, device, budget_mb, thickness=thickness)
-        return super_resolve(net, lr, grid, device, budget_mb, thickness=thickness)
+                return run(net, lr, grid, thickness=thickness)
+        return run(net, lr, grid, thickness=thickness)
 
     return run_model
 
@@ -184,8 +197,10 @@ def adapted_methods(
     names: tuple[str, ...] | None,
     device: torch.device,
     budget_mb: float,
+    precision: str = "auto",
 ) -> list[Method]:
-    """``<model> adapted (N steps)`` for each model (or each of ``names``); none for N = 0."""
+    """``<model> adapted (N steps)`` for each model (or each of ``names``), run at
+    ``precision`` after the (fp32) fine-tuning; none for N = 0."""
     if steps < 0:
         raise SainrError(f"--adapt-steps must be >= 0, got {steps}")
     if not steps:
@@ -205,7 +220,8 @@ def adapted_methods(
         ) from exc
     return [
         Method(
-            f"{name} adapted ({steps} steps)", _network(model, device, budget_mb, adapt_steps=steps)
+            f"{name} adapted ({steps} steps)",
+            _network(model, device, budget_mb, precision, adapt_steps=steps),
         )
         for name, _, model in models
         if names is None or name in names

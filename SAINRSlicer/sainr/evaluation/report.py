@@ -234,7 +234,8 @@ def configuration(
     )
     lines += [
         f"- factors: {', '.join(f'×{f:g}' for f in factors)}; crop: {crop}",
-        f"- device: {device}; precision: {resolve_precision(device, 'auto')} (auto); "
+        f"- device: {device}; precision: {resolve_precision(device, settings.precision)} "
+        f"({settings.precision}); "
         f"torch threads: {torch.get_num_threads()}; torch {torch.__version__}; "
         f"sainr {__version__}; Python {platform.python_version()}",
         f"- LR simulation (sainr.acquisition): slices centred at HR positions 0, r, 2r, …; "

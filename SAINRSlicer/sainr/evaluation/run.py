@@ -14,6 +14,7 @@ from ..acquisition import Acquisition
 from ..errors import InputImageError, SainrError
 from ..io.files import check_output_folder, write_atomically
 from ..runtime.device import choose_device
+from ..runtime.precision import resolve_precision
 from .cases import (
     MIN_EXTENT,
     Case,
@@ -51,6 +52,7 @@ def run(settings: EvaluationSettings) -> None:
             raise InputImageError(f"input not found: {path}; check the path")
     axes = axes_per_volume(settings.axis, len(settings.volumes))
     device = choose_device(settings.device)
+    resolve_precision(device, settings.precision)  # a precision this device lacks: before work
     models = load_models(settings.models)
     if not settings.wiener_nsr > 0:
         raise SainrError(f"--wiener-nsr must be positive, got {settings.wiener_nsr}")
@@ -61,9 +63,15 @@ def run(settings: EvaluationSettings) -> None:
         settings.ungated,
         settings.estimated,
         settings.wiener_nsr,
+        settings.precision,
     )
     methods += adapted_methods(
-        models, settings.adapt_steps, settings.adapt_models, device, settings.memory_mb
+        models,
+        settings.adapt_steps,
+        settings.adapt_models,
+        device,
+        settings.memory_mb,
+        settings.precision,
     )
     if settings.eclare:
         methods.append(eclare_method(EclareOptions.of(settings, device)))

@@ -25,8 +25,10 @@ class EvaluationSettings:
     model told the thickness estimated from the image (:mod:`sainr.thickness`) instead of
     the true one. ``wiener_nsr``: the B-spline + Wiener baseline's noise-to-signal ratio.
     ``notes``: lines for the report's configuration (e.g. which volumes are test volumes).
-    ``ungated``: also run gated models without their gate. ``crop``: in-plane centre crop; ``max_slices``: planes S3 is
-    averaged over. ``flops``: print the GMAC tables only. ``adapt_steps``, ``adapt_models``:
+    ``ungated``: also run gated models without their gate. ``crop``: in-plane centre crop;
+    ``max_slices``: planes S3 is averaged over. ``precision``: how every SA-INR row runs
+    (:func:`sainr.runtime.precision.resolve_precision`; ``auto`` differs between CPUs, so a
+    comparison across machines names one). ``flops``: print the GMAC tables only. ``adapt_steps``, ``adapt_models``:
     fine-tuned rows per case. ``eclare``: also run ECLARE with that budget."""
 
     volumes: tuple[Path, ...] = ()
@@ -45,6 +47,7 @@ class EvaluationSettings:
     max_slices: int = 16
     device: str = "auto"
     memory_mb: float = DEFAULT_BUDGET_MB
+    precision: str = "auto"
     threads: int | None = None
     flops: bool = False
     adapt_steps: int = 0
