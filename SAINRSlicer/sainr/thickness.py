@@ -322,9 +322,9 @@ NRRD_THICKNESS_KEY = "NRRD_thicknesses"
 _NRRD_HEADER_BYTES = 65536
 #: Header and estimate disagreeing by more than this (relative) earn a warning.
 DISAGREEMENT = 0.3
-#: The thickness range (relative) of checkpoints that do not record theirs: the shipped
-#: models were trained on Gaussian and box profiles of 0.5-1.2x the spacing and on pure
-#: decimation at factors 2-5 (1/5 to 1/2).
+#: The thickness range (relative) of checkpoints that record neither theirs nor their training
+#: config: the first thick-slice models, trained on Gaussian and box profiles of 0.5-1.2x the
+#: spacing and on pure decimation at factors 2-5 (1/5 to 1/2).
 FALLBACK_TRAINED_RANGE = (0.2, 1.2)
 
 

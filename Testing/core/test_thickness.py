@@ -121,7 +121,7 @@ def _sha(path: Path) -> str:
         ("0", "positive number"),
         ("-1", "positive number"),
         ("nan", "positive number"),
-        ("10", "3.3x the slice spacing 3 mm; this model was trained for 0.2-1.2x"),
+        ("10", "3.3x the slice spacing 3 mm; this model was trained for 0.2-2x"),
     ],
 )
 def test_cli_refuses_a_bad_slice_thickness_before_any_work(

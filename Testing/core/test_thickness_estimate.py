@@ -140,12 +140,12 @@ def test_the_trained_range_comes_from_the_checkpoint(tmp_path):
     path = tmp_path / "m.pt"
     save_checkpoint(conditioned, path, meta={"thickness_range": (0.3, 2.0)})
     assert open_weights(path).trained_thickness == (0.3, 2.0)
-    save_checkpoint(conditioned, path, meta={})  # an older checkpoint: the shipped range
+    save_checkpoint(conditioned, path, meta={})  # an older checkpoint: the fallback range
     assert open_weights(path).trained_thickness == (0.2, 1.2)
     save_checkpoint(SAINR(TINY), path)  # not told the thickness: no range
     assert open_weights(path).trained_thickness is None
     # the shipped default, from its config
-    assert open_weights(None).trained_thickness == (0.2, 1.2)
+    assert open_weights(None).trained_thickness == (0.2, 2.0)
 
 
 def _reduce(src: Path, out: Path, weights: Path, *extra: str) -> list[str]:
@@ -166,7 +166,7 @@ def _reduce(src: Path, out: Path, weights: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> Path:
     """A tiny model told the thickness (the summary names the thickness only for such a
-    model), without a recorded range: the shipped models' 0.2-1.2x applies."""
+    model), without a recorded range: the fallback 0.2-1.2x applies."""
     path = tmp_path_factory.mktemp("weights") / "tiny.pt"
     save_checkpoint(SAINR(dataclasses.replace(TINY, conditioning=True)), path)
     return path
@@ -189,10 +189,10 @@ def test_auto_is_the_default_and_the_summary_names_the_source(tmp_path, tiny_wei
 def test_the_cli_refuses_a_thickness_the_shipped_model_was_not_trained_for(tmp_path, capfd):
     src = tmp_path / "gapped.nii.gz"
     sitk.WriteImage(thick(KNEE_FAIR, "none", 3), str(src))
-    argv = _reduce(src, tmp_path / "out.nii.gz", Path("default"), "--slice-thickness", "6")
+    argv = _reduce(src, tmp_path / "out.nii.gz", Path("default"), "--slice-thickness", "7.5")
     assert main(argv) == 2
     err = capfd.readouterr().err
-    assert "2x the slice spacing 3 mm; this model was trained for 0.2-1.2x" in err
+    assert "2.5x the slice spacing 3 mm; this model was trained for 0.2-2x" in err
     assert not (tmp_path / "out.nii.gz").exists()
 
 

@@ -145,7 +145,8 @@ def thickness_range(ckpt: dict[str, Any]) -> tuple[float, float] | None:
     """The relative slice thicknesses (thickness / spacing) a checkpoint's model was trained
     for: None when it is not told the thickness (any thickness is alike to it); the range its
     meta records (``thickness_range``, written by training since it was added), else the one
-    its training config implies, else the shipped models' (:data:`FALLBACK_TRAINED_RANGE`)."""
+    its training config implies, else the first thick-slice models'
+    (:data:`FALLBACK_TRAINED_RANGE`)."""
     if not ckpt.get("config", {}).get("conditioning", False):
         return None
     meta = ckpt.get("meta", {})
