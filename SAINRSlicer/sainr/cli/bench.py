@@ -22,8 +22,8 @@ from ..io.files import write_atomically
 from ..io.read import read_volume
 from ..planning import plan_grid
 from ..runtime.device import choose_device
-from ..runtime.precision import PRECISIONS
 from ..runtime.weights import load_model
+from .common import add_precision_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--memory-mb", type=float, default=2048)
-    p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    add_precision_argument(p)
     p.add_argument(
         "--repeats",
         type=int,

@@ -65,11 +65,8 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """How the model runs: device, precision, NaN handling, slice thickness, progress."""
-    p.add_argument(
-        "--device", default="auto", help="auto (CUDA if usable, else CPU), cpu, cuda, mps"
-    )
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    """``--precision``, the same choices and meaning for every command that runs a model."""
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -77,6 +74,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="auto = fp16 autocast on CUDA; on the CPU bf16 with bf16 hardware (AMX or AVX-512 BF16), "
         "else int8 (oneDNN kernels, calibrated per volume), else fp32",
     )
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """How the model runs: device, precision, NaN handling, slice thickness, progress."""
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA if usable, else CPU), cpu, cuda, mps"
+    )
+    add_precision_argument(p)
     p.add_argument(
         "--nan-to-zero", action="store_true", help="replace NaN/Inf voxels by 0 instead of refusing"
     )

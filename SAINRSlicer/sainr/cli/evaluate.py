@@ -10,7 +10,7 @@ from ..evaluation.baselines import WIENER_NSR
 from ..evaluation.run import run as evaluate
 from ..evaluation.settings import DEFAULT_FACTORS, DEFAULT_PROFILES, EvaluationSettings
 from ..runtime.inference import DEFAULT_BUDGET_MB
-from ..runtime.precision import PRECISIONS
+from .common import add_precision_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -102,13 +102,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="auto (CUDA if usable, else CPU), cpu, cuda")
     p.add_argument("--memory-mb", type=float, default=DEFAULT_BUDGET_MB, help="inference budget")
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="precision of every SA-INR row (default auto: bf16 on CPUs with bf16 hardware, "
-        "else int8; fp16 on CUDA); name one to compare runs across machines",
-    )
+    add_precision_argument(p)  # auto differs between CPUs: name one to compare machines
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
         "--flops",

@@ -28,8 +28,9 @@ class EvaluationSettings:
     ``ungated``: also run gated models without their gate. ``crop``: in-plane centre crop;
     ``max_slices``: planes S3 is averaged over. ``precision``: how every SA-INR row runs
     (:func:`sainr.runtime.precision.resolve_precision`; ``auto`` differs between CPUs, so a
-    comparison across machines names one). ``flops``: print the GMAC tables only. ``adapt_steps``, ``adapt_models``:
-    fine-tuned rows per case. ``eclare``: also run ECLARE with that budget."""
+    comparison across machines names one). ``flops``: print the GMAC tables only.
+    ``adapt_steps``, ``adapt_models``: fine-tuned rows per case. ``eclare``: also run ECLARE
+    with that budget."""
 
     volumes: tuple[Path, ...] = ()
     out: Path | None = None
