@@ -13,6 +13,7 @@ import torch
 
 from conftest import KNEE_QDESS
 from sainr.acquisition import Acquisition
+from sainr.cli import main
 from sainr.runtime.weights import load_model
 from sainr.train.data import PatchSpec, collate, load_volume, sample_patch, usable_axes
 from sainr.train.training import TrainConfig, train
@@ -132,6 +133,15 @@ def test_in_plane_axes_of_anisotropic_volumes_become_slice_axes():
     assert usable_axes((1.0, 1.0, 1.1), in_plane=True) == (0, 1, 2)
 
 
+def _rank_logs(log_dir: Path) -> str:
+    """The head of every rank's own stderr, where the cause of a failed rank is written."""
+    heads = [
+        f"--- {log.relative_to(log_dir)} ---\n{log.read_text(errors='replace')[:1500]}"
+        for log in sorted(log_dir.rglob("stderr.log"))
+    ]
+    return "\n".join(heads) + "\n--- launcher ---\n"
+
+
 def test_torchrun_ddp_on_cpu(tmp_path):
     """Two processes with gloo through PyTorch's own launcher; rank 0 writes the checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -139,10 +149,13 @@ def test_torchrun_ddp_on_cpu(tmp_path):
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "29517",
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--redirects",
+        "3",
         "-m",
         "sainr",
         "train",
@@ -160,5 +173,18 @@ def test_torchrun_ddp_on_cpu(tmp_path):
         'patch={"lr_slices": 5, "size": 24, "queries": 256, "factors": [2]}',
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, _rank_logs(tmp_path / "logs") + proc.stderr[-1000:]
     assert torch.load(Path(tmp_path) / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_train_refuses_missing_volumes_before_it_starts(tmp_path, capsys):
+    """A wrong --data-root or a config without volumes is a one-line error, and no run folder
+    content is written."""
+    volume = f'data=[{{"path": "{KNEE_QDESS.name}"}}]'
+    out = tmp_path / "run"
+    assert main(["train", "--data-root", str(tmp_path), "--out", str(out), "--set", volume]) == 2
+    err = capsys.readouterr().err
+    assert "1 training volume(s) not found" in err and KNEE_QDESS.name in err
+    assert main(["train", "--data-root", str(KNEE_QDESS.parent), "--out", str(out)]) == 2
+    assert "no training volumes" in capsys.readouterr().err
+    assert not out.exists()

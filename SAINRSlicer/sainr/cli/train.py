@@ -28,10 +28,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the config with its overrides (a bad one is a user error) and train."""
+    """Load the config with its overrides (a bad one, or missing volumes, is a user error)
+    and train."""
     try:
         cfg = TrainConfig.load(args.config, args.set)
     except (ValueError, TypeError, OSError) as exc:
         raise SainrError(f"bad training config: {exc}") from exc
+    missing = cfg.missing_volumes(args.data_root)
+    if missing:
+        names = ", ".join(str(p) for p in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise SainrError(f"{len(missing)} training volume(s) not found: {names} (see --data-root)")
     train(cfg, args.out, args.data_root, args.max_minutes)
     return 0

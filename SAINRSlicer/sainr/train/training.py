@@ -105,10 +105,14 @@ class TrainConfig:
         PatchSpec(**cfg.patch).sampler  # noqa: B018 (checks profiles, weights, factors)
         for name in cfg.val_profiles:
             _val_profile(name)
+        if not cfg.data:
+            raise ValueError("no training volumes: give at least one [[data]] entry")
         for entry in cfg.data + cfg.val:
             unknown = set(entry) - _ENTRY_KEYS
             if unknown:
                 raise ValueError(f"unknown keys {sorted(unknown)} in data entry {entry}")
+            if "path" not in entry:
+                raise ValueError(f"data entry {entry} has no path")
         if cfg.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule must be step or cosine, got {cfg.schedule!r}")
         if not (math.isfinite(cfg.distil) and cfg.distil >= 0):
@@ -116,6 +120,12 @@ class TrainConfig:
         if cfg.distil and not cfg.teacher:
             raise ValueError("distil > 0 needs a teacher (a shipped model name or checkpoint)")
         return cfg
+
+    def missing_volumes(self, data_root: str | Path) -> list[Path]:
+        """The ``[[data]]`` / ``[[val]]`` files that are not under ``data_root``, checked before
+        a run starts so that a wrong root is a one-line error, not a failure minutes in."""
+        paths = [Path(data_root) / entry["path"] for entry in self.data + self.val]
+        return [p for p in paths if not p.is_file()]
 
     def lr_factor(self, step: int) -> float:
         """Learning-rate multiplier at ``step`` of the whole planned run (``steps``), so a run
