@@ -80,6 +80,19 @@ def test_gated_inference_only_attends_masked_queries(tiny_model):
     torch.testing.assert_close(out.value, tiny_model.decoder(expect) + fm.lerp(q)[1])
 
 
+def test_gated_inference_under_bf16_autocast_matches_fp32(tiny_model):
+    """A distillation teacher runs gated point queries under the training's bf16 autocast:
+    LASA's float32 output goes back into the bf16 features of the queries it attended."""
+    lr = torch.rand(1, 1, 4, 10, 10)
+    q = _random_queries((1, 4, 10, 10), 400)
+    with torch.no_grad():
+        ref = tiny_model(lr, q)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = tiny_model(lr, q)
+    assert 0 < ref.mask.sum() < len(q)  # some queries attend, others keep their feature
+    torch.testing.assert_close(low.value.float(), ref.value, atol=0.05, rtol=0.05)
+
+
 @pytest.mark.parametrize("conditioning", [False, True])
 def test_whole_slice_queries_equal_the_same_point_queries(conditioning):
     """Inference reads whole thin slices (slab lerp, per-slice conditions in the decoder's

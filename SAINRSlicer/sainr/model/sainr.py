@@ -172,7 +172,8 @@ class SAINR(nn.Module):
             return self.lasa(z0, fm, q.select(None))
         z = z0.clone()
         if keep.numel():
-            z[keep] = self.lasa(z0[keep], fm, q.select(keep))
+            # under autocast LASA may return another float type than the features it gathered
+            z[keep] = self.lasa(z0[keep], fm, q.select(keep)).to(z.dtype)
         return z
 
 
