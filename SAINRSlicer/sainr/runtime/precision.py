@@ -62,7 +62,11 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
-def memory_format(precision: str) -> torch.memory_format:
-    """Channels-last 3D for reduced precision: oneDNN/cuDNN run those convolutions faster and the flattened (N, C) feature table becomes a view. fp32 CPU convolutions are
-    slightly slower channels-last, so fp32 keeps the default layout."""
-    return torch.contiguous_format if precision == "fp32" else torch.channels_last_3d
+def memory_format(device: torch.device, precision: str) -> torch.memory_format:
+    """Channels-last 3D on the CPU at every precision and on CUDA at reduced precision: oneDNN
+    and cuDNN run those 3D convolutions faster (fp32 on the CPU too, docs/benchmark.md), and
+    the flattened (N, C) feature table becomes a view. CUDA fp32 keeps the default layout,
+    where channels-last was never measured."""
+    if device.type == "cuda" and precision == "fp32":
+        return torch.contiguous_format
+    return torch.channels_last_3d

@@ -183,7 +183,7 @@ def adapt(
     net = copy.deepcopy(model).train()
     device = next(net.parameters()).device
     precision = resolve_precision(device, config.precision, training=True)
-    layout = memory_format(precision)
+    layout = memory_format(device, precision)
     net.encoder.to(memory_format=layout)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")

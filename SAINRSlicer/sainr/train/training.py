@@ -465,7 +465,7 @@ def train(
     torch.manual_seed(cfg.seed)
     model = SAINR(ModelConfig.from_dict(cfg.model)).to(device)
     precision = "fp32" if cfg.amp == "none" else cfg.amp
-    layout = memory_format(precision)
+    layout = memory_format(device, precision)
     model.encoder.to(memory_format=layout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: cfg.lr_factor(n))

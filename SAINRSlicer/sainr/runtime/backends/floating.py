@@ -23,7 +23,7 @@ class FloatingRunner:
 
     def encode(self, lr: torch.Tensor, acquisition: torch.Tensor) -> FeatureMap:
         """As :meth:`.base.Runner.encode`."""
-        layout = memory_format(self.precision)
+        layout = memory_format(self.device, self.precision)
         with autocast(self.device, self.precision):
             fm = self.model.encode(lr.contiguous(memory_format=layout), acquisition)
         fm.feat = fm.feat.float()
@@ -52,7 +52,7 @@ class FloatingBackend:
     def prepare(self, model: SAINR, volume: np.ndarray, device: torch.device) -> FloatingRunner:
         """As :meth:`.base.Backend.prepare`: the encoder's weights take the precision's
         memory layout (values unchanged)."""
-        model.encoder.to(memory_format=memory_format(self.precision))
+        model.encoder.to(memory_format=memory_format(device, self.precision))
         return FloatingRunner(model, device, self.precision)
 
 
