@@ -50,8 +50,8 @@ class FloatingBackend:
         return True
 
     def prepare(self, model: SAINR, volume: np.ndarray, device: torch.device) -> FloatingRunner:
-        """As :meth:`.base.Backend.prepare`: the encoder's weights take the precision's
-        memory layout (values unchanged)."""
+        """As :meth:`.base.Backend.prepare`: the encoder's weights take the memory layout of
+        the device and precision (values unchanged)."""
         model.encoder.to(memory_format=memory_format(device, self.precision))
         return FloatingRunner(model, device, self.precision)
 
