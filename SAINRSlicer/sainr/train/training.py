@@ -590,5 +590,8 @@ def train(
             break
     checkpoint(last)
     if world > 1:
+        # tear down together: a rank that left while rank 0 still wrote the checkpoint
+        # aborted in gloo's teardown ("terminate called without an active exception")
+        dist.barrier()
         dist.destroy_process_group()
     return scores
