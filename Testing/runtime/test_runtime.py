@@ -20,12 +20,16 @@ from sainr.runtime.inference import super_resolve
 from sainr.runtime.precision import PRECISIONS, resolve_precision
 
 CORE = os.path.join(os.path.dirname(__file__), "..", "..", "SAINRSlicer")
-#: Modules training and adaptation must not load: the lowered backends and the allocator.
+#: Modules training and adaptation must not load: the backends, their lowered twins and the
+#: allocator.
 HEAVY = (
     "sainr.runtime.backends.int8",
     "sainr.model.edsr_int8",
     "sainr.model.decoder_int8",
     "sainr.model.quantized",
+    "sainr.runtime.backends.floating",
+    "sainr.model.edsr_fused",
+    "sainr.model.decoder_fused",
     "sainr.runtime.heap",
 )
 #: Mean |difference| from fp32, relative to the output's 99.5th percentile, per precision.
