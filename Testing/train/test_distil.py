@@ -16,6 +16,7 @@ from sainr.io.files import sha256
 from sainr.model import SAINR, ModelConfig
 from sainr.runtime.weights import load_model, save_checkpoint
 from sainr.train.data import PatchSpec, collate, load_volume, sample_patch
+from sainr.train.prune import narrowed
 from sainr.train.training import TrainConfig, batch_loss, train
 
 TINY = {"channels": 8, "blocks": 1, "hidden": 16, "window": 3, "conditioning": True}
@@ -55,9 +56,9 @@ def _batch(seed: int = 3) -> tuple:
 
 def _config(steps: int, teacher: str, distil: float, **extra) -> TrainConfig:
     extra.setdefault("lr", 3e-3)
+    extra.setdefault("model", TINY)
     return TrainConfig(
         data=[{"path": KNEE_QDESS.name}],
-        model=TINY,
         patch=PATCH,
         steps=steps,
         checkpoint_minutes=100,
@@ -143,3 +144,18 @@ def test_history_compares_with_the_teacher_and_resume_keeps_it(tmp_path):
     _teacher(path, seed=2)  # the teacher file changed since
     with pytest.raises(ValueError, match="distilled from"):
         train(_config(2, str(path), 1.0), tmp_path / "run", KNEE_QDESS.parent, **QUIET)
+
+
+def test_a_narrower_student_starts_as_its_teachers_strongest_channels(tmp_path):
+    """``init`` from a wider checkpoint: the run starts from the teacher's cut
+    (sainr.train.prune), and a student that has not moved (lr 0) holds exactly its weights."""
+    path = tmp_path / "teacher.pt"
+    teacher = _teacher(path, seed=4)
+    model = {**TINY, "channels": 6, "hidden": 12}
+    cfg = _config(1, str(path), 1.0, lr=0.0, init=str(path), model=model)
+    train(cfg, tmp_path / "run", KNEE_QDESS.parent, **QUIET)
+    student = load_model(tmp_path / "run" / "last.pt")
+    assert (student.config.channels, student.config.hidden) == (6, 12)
+    expected = narrowed(teacher, 6, 12).state_dict()
+    for key, value in student.state_dict().items():
+        torch.testing.assert_close(value, expected[key], msg=key)

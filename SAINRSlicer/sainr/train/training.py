@@ -44,6 +44,7 @@ from ..runtime.inference import Plan, super_resolve
 from ..runtime.precision import autocast, memory_format
 from ..runtime.weights import load_model, resolve, save_checkpoint
 from .data import PatchDataset, PatchSpec, Volume, collate, load_volume
+from .prune import narrowed
 
 
 @dataclass
@@ -74,7 +75,8 @@ class TrainConfig:
     val_size: int = 96
     log_every: int = 50
     checkpoint_minutes: float = 3.0
-    init: str = ""  # shipped model name or checkpoint to start a new run from (warm start)
+    #: model name or checkpoint to warm-start from (a wider one: its strongest channels)
+    init: str = ""
     # distillation: a shipped model name or checkpoint whose values on the same queries the
     # student also learns, with weight ``distil``; validation also reports the teacher's PSNR
     teacher: str = ""
@@ -483,8 +485,12 @@ def train(
         rng_state = ckpt.get("rng")
         log(f"resumed from {last} at step {step}")
     elif cfg.init:
-        warm_start(model, load_model(cfg.init).to(device))
-        log(f"started from {cfg.init}")
+        source = load_model(cfg.init)
+        widths = model.config.channels, model.config.hidden
+        if (source.config.channels, source.config.hidden) != widths:
+            source = narrowed(source, *widths)  # a student cut from its teacher
+        warm_start(model, source.to(device))
+        log(f"started from {cfg.init} ({widths[0]} channels, {widths[1]} decoder units)")
     ema = moving_average(model, cfg.ema, ckpt)
     spec = PatchSpec(**cfg.patch)
     train_vols = _volumes(cfg.data, root, cfg.in_plane_axes)
