@@ -3,7 +3,8 @@
 Structured pruning keeps whole channels: the ``channels`` feature channels (the encoder's
 residual stream, which the gate, the attention and the decoder read) and, per residual
 block, the ``channels`` inner channels, and per decoder layer the ``hidden`` units, whose
-weights carry the most (product of the norms of what writes and what reads each one). The
+weights carry the most (the norms of every weight that writes or reads each one, each weight's
+scaled to mean 1, summed). The
 attention's inner width follows the channels, its scale too. The cut model answers roughly
 what the wide one does, so distillation starts near the teacher instead of from scratch.
 """
@@ -30,12 +31,12 @@ def narrowed(model: SAINR, channels: int, hidden: int) -> SAINR:
     small = SAINR(replace(cfg, channels=channels, hidden=hidden))
     stream = _strongest(_stream_weights(model), channels)
     with torch.no_grad():
-        _cut_encoder(model, small, stream, channels)
+        _cut_encoder(model, small, stream)
         if model.gate is not None:
             _copy(small.gate.proj, model.gate.proj, cols=stream)
         if model.lasa is not None:
-            _cut_attention(model, small, stream, channels)
-        _cut_decoder(model, small, stream, hidden)
+            _cut_attention(model, small, stream)
+        _cut_decoder(model, small, stream)
     return small
 
 
@@ -85,22 +86,22 @@ def _copy(
         dst.bias.copy_((src.bias if rows is None else src.bias[rows]) * scale)
 
 
-def _cut_encoder(model: SAINR, small: SAINR, stream: torch.Tensor, channels: int) -> None:
+def _cut_encoder(model: SAINR, small: SAINR, stream: torch.Tensor) -> None:
     big, cut = model.encoder, small.encoder
     _copy(cut.head, big.head, rows=stream)
     for wide, narrow in zip(big.residual_blocks(), cut.residual_blocks(), strict=True):
         (first, second), (first_cut, second_cut) = wide.convs(), narrow.convs()
-        inner = _strongest([(first.weight, 0), (second.weight, 1)], channels)
+        inner = _strongest([(first.weight, 0), (second.weight, 1)], len(stream))
         _copy(first_cut, first, rows=inner, cols=stream)
         _copy(second_cut, second, rows=stream, cols=inner)
     _copy(cut.tail, big.tail, rows=stream, cols=stream)
 
 
-def _cut_attention(model: SAINR, small: SAINR, stream: torch.Tensor, channels: int) -> None:
+def _cut_attention(model: SAINR, small: SAINR, stream: torch.Tensor) -> None:
     """Query and key keep their strongest inner dimensions (scaled so the logits keep their
     size under the narrower 1 / sqrt(C)); value and offset write the kept stream."""
     big, cut = model.lasa, small.lasa
-    inner = _strongest([(big.query.weight, 0), (big.key.weight, 0)], channels)
+    inner = _strongest([(big.query.weight, 0), (big.key.weight, 0)], len(stream))
     scale = math.sqrt(big.scale / cut.scale)
     _copy(cut.query, big.query, rows=inner, cols=stream, scale=scale)
     _copy(cut.key, big.key, rows=inner, cols=stream, scale=scale)
@@ -109,14 +110,14 @@ def _cut_attention(model: SAINR, small: SAINR, stream: torch.Tensor, channels: i
         _copy(cut.offset, big.offset, rows=stream)
 
 
-def _cut_decoder(model: SAINR, small: SAINR, stream: torch.Tensor, hidden: int) -> None:
+def _cut_decoder(model: SAINR, small: SAINR, stream: torch.Tensor) -> None:
     """The first layer reads the kept stream and the conditions; each hidden layer keeps its
     strongest units."""
     layers, cut = model.decoder.linears(), small.decoder.linears()
     extra = torch.arange(model.encoder.channels, layers[0].in_features)  # the conditions
-    cols = torch.cat([stream, extra])
+    cols, units = torch.cat([stream, extra]), small.config.hidden
     for k, (wide, narrow) in enumerate(zip(layers, cut, strict=True)):
         last = k == len(layers) - 1
-        rows = None if last else _strongest([(wide.weight, 0), (layers[k + 1].weight, 1)], hidden)
+        rows = None if last else _strongest([(wide.weight, 0), (layers[k + 1].weight, 1)], units)
         _copy(narrow, wide, rows=rows, cols=cols)
         cols = rows
