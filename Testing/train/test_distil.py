@@ -159,3 +159,19 @@ def test_a_narrower_student_starts_as_its_teachers_strongest_channels(tmp_path):
     expected = narrowed(teacher, 6, 12).state_dict()
     for key, value in student.state_dict().items():
         torch.testing.assert_close(value, expected[key], msg=key)
+
+
+def test_the_teacher_is_told_the_thickness_the_student_sees_misread(tmp_path):
+    """With misread labels the student is shown one thickness and the teacher told another:
+    the distillation target is the teacher's answer for the told one."""
+    teacher = _teacher(tmp_path / "teacher.pt", seed=1)
+    lr, q, tgt = _batch()
+    misread = {**tgt, "acquisition": tgt["taught"] * torch.tensor([1.0, 0.25])}
+    student, cpu = copy.deepcopy(teacher).eval(), torch.device("cpu")
+    cfg = _config(1, "teacher.pt", 1.0)
+    _, parts = batch_loss(student, (lr, q, misread), teacher, cfg, 1.0, cpu, "fp32")
+    with torch.no_grad():
+        shown = student(lr, q, misread["acquisition"]).value
+        told = teacher(lr, q, tgt["taught"]).value
+    assert parts["distil"] == pytest.approx(float((shown - told).abs().mean()), rel=1e-5)
+    assert parts["distil"] > 1e-3  # the twin shown a thinner label answers otherwise

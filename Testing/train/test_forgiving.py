@@ -87,6 +87,36 @@ def test_label_noise_stays_in_its_bound_and_leaves_the_lr_as_acquired() -> None:
     assert 0.8 * true <= noisy["acquisition"][1].item() <= 1.2 * true
 
 
+def test_a_misread_label_is_shown_to_the_student_and_the_teacher_keeps_the_told_one() -> None:
+    sampler = AcquisitionSampler(misread_share=0.5, misread=(0.25, 2.5))
+    rng = np.random.default_rng(2)
+    shown = np.array([sampler.shown(0.8, rng) for _ in range(2000)]) / 0.8
+    assert shown.min() >= 0.25 and shown.max() <= 2.5
+    assert shown.min() < 0.3 and shown.max() > 2.2  # both ways, as the estimate errs
+    assert 0.4 < np.mean(shown == 1.0) < 0.6  # the rest is shown as told
+    off = AcquisitionSampler()
+    state = np.random.default_rng(5)
+    assert off.shown(0.8, state) == 0.8
+    assert state.random() == np.random.default_rng(5).random()  # no draw when off
+    with pytest.raises(ValueError, match="misread"):
+        AcquisitionSampler(misread_share=0.5, misread=(2.5, 1.5))
+    vol = load_volume(KNEE_FAIR)
+    acq = Acquisition(3.0, 1.0, "box")
+    base = {"lr_slices": 5, "size": 24, "queries": 256, "factors": (3,), "label_noise": 0.2}
+    told = sample_patch([vol], PatchSpec(**base), acq, np.random.default_rng(7))
+    misread = sample_patch(
+        [vol],
+        PatchSpec(**base, misread_share=1.0, misread=(0.2, 0.3)),
+        acq,
+        np.random.default_rng(7),
+    )
+    torch.testing.assert_close(misread["lr"], told["lr"], rtol=0, atol=0)
+    assert misread["taught"].tolist() == told["acquisition"].tolist() == told["taught"].tolist()
+    ratio = misread["acquisition"][1].item() / misread["taught"][1].item()
+    assert 0.2 <= ratio <= 0.3
+    assert misread["acquisition"][0].item() == misread["taught"][0].item()
+
+
 def test_the_native_slices_thickness_is_added_in_quadrature_on_the_native_axis() -> None:
     vol = load_volume(KNEE_QDESS)  # 0.31 x 0.31 x 1.5 mm: native axis k, contiguous slices
     assert vol.axes == (2,) and vol.native_width_along(2) == 1.0

@@ -146,6 +146,8 @@ class PatchSpec:
     thickness: tuple[float, float] = (1.0, 1.0)  # relative slice thickness, uniform range
     jitter: float = 0.0  # per-slice width spread around the nominal thickness (relative)
     label_noise: float = 0.0  # told thickness off by up to this fraction (multiplicative)
+    misread_share: float = 0.0  # share of patches whose label the student is shown misread
+    misread: tuple[float, float] = (1.0, 1.0)  # range of that misreading (log-uniform factor)
     intensity: float = 0.0  # probability of a random gamma (0.7-1.4) and scale (0.8-1.25)
     contrast: float = 0.0  # probability of a random piecewise-monotone intensity map
     bias: float = 0.0  # largest amplitude of the log bias field (0: off)
@@ -163,6 +165,8 @@ class PatchSpec:
             (float(self.thickness[0]), float(self.thickness[1])),
             float(self.jitter),
             float(self.label_noise),
+            float(self.misread_share),
+            (float(self.misread[0]), float(self.misread[1])),
         )
 
 
@@ -330,8 +334,10 @@ def sample_patch(
     volumes: list[Volume], spec: PatchSpec, acq: Acquisition, rng: np.random.Generator
 ) -> dict[str, torch.Tensor]:
     """One LR patch (1, S, P, P) acquired as ``acq`` says, with ``spec.queries`` random
-    thin-slice queries, their targets and the acquisition row (1 / r, relative thickness the
-    model is told: the native slices' thickness combined with ``acq``'s, then label noise)."""
+    thin-slice queries, their targets and the acquisition rows (1 / r, relative thickness):
+    "taught", the thickness a teacher is told (the native slices' thickness combined with
+    ``acq``'s, then label noise), and "acquisition", the one the trained model is shown (the
+    same, or misread: :meth:`AcquisitionSampler.shown`)."""
     vol = _choose_volume(volumes, rng)
     axis = int(rng.choice(_patch_axes(vol, spec.size)))
     n_hr = slice_count(spec.lr_slices, acq.factor)
@@ -367,10 +373,14 @@ def sample_patch(
     j, y, x = np.unravel_index(flat, (n_hr, hr.shape[1], hr.shape[2]))
     lower = grid.lower[j]
     t = grid.frac[j].astype(np.float32)
-    told = spec.sampler.told(acq.told(vol.native_width_along(axis)), rng)
+    sampler = spec.sampler
+    told = sampler.told(acq.told(vol.native_width_along(axis)), rng)
     return {
         "lr": torch.from_numpy(lr[None].astype(np.float32)),
-        "acquisition": torch.tensor([1.0 / acq.factor, told], dtype=torch.float32),
+        "acquisition": torch.tensor(
+            [1.0 / acq.factor, sampler.shown(told, rng)], dtype=torch.float32
+        ),
+        "taught": torch.tensor([1.0 / acq.factor, told], dtype=torch.float32),
         "s": torch.from_numpy(lower),
         "y": torch.from_numpy(y.astype(np.int64)),
         "x": torch.from_numpy(x.astype(np.int64)),
@@ -383,7 +393,8 @@ def sample_patch(
 def collate(items: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, Queries, dict]:
     """Stack patches; crop all to the smallest LR slice count (dropping queries that would
     need a cropped slice) when volumes were too short for the full patch. The third element
-    holds the query targets and the (B, 2) acquisition rows."""
+    holds the query targets and the (B, 2) acquisition rows: "acquisition" for the trained
+    model, "taught" for a distillation teacher."""
     n_s = min(it["lr"].shape[1] for it in items)
     lr = torch.stack([it["lr"][:, :n_s] for it in items])
     keep = [(it["s"] < n_s - 1) | ((it["s"] == n_s - 1) & (it["t"] == 0)) for it in items]
@@ -391,5 +402,5 @@ def collate(items: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, Queries
     per_query = ("s", "y", "x", "t", "target", "gate")
     cat = {key: torch.cat([it[key][k] for it, k in zip(items, keep)]) for key in per_query}
     q = Queries(b=b, s=cat["s"], y=cat["y"], x=cat["x"], t=cat["t"])
-    acquisition = torch.stack([it["acquisition"] for it in items])
-    return lr, q, {"target": cat["target"], "gate": cat["gate"], "acquisition": acquisition}
+    rows = {key: torch.stack([it[key] for it in items]) for key in ("acquisition", "taught")}
+    return lr, q, {"target": cat["target"], "gate": cat["gate"], **rows}

@@ -1,6 +1,7 @@
 """Random thick-slice acquisitions for training: which profile, factor, thickness and width
 jitter a patch is acquired with (:class:`AcquisitionSampler`), the per-slice widths
-(:func:`slice_scales`) and the noisy thickness label the model is told. The acquisition itself
+(:func:`slice_scales`) and the noisy thickness label the model is told, which may also be
+misread as the image estimate misreads it. The acquisition itself
 is :mod:`sainr.acquisition`, shared with inference-time thickness estimation and evaluation.
 """
 
@@ -33,6 +34,9 @@ class AcquisitionSampler:
     thickness: tuple[float, float] = (0.5, 1.2)
     jitter: float = 0.0
     label_noise: float = 0.0  # told thickness = true x uniform [1 - label_noise, 1 + label_noise]
+    #: share of patches whose label is misread, and the log-uniform range of the misreading
+    misread_share: float = 0.0
+    misread: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         if len(self.profiles) != len(self.profile_weights):
@@ -43,6 +47,12 @@ class AcquisitionSampler:
             Acquisition(2.0, 1.0, p, self.jitter)  # checks the profile name and the jitter
         if not 0 <= self.label_noise < 1:
             raise ValueError(f"label_noise must be in [0, 1), got {self.label_noise}")
+        if not 0 <= self.misread_share <= 1:
+            raise ValueError(f"misread_share must be in [0, 1], got {self.misread_share}")
+        if not 0 < self.misread[0] <= self.misread[1]:
+            raise ValueError(
+                f"misread must be a factor range (0 < low <= high), got {self.misread}"
+            )
 
     def profile(self, rng: np.random.Generator) -> str:
         p = np.asarray(self.profile_weights, dtype=np.float64)
@@ -74,3 +84,15 @@ class AcquisitionSampler:
         if self.label_noise == 0:
             return true
         return true * float(rng.uniform(1 - self.label_noise, 1 + self.label_noise))
+
+    def shown(self, told: float, rng: np.random.Generator) -> float:
+        """The relative thickness a student is shown when the label ``told`` is misread, as
+        the image estimate can misread it (5x too thin to 2.4x too thick on validation,
+        docs/thickness_estimation.md): for a ``misread_share`` of the patches ``told`` times a
+        factor log-uniform in ``misread``, else ``told`` (no draw from ``rng`` when off).
+        A distillation teacher keeps ``told``: the student learns the answer the right label
+        gives from the image itself."""
+        if self.misread_share == 0 or rng.random() >= self.misread_share:
+            return told
+        low, high = np.log(self.misread)
+        return told * float(np.exp(rng.uniform(low, high)))

@@ -278,7 +278,8 @@ def batch_loss(
     """(loss, its parts) of one batch (LR, queries, targets, on ``device``): :func:`sainr_loss`
     plus, with a ``teacher`` and ``distil`` > 0, distil x L1 between the student's and the
     teacher's values on the same queries, the teacher told the same acquisition (slice
-    thickness included). Only the values are matched: the student's gate keeps the gradient
+    thickness included; when the student is shown a misread thickness, the teacher is told
+    the unmisread one). Only the values are matched: the student's gate keeps the gradient
     target the teacher's gate was trained on, and attends where its own smaller attention needs
     it. Parts: "l1" (to HR), "mask" (attended fraction), "distil" (to the teacher; 0 without)."""
     lr_batch, q, tgt = batch
@@ -290,7 +291,7 @@ def batch_loss(
     distil = torch.zeros(())
     if teacher is not None and cfg.distil:
         with torch.no_grad(), autocast(device, precision):
-            taught = teacher(lr_batch, q, acquisition).value.float()
+            taught = teacher(lr_batch, q, tgt["taught"]).value.float()
         distil = (res.value.float() - taught).abs().mean()
         loss = loss + cfg.distil * distil
     parts = {"l1": l1.item(), "mask": res.mask.float().mean().item(), "distil": distil.item()}
@@ -563,7 +564,7 @@ def train(
     for lr_batch, q, tgt in batches:
         lr_batch = lr_batch.to(device).contiguous(memory_format=layout)
         q = type(q)(*(getattr(q, f).to(device) for f in ("b", "s", "y", "x", "t")))
-        tgt = {k: tgt[k].to(device) for k in ("target", "gate", "acquisition")}
+        tgt = {k: tgt[k].to(device) for k in ("target", "gate", "acquisition", "taught")}
         gamma = cfg.gamma * 0.5 ** (step // halving)
         loss, parts = batch_loss(net, (lr_batch, q, tgt), teacher, cfg, gamma, device, precision)
         opt.zero_grad(set_to_none=True)
