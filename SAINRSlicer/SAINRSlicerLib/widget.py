@@ -201,7 +201,7 @@ class SAINRSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if parameters is None:
             return
         if self.ui.modelComboBox.count and self.ui.modelComboBox.findData(parameters.model) < 0:
-            parameters.model = DEFAULT_MODEL  # a scene's model no longer shipped (e.g. fast)
+            parameters.model = DEFAULT_MODEL  # a scene's model the catalog no longer lists
         for combo, value in (
             (self.ui.modelComboBox, parameters.model),
             (self.ui.deviceComboBox, parameters.device),

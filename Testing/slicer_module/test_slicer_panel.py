@@ -223,15 +223,19 @@ def test_tooltips_and_help_carry_no_measured_figures():
     assert "Attention mask" in ui
 
 
-def test_a_scene_saved_with_the_withdrawn_fast_model_runs_the_default(panel):
-    """``fast`` is no longer shipped (issue #23): a scene that chose it gets the default, not
-    a run that fails on an unknown model."""
+def test_a_scene_saved_with_a_model_no_longer_shipped_runs_the_default(panel):
+    """The panel offers every shipped model; a scene that chose one the catalog no longer
+    lists gets the default, not a run that fails on an unknown model."""
     combo = panel.ui.modelComboBox
     choices = [*panel.widget.logic.modelCatalog(), widget_module.WEIGHTS_FILE]
-    assert "fast" not in choices
+    assert {"default", "fast"} <= set(choices)
     combo.count = len(choices)
     combo.findData = lambda data: choices.index(data) if data in choices else -1
-    panel.widget._parameterNode.model = "fast"
+    panel.widget._parameterNode.model = "retired"
     panel.widget._onParameterNodeModified()
     assert panel.widget._parameterNode.model == widget_module.DEFAULT_MODEL
     assert panel.widget._selectedWeights() is None
+    panel.widget._parameterNode.model = "fast"
+    panel.widget._onParameterNodeModified()
+    assert panel.widget._parameterNode.model == "fast"
+    assert panel.widget._selectedWeights() == "fast"

@@ -32,11 +32,6 @@ CATALOG = "models.json"
 #: block), so these counts are checked against the file first. The other fields set tensor
 #: sizes, which cost nothing on the meta device.
 _COUNT_FIELDS = ("blocks", "decoder_layers")
-#: Model names once shipped and withdrawn: why, for the error that ``--weights NAME`` now gives.
-WITHDRAWN = {
-    "fast": "withdrawn (issue #23): it is below B-spline interpolation on thick slices; "
-    "it returns when a retrained one beats B-spline",
-}
 
 
 def models_dir() -> Path:
@@ -91,11 +86,9 @@ def resolve(weights: str | os.PathLike | None) -> tuple[Path, str | None]:
 
 
 def _unknown_model(name: str, models: dict[str, Any]) -> str:
-    """The error for a model name the catalog does not list: why (if withdrawn), and the
-    shipped models."""
-    why = f"the {name!r} model was {WITHDRAWN[name]}" if name in WITHDRAWN else f"no model {name!r}"
+    """The error for a model name the catalog does not list, naming the shipped models."""
     shipped = ", ".join(sorted(models))
-    return f"{why}; shipped models: {shipped} (or give a weights file .pt)"
+    return f"no model {name!r}; shipped models: {shipped} (or give a weights file .pt)"
 
 
 @dataclass(frozen=True)
