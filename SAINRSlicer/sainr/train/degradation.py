@@ -1,8 +1,8 @@
 """Random thick-slice acquisitions for training: which profile, factor, thickness and width
 jitter a patch is acquired with (:class:`AcquisitionSampler`), the per-slice widths
 (:func:`slice_scales`) and the noisy thickness label the model is told, which may also be
-misread as the image estimate misreads it. The acquisition itself
-is :mod:`sainr.acquisition`, shared with inference-time thickness estimation and evaluation.
+misread as the image estimate misreads it. The acquisition itself is :mod:`sainr.acquisition`,
+shared with inference-time thickness estimation and evaluation.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class AcquisitionSampler:
 
     def shown(self, told: float, rng: np.random.Generator) -> float:
         """The relative thickness a student is shown when the label ``told`` is misread, as
-        the image estimate can misread it (5x too thin to 2.4x too thick on validation,
+        the image estimate can misread it, too thin or too thick (its errors:
         docs/thickness_estimation.md): for a ``misread_share`` of the patches ``told`` times a
         factor log-uniform in ``misread``, else ``told`` (no draw from ``rng`` when off).
         A distillation teacher keeps ``told``: the student learns the answer the right label
