@@ -71,6 +71,11 @@ def _fused_convolution_flops(x_shape, *args, out_shape=None, **_kwargs) -> int:
     return conv_flop_count(x_shape, args[1] if with_skip else args[0], out_shape)
 
 
+def _fused_convolution_into_flops(_skip_shape, x_shape, w_shape, *_args, out_shape=None, **_kw):
+    """oneDNN's fused convolution summed into its skip tensor in place: (other, X, W, ...)."""
+    return conv_flop_count(x_shape, w_shape, out_shape)
+
+
 def _fused_linear_flops(x_shape, w_shape, *_args, out_shape=None, **_kwargs) -> int:
     return 2 * int(np.prod(x_shape[:-1])) * w_shape[0] * w_shape[1]
 
@@ -80,6 +85,7 @@ def _fused_linear_flops(x_shape, w_shape, *_args, out_shape=None, **_kwargs) -> 
 ONEDNN_OPS = {
     torch.ops.aten.mkldnn_convolution: _convolution_flops,
     torch.ops.mkldnn._convolution_pointwise: _fused_convolution_flops,
+    torch.ops.mkldnn._convolution_pointwise_: _fused_convolution_into_flops,
     torch.ops.mkldnn._linear_pointwise: _fused_linear_flops,
 }
 

@@ -16,7 +16,7 @@ from sainr.model.edsr import EDSR3d
 from sainr.model.edsr_fused import FusedEDSR
 from sainr.runtime.backends import load_backend
 from sainr.runtime.backends.floating import fused_kernels_run
-from sainr.runtime.inference import super_resolve
+from sainr.runtime.inference import ENCODER_FLOATS, plan, super_resolve
 
 pytestmark = pytest.mark.skipif(
     not fused_kernels_run(torch.float32), reason="this torch build lacks the fused kernels"
@@ -47,6 +47,48 @@ def test_fused_encoder_gives_the_float_encoders_features(knee_lr):
             scale = reference.abs().max()
             assert (low.float() - reference).abs().max() < 0.02 * scale
             assert (low.float() - autocast.float()).abs().mean() < 1e-3 * scale
+
+
+@pytest.mark.parametrize("weights_layout", [torch.contiguous_format, torch.channels_last_3d])
+@pytest.mark.parametrize("input_layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_fused_encoder_runs_channels_last_whatever_the_layouts_it_is_given(
+    knee_lr, weights_layout, input_layout
+):
+    """The one-channel input and head weight describe both layouts; the twin still runs every
+    convolution channels-last, so the features are the same to the bit whichever layout the
+    float model and the tile arrive in (another backend may have re-laid the weights)."""
+    torch.manual_seed(5)
+    encoder = EDSR3d(8, 2).eval()
+    with torch.inference_mode():
+        reference = FusedEDSR(encoder, torch.float32)(knee_lr)
+        encoder.to(memory_format=weights_layout)
+        features = FusedEDSR(encoder, torch.float32)(knee_lr.contiguous(memory_format=input_layout))
+    assert features.is_contiguous(memory_format=torch.channels_last_3d)
+    assert features.stride(1) == 1  # channels innermost, not just "contiguous either way"
+    torch.testing.assert_close(features, reference, rtol=0, atol=0)
+
+
+def test_fused_runners_size_tiles_by_their_leaner_encoder(knee_lr):
+    """The fused twins keep fewer activations alive than the model's own modules, and say
+    so: the tiler gives them larger tiles, so a knee-sized plane repeats less halo."""
+    model = SAINR(ModelConfig(channels=32, blocks=4, hidden=128)).eval()
+    volume = knee_lr[0, 0].numpy()
+    cpu = torch.device("cpu")
+    fused = load_backend("fp32").prepare(model, volume, cpu)
+    assert fused.encoder is not None  # the twins run
+    assert fused.encoder_floats < ENCODER_FLOATS
+    lean = plan(model, (40, 384, 384), 2048, fused.encoder_floats)
+    generic = plan(model, (40, 384, 384), 2048)
+    assert _encoded_pixels(lean, 384, 384) < _encoded_pixels(generic, 384, 384)
+
+
+def _encoded_pixels(p, n_h: int, n_w: int) -> int:
+    """Pixels of the plane that plan ``p`` encodes, halos included."""
+    return sum(
+        (min(ys.stop + p.halo, n_h) - max(ys.start - p.halo, 0))
+        * (min(xs.stop + p.halo, n_w) - max(xs.start - p.halo, 0))
+        for ys, xs in p.tiles(n_h, n_w)
+    )
 
 
 @pytest.mark.parametrize("shared_rows", [None, 3])

@@ -3,8 +3,11 @@
 Each convolution is one oneDNN call with what follows it folded in: the ReLU after a block's
 first convolution, the skip sum after its second and after the tail. Under autocast every
 convolution casts its weights on each call and every ReLU and skip sum is one more pass over
-a volume-sized tensor; here the weights are cast once and those passes disappear. The values
-are the float module's (in bf16 a sum is rounded once instead of twice).
+a volume-sized tensor; here the weights are cast once and those passes disappear. The skip
+sums are written into the tensor they add to, so three volume-sized feature tensors are live
+at a time (the head's output, the residual stream, a block's inner activation) instead of
+four, and the tiler can encode larger tiles (less halo to repeat). The values are the float
+module's (in bf16 a sum is rounded once instead of twice).
 """
 
 from __future__ import annotations
@@ -17,6 +20,18 @@ from torch import nn
 from .edsr import EDSR3d
 
 _LAST = torch.channels_last_3d
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """5-D ``t`` stored channels-last. ``Tensor.contiguous(memory_format=...)`` leaves a
+    one-channel tensor (the input, the head's weight) as it is, since both layouts describe
+    it, yet oneDNN lays the output out by their strides: without this the head's output, and
+    every tensor after it, would keep the default layout on some calls and not on others."""
+    n, c, d, h, w = t.shape
+    strides = (c * d * h * w, 1, h * w * c, w * c, c)
+    if t.stride() == strides:
+        return t
+    return torch.empty_strided(t.shape, strides, dtype=t.dtype, device=t.device).copy_(t)
 
 
 @dataclass(frozen=True)
@@ -33,22 +48,26 @@ class FusedConv:
     @classmethod
     def of(cls, conv: nn.Conv3d, dtype: torch.dtype) -> FusedConv:
         bias = None if conv.bias is None else conv.bias.detach().to(dtype)
-        weight = conv.weight.detach().to(dtype).contiguous(memory_format=_LAST)
+        weight = _channels_last(conv.weight.detach().to(dtype))
         return cls(
             weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
         )
 
-    def __call__(
-        self, x: torch.Tensor, relu: bool = False, skip: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """conv(x), then ReLU (``relu``) or ``+ skip`` (a tensor shaped like the output)."""
-        geometry = (self.padding, self.stride, self.dilation, self.groups)
-        ops = torch.ops.mkldnn
-        if skip is None:
-            unary = "relu" if relu else "none"
-            return ops._convolution_pointwise(x, self.weight, self.bias, *geometry, unary, [], "")
-        return ops._convolution_pointwise.binary(
-            x, skip, self.weight, self.bias, *geometry, "add", 1.0, None, [], None
+    def _geometry(self) -> tuple[list[int], list[int], list[int], int]:
+        return self.padding, self.stride, self.dilation, self.groups
+
+    def __call__(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """conv(x), then ReLU (``relu``), in a new tensor."""
+        unary = "relu" if relu else "none"
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self.weight, self.bias, *self._geometry(), unary, [], ""
+        )
+
+    def add_into(self, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``skip += conv(x)`` in place (``skip`` shaped and laid out like the output);
+        returns ``skip``."""
+        return torch.ops.mkldnn._convolution_pointwise_.binary(
+            skip, x, self.weight, self.bias, *self._geometry(), "add", 1.0, None, [], None
         )
 
 
@@ -70,8 +89,8 @@ class FusedEDSR(nn.Module):
         self.tail = FusedConv.of(float_encoder.tail, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        head = self.head(x.to(self.dtype).contiguous(memory_format=_LAST))
-        h = head
+        head = self.head(_channels_last(x.to(self.dtype)))
+        h = head.clone()  # the residual stream; the head waits for the long skip
         for first, second in self.blocks:
-            h = second(first(h, relu=True), skip=h)
-        return self.tail(h, skip=head)
+            second.add_into(h, first(h, relu=True))
+        return self.tail.add_into(head, h)

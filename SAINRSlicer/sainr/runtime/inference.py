@@ -28,9 +28,9 @@ CancelFn = Callable[[], bool]
 NoticeFn = Callable[[str], None]
 
 DEFAULT_BUDGET_MB = 2048
-#: Live encoder activations per LR voxel while a tile is encoded, in units of C floats: the
-#: measured peak (docs/benchmark.md, "What changed") with a margin for allocator slack.
-_ENCODER_FLOATS_PER_CHANNEL = 6
+#: Live encoder activations per LR voxel while a tile is encoded, in units of C floats, where
+#: the backend is not known: the most any backend keeps (:attr:`.backends.base.Runner.encoder_floats`).
+ENCODER_FLOATS = 6.0
 #: Bytes per query per channel: gathered K and V of 2 l^2 neighbours plus temporaries.
 _QUERY_FLOATS_PER_NEIGHBOUR = 3
 #: Smallest in-plane core of a tile (a smaller budget still runs, over budget).
@@ -82,13 +82,19 @@ def choose_tile(n_h: int, n_w: int, halo: int, max_area: int) -> tuple[int, int]
     return best[1] if best else (min(_MIN_CORE, n_h), min(_MIN_CORE, n_w))
 
 
-def plan(model: SAINR, shape: tuple[int, int, int], budget_mb: float) -> Plan:
+def plan(
+    model: SAINR,
+    shape: tuple[int, int, int],
+    budget_mb: float,
+    encoder_floats: float = ENCODER_FLOATS,
+) -> Plan:
     """Tiling of an (S, H, W) volume and query chunk whose working sets fit ``budget_mb``:
-    60 % for the encoder activations of one tile, 40 % for one chunk of queries."""
+    60 % for the encoder activations of one tile (``encoder_floats`` C floats per voxel, as
+    the backend that runs it reports), 40 % for one chunk of queries."""
     n_s, n_h, n_w = shape
     budget = budget_mb * 2**20
     channels = model.encoder.channels
-    per_pixel = 4 * channels * _ENCODER_FLOATS_PER_CHANNEL * n_s
+    per_pixel = 4 * channels * encoder_floats * n_s
     tile = choose_tile(n_h, n_w, model.halo, int(0.6 * budget / per_pixel))
     neighbours = model.lasa.neighbour_count if model.lasa is not None else 1
     per_query = 4 * (channels * neighbours * _QUERY_FLOATS_PER_NEIGHBOUR + 4 * model.decoder.width)
@@ -153,12 +159,12 @@ def super_resolve(
     backend = load_backend(resolve_precision(device, precision))
     model = model.eval().to(device)
     n_s, n_h, n_w = volume.shape
-    p = tile_plan or plan(model, volume.shape, budget_mb)
+    runner = backend.prepare(model, volume, device)
+    p = tile_plan or plan(model, volume.shape, budget_mb, runner.encoder_floats)
     out = np.empty((grid.n_hr, n_h, n_w), dtype=np.float32)
     mask = np.empty((grid.n_hr, n_h, n_w), dtype=np.uint8)
     total, done = grid.n_hr * n_h * n_w, 0
     acquisition = acquisition_tensor(grid.factor, thickness).to(device)
-    runner = backend.prepare(model, volume, device)
     for ys, xs in p.tiles(n_h, n_w):
         ty = slice(max(ys.start - p.halo, 0), min(ys.stop + p.halo, n_h))
         tx = slice(max(xs.start - p.halo, 0), min(xs.stop + p.halo, n_w))

@@ -47,6 +47,11 @@ class Tile:
 class Runner(Protocol):
     """A model prepared for one volume at one precision."""
 
+    #: Peak live encoder activations per LR voxel and feature channel while a tile is
+    #: encoded, in 4-byte units (measured with a margin, docs/benchmark.md): the tiler sizes
+    #: tiles by it, so a leaner encoder encodes larger tiles and repeats less halo.
+    encoder_floats: float
+
     def encode(self, lr: torch.Tensor, acquisition: torch.Tensor) -> FeatureMap:
         """Features of one tile ``lr`` (1, 1, S, h, w), normalised fp32 on the model's
         device; the feature table comes back fp32 (the attention reads it)."""

@@ -58,6 +58,8 @@ class Int8Runner:
 
     model: SAINR
     encoder: Int8EDSR
+    #: As :attr:`.base.Runner.encoder_floats`: the int8 twin keeps fp32 and uint8 copies.
+    encoder_floats: float = 5.0
 
     def encode(self, lr: torch.Tensor, acquisition: torch.Tensor) -> FeatureMap:
         """As :meth:`.base.Runner.encode`, with the int8 encoder."""
