@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .geometry import EPS, Geometry
-from .intensity import robust_scale
+from .intensity import IntensityScale, robust_scale
 from .model import SAINR
 from .planning import ReductionPlan, geometry_of, plan_reduction
 from .request import ReduceOptions, Target
@@ -44,6 +44,19 @@ def image_from_array(array: np.ndarray, geom: Geometry) -> sitk.Image:
     img.SetOrigin(geom.origin)
     img.SetDirection(geom.direction)
     return img
+
+
+def output_values(hr: np.ndarray, scale: IntensityScale, dtype: np.dtype, axis: int) -> np.ndarray:
+    """Thin-slice volume ``hr`` (slice axis first, normalised) in the input's units, pixel
+    type and (k, j, i) order, C-contiguous: negatives to 0, de-normalised, rounded and
+    clipped (:func:`cast_like`). One thin slice at a time, written straight into its place:
+    the float64 steps stay cache-sized instead of several passes over a volume eight bytes a
+    voxel, and the values are those of the whole-volume computation."""
+    out = np.empty(np.moveaxis(hr, 0, 2 - axis).shape, dtype=dtype)
+    slices_first = np.moveaxis(out, 2 - axis, 0)
+    for j, plane in enumerate(hr):
+        slices_first[j] = cast_like(scale.denormalize(np.maximum(plane, 0.0)), dtype)
+    return out
 
 
 def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -148,13 +161,11 @@ def reduce_spacing(
         precision=options.precision,
         thickness=plan.thickness.relative,
     )
-    hr = scale.denormalize(np.maximum(hr, 0.0))
-    dtype = sitk.GetArrayViewFromImage(image).dtype
     ax = plan.axis
-    out = cast_like(np.moveaxis(hr, 0, 2 - ax), dtype)
+    out = output_values(hr, scale, sitk.GetArrayViewFromImage(image).dtype, ax)
     mask_arr = np.ascontiguousarray(np.moveaxis(mask, 0, 2 - ax))
     return ReduceResult(
-        image_from_array(np.ascontiguousarray(out), plan.output),
+        image_from_array(out, plan.output),
         image_from_array(mask_arr, plan.output),
         {
             "axis": ax,

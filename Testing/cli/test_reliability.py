@@ -40,7 +40,7 @@ from cli_runs import (
 import sainr.cli.reduce
 from conftest import TINY
 from sainr import ReduceOptions, Target, reduce_spacing
-from sainr.api import cast_like
+from sainr.api import cast_like, output_values
 from sainr.cli import build_parser
 from sainr.errors import (
     AxisError,
@@ -53,6 +53,7 @@ from sainr.errors import (
     SpacingError,
     WeightsError,
 )
+from sainr.intensity import IntensityScale
 from sainr.io.outputs import write_volume, write_volumes
 from sainr.io.read import read_volume
 from sainr.model import SAINR, ModelConfig
@@ -662,6 +663,22 @@ def test_integer_outputs_are_rounded_and_clipped_to_their_range():
     values = np.array([-3.6, 2.4, 2.6, 254.7, 300.0])
     np.testing.assert_array_equal(cast_like(values, np.dtype(np.uint8)), [0, 2, 3, 255, 255])
     np.testing.assert_array_equal(cast_like(values, np.dtype(np.int16)), [-4, 2, 3, 255, 300])
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_output_values_are_the_whole_volume_cast_in_the_inputs_order(axis, dtype):
+    """Slice by slice, written into place: the same values as clipping negatives, scaling
+    back and casting the whole volume at once, with the slice axis where the input had it."""
+    hr = np.random.default_rng(axis).random((5, 6, 7), dtype=np.float32) * 1.4 - 0.2
+    scale = IntensityScale(-20.0, 280.0)
+    whole = cast_like(scale.denormalize(np.maximum(hr, 0.0)), np.dtype(dtype))
+    out = output_values(hr, scale, np.dtype(dtype), axis)
+    assert out.flags.c_contiguous and out.dtype == dtype
+    np.testing.assert_array_equal(out, np.moveaxis(whole, 0, 2 - axis))
+    assert out.min() == cast_like(np.array([-20.0]), np.dtype(dtype))[0]  # negatives -> low
+    if dtype == np.uint8:
+        assert out.max() == 255  # 1.2 x 300 - 20 = 340 clipped to the type's range
 
 
 def test_64_bit_integer_outputs_are_clipped_without_wrapping():
