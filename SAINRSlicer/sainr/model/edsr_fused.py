@@ -19,8 +19,6 @@ from torch import nn
 
 from .edsr import EDSR3d
 
-_LAST = torch.channels_last_3d
-
 
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
     """5-D ``t`` stored channels-last. ``Tensor.contiguous(memory_format=...)`` leaves a
@@ -54,6 +52,7 @@ class FusedConv:
         )
 
     def _geometry(self) -> tuple[list[int], list[int], list[int], int]:
+        """Padding, stride, dilation and groups, in oneDNN's argument order."""
         return self.padding, self.stride, self.dilation, self.groups
 
     def __call__(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
