@@ -15,8 +15,9 @@ from sainr.model.decoder_fused import FusedMLP
 from sainr.model.edsr import EDSR3d
 from sainr.model.edsr_fused import FusedEDSR
 from sainr.runtime.backends import load_backend
+from sainr.runtime.backends.base import ENCODER_FLOATS
 from sainr.runtime.backends.floating import fused_kernels_run
-from sainr.runtime.inference import ENCODER_FLOATS, plan, super_resolve
+from sainr.runtime.inference import encoded_extent, plan, super_resolve
 
 pytestmark = pytest.mark.skipif(
     not fused_kernels_run(torch.float32), reason="this torch build lacks the fused kernels"
@@ -84,11 +85,7 @@ def test_fused_runners_size_tiles_by_their_leaner_encoder(knee_lr):
 
 def _encoded_pixels(p, n_h: int, n_w: int) -> int:
     """Pixels of the plane that plan ``p`` encodes, halos included."""
-    return sum(
-        (min(ys.stop + p.halo, n_h) - max(ys.start - p.halo, 0))
-        * (min(xs.stop + p.halo, n_w) - max(xs.start - p.halo, 0))
-        for ys, xs in p.tiles(n_h, n_w)
-    )
+    return encoded_extent(n_h, p.tile[0], p.halo)[0] * encoded_extent(n_w, p.tile[1], p.halo)[0]
 
 
 @pytest.mark.parametrize("shared_rows", [None, 3])

@@ -20,7 +20,7 @@ from ..errors import Cancelled, ResourceError
 from ..geometry import SliceGrid
 from ..model import SAINR, SliceQueries, acquisition_tensor
 from .backends import load_backend
-from .backends.base import Tile
+from .backends.base import ENCODER_FLOATS, Tile
 from .precision import resolve_precision
 
 ProgressFn = Callable[[int, int], None]
@@ -28,9 +28,6 @@ CancelFn = Callable[[], bool]
 NoticeFn = Callable[[str], None]
 
 DEFAULT_BUDGET_MB = 2048
-#: Live encoder activations per LR voxel while a tile is encoded, in units of C floats, where
-#: the backend is not known: the most any backend keeps (:attr:`.backends.base.Runner.encoder_floats`).
-ENCODER_FLOATS = 6.0
 #: Bytes per query per channel: gathered K and V of 2 l^2 neighbours plus temporaries.
 _QUERY_FLOATS_PER_NEIGHBOUR = 3
 #: Smallest in-plane core of a tile (a smaller budget still runs, over budget).

@@ -21,6 +21,10 @@ from ...model import SAINR, FeatureMap, Queries, QueryOutput, SliceQueries
 #: Answers whole-thin-slice queries of one encoded tile.
 TileDecoder = Callable[[SliceQueries], QueryOutput]
 
+#: :attr:`Runner.encoder_floats` of the float model's own encoder (autocast, no twin), the
+#: most any backend keeps: the tiler's assumption where no backend is named.
+ENCODER_FLOATS = 6.0
+
 
 @dataclass(frozen=True)
 class Tile:

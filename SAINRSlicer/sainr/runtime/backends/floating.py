@@ -22,14 +22,13 @@ from ...model.decoder_fused import FusedMLP
 from ...model.edsr import EDSR3d
 from ...model.edsr_fused import FusedEDSR
 from ..precision import autocast, memory_format
-from .base import Tile, TileDecoder
+from .base import ENCODER_FLOATS, Tile, TileDecoder
 
 #: Precisions whose fused twins run on the CPU, and their dtype.
 _FUSED = {"fp32": torch.float32, "bf16": torch.bfloat16}
 #: :attr:`.base.Runner.encoder_floats` of the fused twins (three live tensors of the run's
-#: dtype, then the fp32 feature table), and of the model's own modules under autocast.
+#: dtype, then the fp32 feature table).
 _FUSED_ENCODER_FLOATS = {"fp32": 3.5, "bf16": 2.0}
-_ENCODER_FLOATS = 6.0
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class FloatingRunner:
     def encoder_floats(self) -> float:
         """As :attr:`.base.Runner.encoder_floats`."""
         if self.encoder is None:
-            return _ENCODER_FLOATS
+            return ENCODER_FLOATS
         return _FUSED_ENCODER_FLOATS[self.precision]
 
     def encode(self, lr: torch.Tensor, acquisition: torch.Tensor) -> FeatureMap:
