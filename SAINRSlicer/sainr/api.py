@@ -2,7 +2,7 @@
 
 read -> plan (checks, slice axis, thin-slice grid, slice thickness; :mod:`sainr.planning`, or a
 plan the caller made) -> normalise -> SA-INR (encoder once per tile, thin slices in bounded
-chunks) -> de-normalise -> image with the input's origin and direction and the new spacing on
+chunks) -> data consistency (:mod:`sainr.runtime.consistency`) -> de-normalise -> image with the input's origin and direction and the new spacing on
 the slice axis only. The input image is never modified.
 
 Output pixel type: the input's. Integer inputs are rounded and clipped to their type's range;
@@ -22,6 +22,7 @@ from .intensity import IntensityScale, robust_scale
 from .model import SAINR
 from .planning import ReductionPlan, geometry_of, plan_reduction
 from .request import ReduceOptions, Target
+from .runtime.consistency import enforce_consistency
 from .runtime.device import choose_device
 from .runtime.inference import CancelFn, NoticeFn, ProgressFn, super_resolve_with_fallback
 from .runtime.weights import open_weights
@@ -133,6 +134,9 @@ def reduce_spacing(
     the image header's (DICOM SliceThickness, NRRD thicknesses), else estimated from the
     voxels (:func:`sainr.thickness.resolve_slice_thickness`); ``info`` says which, with a
     warning about it (``slice_thickness_warning``), for the caller to show beside the result.
+    The network's thin slices are then made to give back the acquired ones
+    (:func:`sainr.runtime.consistency.enforce_consistency`); ``info["consistency_weight"]`` is
+    the weight that step got (0 on noisy input, where it would only add the noise back).
     """
     if (target is None) == (plan is None):
         raise TypeError("give reduce_spacing a target or a plan (exactly one)")
@@ -147,11 +151,12 @@ def reduce_spacing(
     net = opened.build() if opened else model
     volume, _ = slice_first(image, plan.axis, bool(plan.nonfinite))
     scale = robust_scale(volume)
+    normalised = scale.normalize(volume)
     dev = choose_device(options.device)
     grid = plan.grid()
     hr, mask = super_resolve_with_fallback(
         net,
-        scale.normalize(volume),
+        normalised,
         grid,
         dev,
         options.memory_mb,
@@ -161,6 +166,7 @@ def reduce_spacing(
         precision=options.precision,
         thickness=plan.thickness.relative,
     )
+    consistency = enforce_consistency(hr, normalised, grid, plan.thickness.relative)
     ax = plan.axis
     out = output_values(hr, scale, sitk.GetArrayViewFromImage(image).dtype, ax)
     mask_arr = np.ascontiguousarray(np.moveaxis(mask, 0, 2 - ax))
@@ -179,6 +185,7 @@ def reduce_spacing(
             "slice_thickness_source": plan.thickness.source,
             "slice_thickness_warning": plan.thickness.warning,
             "gated_fraction": float(mask.mean()),
+            "consistency_weight": consistency,
             "device": str(dev),
         },
     )

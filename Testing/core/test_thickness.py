@@ -14,8 +14,9 @@ from conftest import TINY
 from sainr import ReduceOptions, reduce_spacing
 from sainr.cli import main
 from sainr.errors import SpacingError
-from sainr.geometry import relative_thickness
+from sainr.geometry import relative_thickness, slice_grid
 from sainr.model import SAINR, ModelConfig, Queries
+from sainr.runtime.inference import super_resolve
 from sainr.thickness import resolve_slice_thickness
 from sainr.train.training import warm_start
 
@@ -46,17 +47,23 @@ def test_the_slice_thickness_changes_a_conditioned_models_output(knee_thick, con
 
 
 def test_a_model_without_conditioning_ignores_the_thickness(knee_thick, tiny_model):
-    np.testing.assert_array_equal(
-        _reduce(knee_thick, tiny_model, 1.0), _reduce(knee_thick, tiny_model, 3.0)
-    )
+    """The network itself; the data consistency step after it re-acquires with the thickness
+    whatever the model (Testing/runtime/test_consistency.py)."""
+    volume = sitk.GetArrayFromImage(knee_thick).astype(np.float32) / 1000  # slice axis k first
+    grid = slice_grid(len(volume), 3.0, 1.0)
+    runs = [
+        super_resolve(tiny_model, volume, grid, torch.device("cpu"), thickness=t)[0]
+        for t in (1 / 3, 1.0)
+    ]
+    np.testing.assert_array_equal(*runs)
 
 
 def test_warm_start_reproduces_the_source_model_exactly(knee_thick, tiny_model, conditioned):
     warm_start(conditioned, tiny_model)
-    expected = _reduce(knee_thick, tiny_model, None)
     for thickness in (1.0, 3.0, 6.0):  # the new inputs start at zero weight
         # the conditioned decoder adds the conditions' part of its first layer separately
         # (once per thin slice); float rounding may move an int16 output by one unit
+        expected = _reduce(knee_thick, tiny_model, thickness)
         out = _reduce(knee_thick, conditioned, thickness)
         np.testing.assert_allclose(out, expected, rtol=0, atol=1)
         assert np.mean(out != expected) < 0.1

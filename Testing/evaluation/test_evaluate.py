@@ -30,6 +30,7 @@ from sainr.evaluation.metrics import foreground_mask, psnr
 from sainr.geometry import slice_grid
 from sainr.intensity import robust_scale
 from sainr.model import gating_disabled
+from sainr.runtime.consistency import enforce_consistency
 from sainr.runtime.inference import super_resolve
 from sainr.runtime.weights import load_model
 from sainr.train.training import TrainConfig, train
@@ -39,6 +40,7 @@ FAIR = DATA / "knee_fair_crop_1mm.nii.gz"  # near-isotropic 1 mm
 CROP = 32
 ESTIMATED = {"tiny (estimated thickness)"}
 METHODS = {"ground truth", "linear", "B-spline", "B-spline + Wiener", "tiny", "tiny (ungated)"}
+METHODS |= {"tiny (network only)"}
 METHODS |= ESTIMATED
 
 
@@ -84,6 +86,7 @@ def evaluated(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
             "2",
             "--device",
             "cpu",
+            "--network-only",
             "--note",
             "TEST volumes: reported only",
             "--out",
@@ -183,7 +186,9 @@ def test_scores_match_an_independent_computation(
     lr, grid = acquire(hr, acq, n_lr), slice_grid(n_lr, factor, 1.0)
     truth = hr[: grid.n_hr]
     net = load_model(checkpoint)
-    model, _ = super_resolve(net, lr, grid, torch.device("cpu"), thickness=acq.relative_thickness)
+    network, _ = super_resolve(net, lr, grid, torch.device("cpu"), thickness=acq.relative_thickness)
+    model = network.copy()
+    enforce_consistency(model, lr, grid, acq.relative_thickness)  # as users get it
     scores = {
         r["method"]: float(r["psnr"])
         for r in _rows(evaluated)
@@ -194,6 +199,7 @@ def test_scores_match_an_independent_computation(
     }
     assert scores["linear"] == pytest.approx(psnr(linear_interpolate(lr, grid), truth), abs=1e-4)
     assert scores["tiny"] == pytest.approx(psnr(model, truth), abs=1e-3)
+    assert scores["tiny (network only)"] == pytest.approx(psnr(network, truth), abs=1e-3)
 
 
 def test_named_precision_runs_every_model_row_and_is_reported(
@@ -210,6 +216,7 @@ def test_named_precision_runs_every_model_row_and_is_reported(
     n_lr = int((hr.shape[0] - 1) // 2) + 1
     lr, grid = acquire(hr, Acquisition(2.0, 1.0, "none"), n_lr), slice_grid(n_lr, 2.0, 1.0)
     pred, _ = super_resolve(load_model(checkpoint), lr, grid, torch.device("cpu"), precision="fp32")
+    enforce_consistency(pred, lr, grid, 0.5)  # decimated x2: one thin slice thick
     row = next(r for r in _rows(out) if r["method"] == "tiny")
     assert float(row["psnr"]) == pytest.approx(psnr(pred, hr[: grid.n_hr]), abs=1e-4)
     assert "precision: fp32 (fp32)" in (out / "results.md").read_text(encoding="utf-8")
@@ -238,10 +245,11 @@ def test_markdown_report_states_tables_and_configuration(evaluated: Path) -> Non
         "## GMACs",
     ):
         assert heading in md
+    assert "every SA-INR row ends with the data consistency step" in md
     estimated = " tiny (estimated thickness) |" if ESTIMATED else ""
     assert (
         "| volume | profile | factor | linear | B-spline | B-spline + Wiener | tiny |"
-        f"{estimated} tiny (ungated) | tiny − best interp. | min |" in md
+        f"{estimated} tiny (ungated) | tiny (network only) | tiny − best interp. | min |" in md
     )
     for heading in ("## Foreground PSNR (dB)", "## Margins of each SA-INR row"):
         assert heading in md
@@ -390,12 +398,15 @@ def test_adapted_models_get_the_case_lr_its_spacing_and_a_copy(
     the HR slice spacing as target, N steps, the simulation's slice thickness; the adapted
     model is the one that runs, the plain model's scores are unchanged. The real adapt runs
     (7 steps of the tiny model); the spy only records what it was given."""
-    calls = []
+    calls, adapted = [], []
     real_adapt = sainr.train.adapt.adapt
 
     def spy(model, volume, spacing, target_spacing, config, progress=None, cancel=None, log=None):
         calls.append((volume.copy(), spacing, target_spacing, config))
-        return real_adapt(model, volume, spacing, target_spacing, config, progress, cancel, log)
+        adapted.append(
+            real_adapt(model, volume, spacing, target_spacing, config, progress, cancel, log)
+        )
+        return adapted[-1]
 
     monkeypatch.setattr(sainr.train.adapt, "adapt", spy)
     out = tmp_path / "out"
@@ -439,11 +450,14 @@ def test_adapted_models_get_the_case_lr_its_spacing_and_a_copy(
         assert config.thickness == pytest.approx(0.8)  # the simulated slice thickness
     rows = {(r["factor"], r["method"]): float(r["psnr"]) for r in _rows(out) if r["psnr"]}
     model = load_model(checkpoint)
-    for factor in (3.0, 4.0):
+    for i, factor in enumerate((3.0, 4.0)):
         lr, grid, truth = simulate(hr, Acquisition(factor, 0.8, "gaussian"))
         plain, _ = super_resolve(model, lr, grid, torch.device("cpu"), thickness=0.8)
-        assert rows[(f"{factor:g}", "tiny")] == pytest.approx(psnr(plain, truth), abs=1e-3)
-        assert rows[(f"{factor:g}", "tiny adapted (7 steps)")] != rows[(f"{factor:g}", "tiny")]
+        tuned, _ = super_resolve(adapted[i], lr, grid, torch.device("cpu"), thickness=0.8)
+        assert np.abs(tuned - plain).max() > 1e-3  # the adaptation changed the network
+        for name, thin in (("tiny", plain), ("tiny adapted (7 steps)", tuned)):
+            enforce_consistency(thin, lr, grid, 0.8)
+            assert rows[(f"{factor:g}", name)] == pytest.approx(psnr(thin, truth), abs=1e-3)
     assert not list(out.glob("*.png"))  # --figures without a profile: tables only
     assert not any("ungated" in r["method"] for r in _rows(out))  # --no-ungated
     md = (out / "results.md").read_text(encoding="utf-8")

@@ -92,6 +92,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="skip the ungated runs (LASA on every query) of gated models",
     )
+    p.add_argument(
+        "--network-only",
+        action="store_true",
+        help="also run each model (told the true thickness) without the data consistency "
+        "step, to see what that step adds",
+    )
     p.add_argument("--crop", type=int, metavar="N", help="in-plane centre crop (N x N voxels)")
     p.add_argument(
         "--max-slices",
@@ -164,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
             wiener_nsr=args.wiener_nsr,
             notes=tuple(args.note),
             ungated=args.ungated,
+            network_only=args.network_only,
             crop=args.crop,
             max_slices=args.max_slices,
             device=args.device,

@@ -1,6 +1,7 @@
 """The methods that fill a thin-slice grid: linear and B-spline interpolation, B-spline + Wiener
 deconvolution of the known slice profile, each SA-INR model (told the true slice thickness or
-the thickness estimated from the image; gated, ungated, adapted per case) and the shipped-model
+the thickness estimated from the image; gated, ungated, adapted per case; with the data
+consistency step that users get, or the network's output alone) and the shipped-model
 loading."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..acquisition import Acquisition
 from ..errors import SainrError, WeightsError
 from ..geometry import SliceGrid
 from ..model import SAINR, gating_disabled
+from ..runtime.consistency import enforce_consistency
 from ..runtime.inference import super_resolve
 from ..runtime.weights import DEFAULT_MODEL, catalog, load_model, resolve
 from ..thickness import resolve_slice_thickness
@@ -28,6 +30,8 @@ TRUTH = "ground truth"
 WIENER = "B-spline + Wiener"
 #: Suffix of the SA-INR rows told the thickness estimated from the image.
 ESTIMATED = " (estimated thickness)"
+#: Suffix of the SA-INR rows without the data consistency step (the network's output alone).
+NETWORK_ONLY = " (network only)"
 
 Spacing = tuple[float, float, float]
 
@@ -118,10 +122,14 @@ def build_methods(
     estimated: bool = True,
     nsr: float = WIENER_NSR,
     precision: str = "auto",
+    network_only: bool = False,
 ) -> list[Method]:
     """Interpolators, B-spline + Wiener (noise-to-signal ratio ``nsr``), then each model told
     the true thickness, then (``estimated``) each model told the image estimate, then
-    (``ungated``) each gated model with its gate removed; every model runs at ``precision``."""
+    (``ungated``) each gated model with its gate removed, then (``network_only``) each model
+    told the true thickness without the data consistency step; every model runs at
+    ``precision``, and every row but the last kind ends with the consistency step, as
+    :func:`sainr.api.reduce_spacing` does."""
 
     def interp(fn) -> RunFn:
         return lambda lr, grid, _spacing, _told: (fn(lr, grid), None)
@@ -161,6 +169,15 @@ def build_methods(
                     model,
                 )
             )
+    for name, _, model in models if network_only else ():
+        methods.append(
+            Method(
+                name + NETWORK_ONLY,
+                _network(model, device, budget_mb, precision, consistency=False),
+                model,
+                model.gate is not None,
+            )
+        )
     return methods
 
 
@@ -171,9 +188,11 @@ def _network(
     precision: str = "auto",
     ungated: bool = False,
     adapt_steps: int = 0,
+    consistency: bool = True,
 ) -> RunFn:
-    """SA-INR on the case's LR; with ``adapt_steps``, a copy of the model is first fine-tuned
-    on that LR alone (:func:`adapt_to_case`)."""
+    """SA-INR on the case's LR, followed (``consistency``) by the data consistency step of
+    :func:`sainr.runtime.consistency.enforce_consistency`; with ``adapt_steps``, a copy of the
+    model is first fine-tuned on that LR alone (:func:`adapt_to_case`)."""
 
     def run_model(
         lr: np.ndarray, grid: SliceGrid, spacing: Spacing, told: Told
@@ -185,8 +204,12 @@ def _network(
         run = partial(super_resolve, device=device, budget_mb=budget_mb, precision=precision)
         if ungated:
             with gating_disabled(net):
-                return run(net, lr, grid, thickness=thickness)
-        return run(net, lr, grid, thickness=thickness)
+                thin, mask = run(net, lr, grid, thickness=thickness)
+        else:
+            thin, mask = run(net, lr, grid, thickness=thickness)
+        if consistency:
+            enforce_consistency(thin, lr, grid, thickness)
+        return thin, mask
 
     return run_model
 

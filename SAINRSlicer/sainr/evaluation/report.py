@@ -17,7 +17,7 @@ from ..runtime.precision import resolve_precision
 from .cases import Case
 from .eclare import EclareOptions, require_eclare
 from .flops import flops_table, slab_macs
-from .methods import ESTIMATED, TRUTH, WIENER, Method
+from .methods import ESTIMATED, NETWORK_ONLY, TRUTH, WIENER, Method
 from .metrics import FOREGROUND_FRACTION, FOREGROUND_PERCENTILE
 from .settings import EvaluationSettings
 
@@ -259,6 +259,15 @@ def configuration(
             "time includes the estimate"
             if estimated
             else "no estimated-thickness rows (sainr.thickness absent or --no-estimated)"
+        ),
+        "- every SA-INR row ends with the data consistency step users get "
+        "(sainr.runtime.consistency: one back-projection of what re-acquiring the result with "
+        "a box profile of the told thickness misses of the LR, weighted by that residual's "
+        "Wiener gain against its own noise)"
+        + (
+            f"; '… {NETWORK_ONLY.strip()}' rows: the network's output without it"
+            if settings.network_only
+            else ""
         ),
         "- PSNR: MAX = truth max, prediction clipped to [0, MAX]; foreground PSNR: the same "
         f"with the MSE over the voxels where the truth exceeds {FOREGROUND_FRACTION:g} × its "

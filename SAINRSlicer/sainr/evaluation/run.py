@@ -64,6 +64,7 @@ def run(settings: EvaluationSettings) -> None:
         settings.estimated,
         settings.wiener_nsr,
         settings.precision,
+        settings.network_only,
     )
     methods += adapted_methods(
         models,

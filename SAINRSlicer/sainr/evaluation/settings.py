@@ -25,7 +25,8 @@ class EvaluationSettings:
     model told the thickness estimated from the image (:mod:`sainr.thickness`) instead of
     the true one. ``wiener_nsr``: the B-spline + Wiener baseline's noise-to-signal ratio.
     ``notes``: lines for the report's configuration (e.g. which volumes are test volumes).
-    ``ungated``: also run gated models without their gate. ``crop``: in-plane centre crop;
+    ``ungated``: also run gated models without their gate. ``network_only``: also run each
+    model (told the true thickness) without the data consistency step. ``crop``: in-plane centre crop;
     ``max_slices``: planes S3 is averaged over. ``precision``: how every SA-INR row runs
     (:func:`sainr.runtime.precision.resolve_precision`; ``auto`` differs between CPUs, so a
     comparison across machines names one). ``flops``: print the GMAC tables only.
@@ -44,6 +45,7 @@ class EvaluationSettings:
     wiener_nsr: float = WIENER_NSR
     notes: tuple[str, ...] = ()
     ungated: bool = True
+    network_only: bool = False
     crop: int | None = None
     max_slices: int = 16
     device: str = "auto"
