@@ -62,7 +62,8 @@ def noise_level(residual: np.ndarray) -> float:
 def residual_gain(residual: np.ndarray, noise_weight: float = NOISE_WEIGHT) -> float:
     """Weight of the back-projection: the residual's Wiener gain against its own noise power
     counted ``noise_weight`` times (0: always 1, plain back-projection)."""
-    power = float(np.mean(np.square(residual, dtype=np.float64)))
+    # one slice at a time: no float64 copy of the whole residual
+    power = sum(float(np.vdot(plane, plane)) for plane in residual) / max(residual.size, 1)
     if power == 0.0:
         return 0.0
     return max(0.0, 1.0 - noise_weight * noise_level(residual) ** 2 / power)
