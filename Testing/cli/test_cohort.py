@@ -7,6 +7,7 @@ per-input failures, the summary) directly.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -25,7 +26,8 @@ from conftest import KNEE_QDESS
 from sainr import cohort
 from sainr.cohort import Launch, Report
 from sainr.errors import InputImageError, SainrError
-from sainr.io.outputs import LandedInterrupt
+from sainr.io.outputs import LandedInterrupt, is_complete
+from sainr.runtime.consistency import describe as describe_consistency
 
 CROPS = ["a.nii.gz", "b.nrrd", "c.nii.gz", "d.mha"]  # sorted: a, c -> rank 0; b, d -> rank 1
 
@@ -272,6 +274,36 @@ def test_a_cohort_rerun_with_another_target_redoes_every_result(tmp_path, capfd,
     finally:
         torch.set_num_threads(threads)
     assert sitk.ReadImage(str(tmp_path / "out" / "a.nrrd")).GetSize() == (12, 12, 10)
+
+
+def test_results_made_before_the_consistency_step_are_redone(tmp_path, capfd):
+    """A batch rerun keeps a complete result, but one whose record predates the data
+    consistency step (its ``made`` names no such step) holds other voxels than a run now
+    makes: the rerun redoes it instead of keeping it."""
+    knee = sitk.ReadImage(str(KNEE_QDESS))[24:36, 24:36, 10:18:2]  # 12 x 12 x 4 at 3 mm
+    src = tmp_path / "in"
+    src.mkdir()
+    sitk.WriteImage(knee, str(src / "a.nrrd"))
+    out = tmp_path / "out"
+    weights = str(_tiny_checkpoint(tmp_path / "tiny.pt"))
+    argv = ["reduce", str(src), str(out), "--device", "cpu", "--weights", weights]
+    argv += ["--spacing", "2", "--progress", "none"]
+    record = out / "a.nrrd.sainr.json"
+
+    def run_id() -> str:
+        assert run_cli(argv, capfd)[0] == 0
+        return json.loads(record.read_text())["run"]
+
+    first = run_id()
+    made = json.loads(record.read_text())["made"]
+    assert made["consistency"] == describe_consistency()
+    assert run_id() == first  # complete: kept
+    old = json.loads(record.read_text())
+    del old["made"]["consistency"]  # as written before the step existed
+    record.write_text(json.dumps(old))
+    assert not is_complete([out / "a.nrrd"], made)
+    assert run_id() != first  # redone
+    assert json.loads(record.read_text())["made"] == made
 
 
 def test_an_interrupt_as_a_result_lands_counts_that_result(tmp_path):

@@ -29,6 +29,7 @@ from ..io.read import is_dicom_folder, volume_suffix
 from ..model import SAINR
 from ..protocol import ADAPT_TAG, EXIT_USER
 from ..request import ReduceOptions, Target
+from ..runtime.consistency import describe as describe_consistency
 from ..runtime.device import choose_device
 from ..runtime.weights import open_weights, resolve, sha256
 from ..train.adapt import (
@@ -186,9 +187,10 @@ def _checked(
 
 def _request(args: argparse.Namespace, target: Target, options: ReduceOptions) -> dict[str, Any]:
     """What makes a result what it is, for its record: the target, the options that change
-    the voxels, the DICOM series, the adaptation steps and the model's SHA-256 (of the file
-    for a checkpoint, from the catalog for a shipped model). Device and memory budget are
-    left out: they change how a result is computed, not which."""
+    the voxels, the DICOM series, the adaptation steps, the model's SHA-256 (of the file
+    for a checkpoint, from the catalog for a shipped model) and the data consistency step
+    after it. Device and memory budget are left out: they change how a result is computed,
+    not which."""
     path, expected = resolve(args.weights)
     return {
         "target": {k: v for k, v in asdict(target).items() if k != "force"},
@@ -198,6 +200,7 @@ def _request(args: argparse.Namespace, target: Target, options: ReduceOptions) -
         "series": args.series,
         "adapt_steps": args.adapt_steps,
         "model_sha256": expected or sha256(path),
+        "consistency": describe_consistency(),
     }
 
 

@@ -36,6 +36,12 @@ _NOISE_SLICES = 8
 _MAD_TO_SIGMA = 1.4826
 
 
+def describe() -> str:
+    """What the step does, for a result's record (:func:`sainr.io.outputs.is_complete`): a
+    result made without it, or with other settings, is redone by a rerun, not kept."""
+    return f"{PROFILE} re-acquisition, one linear back-projection, noise weight {NOISE_WEIGHT:g}"
+
+
 def reacquire(thin: np.ndarray, grid: SliceGrid, thickness: float) -> np.ndarray:
     """The acquired slices (``grid.n_lr``, H, W) that thin slices ``thin`` (slice axis first)
     give when imaged again with a box profile ``thickness`` x the acquired spacing thick."""
