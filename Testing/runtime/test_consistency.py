@@ -27,10 +27,11 @@ def truth(knee_image: sitk.Image) -> np.ndarray:
     return robust_scale(hr).normalize(hr[:n])
 
 
-def thick(truth: np.ndarray, thickness: float = 1.0) -> tuple[np.ndarray, object]:
-    """Contiguous box slices every FACTOR thin slices, and the thin-slice grid back."""
+def thick(truth: np.ndarray) -> tuple[np.ndarray, object]:
+    """Box slices every FACTOR thin slices, as thick as the step re-acquires contiguous
+    slices, and the thin-slice grid back."""
     grid = slice_grid((len(truth) - 1) // FACTOR + 1, float(FACTOR), 1.0)
-    return acquire(truth, Acquisition(FACTOR, thickness, "box"), grid.n_lr), grid
+    return reacquire(truth, grid, 1.0), grid
 
 
 def linear(lr: np.ndarray, grid) -> np.ndarray:
@@ -69,9 +70,15 @@ def test_keeps_the_denoising(truth: np.ndarray) -> None:
 
 
 def test_thickness_changes_the_reacquisition(truth: np.ndarray) -> None:
-    """Thinner slices with gaps re-acquire sharper than contiguous ones."""
+    """Thinner slices with gaps re-acquire sharper than contiguous ones; the box is
+    ``width`` times the told thickness."""
     _, grid = thick(truth)
-    thin = reacquire(truth, grid, 1 / FACTOR)
-    thick_slices = reacquire(truth, grid, 1.0)
+    thin = reacquire(truth, grid, 1 / FACTOR, width=1.0)
     np.testing.assert_allclose(thin, truth[::FACTOR], atol=1e-6)  # one thin voxel per slice
+    np.testing.assert_allclose(
+        reacquire(truth, grid, 0.5, width=2.0),
+        acquire(truth, Acquisition(FACTOR, 1.0, "box"), grid.n_lr),
+        atol=1e-6,
+    )
+    thick_slices = reacquire(truth, grid, 1.0)
     assert np.abs(thick_slices - truth[::FACTOR]).mean() > 0.005

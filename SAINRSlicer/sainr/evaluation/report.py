@@ -13,6 +13,7 @@ import torch
 from .. import __version__
 from ..io.files import write_atomically
 from ..model import SAINR, ModelConfig
+from ..runtime.consistency import describe as describe_consistency
 from ..runtime.precision import resolve_precision
 from .cases import Case
 from .eclare import EclareOptions, require_eclare
@@ -261,9 +262,8 @@ def configuration(
             else "no estimated-thickness rows (sainr.thickness absent or --no-estimated)"
         ),
         "- every SA-INR row ends with the data consistency step users get "
-        "(sainr.runtime.consistency: one back-projection of what re-acquiring the result with "
-        "a box profile of the told thickness misses of the LR, weighted by that residual's "
-        "Wiener gain against its own noise)"
+        f"(sainr.runtime.consistency: {describe_consistency()}; what re-acquiring the result "
+        "misses of the LR, weighted by that residual's Wiener gain against its own noise)"
         + (
             f"; '… {NETWORK_ONLY.strip()}' rows: the network's output without it"
             if settings.network_only

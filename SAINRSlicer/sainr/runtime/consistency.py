@@ -1,7 +1,8 @@
 """Data consistency: thin slices that give back the acquired ones.
 
-Acquiring the thin-slice result again (:func:`sainr.acquisition.acquire`: a box profile as
-thick as the model was told, centred on each acquired slice) should give the acquired slices.
+Acquiring the thin-slice result again (:func:`sainr.acquisition.acquire`: a box profile
+:data:`BOX_WIDTH` times as thick as the model was told, centred on each acquired slice) should
+give the acquired slices.
 Where it does not, the network has left some of the slice profile's blur in place or missed
 some tissue. One step of iterative back-projection (Irani & Peleg, 1991) adds that residual,
 interpolated linearly along the slice axis, back onto the thin slices.
@@ -11,10 +12,11 @@ the denoising. The step is therefore weighted by the residual's Wiener gain
 ``g = max(0, 1 - NOISE_WEIGHT sigma^2 / mean(r^2))``, ``sigma`` being the residual's noise
 level (median absolute deviation of its in-plane second differences, which edges barely move):
 close to 1 on clean input, 0 where the residual is mostly noise. A box profile is the
-reference of the thickness estimate (:mod:`sainr.thickness`), so the re-acquisition and the
-estimate agree on what "thickness" means. The choices (box, one step, the linear
-back-projection, ``NOISE_WEIGHT``) were made on the validation volumes only
-(``docs/evaluation/consistency.md``).
+reference of the thickness estimate (:mod:`sainr.thickness`); a told thickness is a full width
+at half maximum, and bell-shaped slice profiles blur more than a box of that width (a Gaussian
+has the variance of a box 1.47 times its FWHM), hence a box a little wider than told. The
+choices (box, its width, one step, the linear back-projection, ``NOISE_WEIGHT``) were made on
+the validation volumes only (``docs/evaluation/consistency.md``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from ..geometry import SliceGrid
 NOISE_WEIGHT = 2.0
 #: The reference slice profile of the re-acquisition.
 PROFILE = "box"
+#: Its width per unit of the told slice thickness.
+BOX_WIDTH = 1.25
 #: Acquired slices sampled for the residual's noise level (evenly spaced).
 _NOISE_SLICES = 8
 _MAD_TO_SIGMA = 1.4826
@@ -39,13 +43,19 @@ _MAD_TO_SIGMA = 1.4826
 def describe() -> str:
     """What the step does, for a result's record (:func:`sainr.io.outputs.is_complete`): a
     result made without it, or with other settings, is redone by a rerun, not kept."""
-    return f"{PROFILE} re-acquisition, one linear back-projection, noise weight {NOISE_WEIGHT:g}"
+    return (
+        f"{PROFILE} re-acquisition {BOX_WIDTH:g} x the told thickness, one linear "
+        f"back-projection, noise weight {NOISE_WEIGHT:g}"
+    )
 
 
-def reacquire(thin: np.ndarray, grid: SliceGrid, thickness: float) -> np.ndarray:
+def reacquire(
+    thin: np.ndarray, grid: SliceGrid, thickness: float, width: float = BOX_WIDTH
+) -> np.ndarray:
     """The acquired slices (``grid.n_lr``, H, W) that thin slices ``thin`` (slice axis first)
-    give when imaged again with a box profile ``thickness`` x the acquired spacing thick."""
-    acquisition = Acquisition(grid.factor, thickness, PROFILE)
+    give when imaged again with a box profile ``width`` x ``thickness`` x the acquired spacing
+    thick."""
+    acquisition = Acquisition(grid.factor, width * thickness, PROFILE)
     return acquire(thin, acquisition, grid.n_lr)
 
 
@@ -81,15 +91,16 @@ def enforce_consistency(
     grid: SliceGrid,
     thickness: float,
     noise_weight: float = NOISE_WEIGHT,
+    width: float = BOX_WIDTH,
 ) -> float:
     """Back-project, in place, what ``thin`` (``grid.n_hr``, H, W) misses of ``acquired``
     (``grid.n_lr``, H, W; both normalised, slice axis first) when imaged again with slices
-    ``thickness`` x the spacing thick; returns the weight it was given (0: left unchanged;
-    ``noise_weight``: :func:`residual_gain`).
+    ``thickness`` x the spacing thick (:func:`reacquire` with ``width``); returns the weight it
+    was given (0: left unchanged; ``noise_weight``: :func:`residual_gain`).
 
     Memory: the residual is the size of the acquired volume; the thin volume is updated one
     slice at a time."""
-    residual = acquired - reacquire(thin, grid, thickness)
+    residual = acquired - reacquire(thin, grid, thickness, width)
     gain = residual_gain(residual, noise_weight)
     if gain > 0.0:
         residual *= gain
