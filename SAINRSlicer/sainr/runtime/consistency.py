@@ -100,7 +100,8 @@ def enforce_consistency(
 
     Memory: the residual is the size of the acquired volume; the thin volume is updated one
     slice at a time."""
-    residual = acquired - reacquire(thin, grid, thickness, width)
+    residual = reacquire(thin, grid, thickness, width)
+    np.subtract(acquired, residual, out=residual)  # in place: one acquired-sized array
     gain = residual_gain(residual, noise_weight)
     if gain > 0.0:
         residual *= gain
