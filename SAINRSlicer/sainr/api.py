@@ -2,8 +2,9 @@
 
 read -> plan (checks, slice axis, thin-slice grid, slice thickness; :mod:`sainr.planning`, or a
 plan the caller made) -> normalise -> SA-INR (encoder once per tile, thin slices in bounded
-chunks) -> data consistency (:mod:`sainr.runtime.consistency`) -> de-normalise -> image with the input's origin and direction and the new spacing on
-the slice axis only. The input image is never modified.
+chunks) -> data consistency (:mod:`sainr.runtime.consistency`) -> de-normalise -> image with
+the input's origin and direction and the new spacing on the slice axis only. The input image
+is never modified.
 
 Output pixel type: the input's. Integer inputs are rounded and clipped to their type's range;
 float64 is computed in float32 and stored as float64.

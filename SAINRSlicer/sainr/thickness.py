@@ -164,16 +164,23 @@ def _threshold(volume: np.ndarray) -> float:
     return FOREGROUND_FRACTION * float(np.percentile(volume, _HIGH_PERCENTILE))
 
 
-def _noise_sigma(volume: np.ndarray, axis: int, threshold: float) -> float:
-    """Noise standard deviation from a second difference along in-plane array axis ``axis``:
-    robust (median absolute deviation) so that edges, which are sparse, barely count."""
-    x = np.moveaxis(volume, axis, -1)
-    h = x[..., 2:] - 2 * x[..., 1:-1] + x[..., :-2]
-    h = h[x[..., 1:-1] > threshold]
+def noise_sigma_of(second_differences: np.ndarray) -> float:
+    """Standard deviation of the white noise whose second differences these are (0 for none):
+    robust (median absolute deviation) so that edges, which are sparse, barely count. A
+    second difference of white noise has variance 6 sigma^2."""
+    h = np.asarray(second_differences).ravel()
     if h.size == 0:
         return 0.0
     mad = float(np.median(np.abs(h - np.median(h))))
-    return _MAD_TO_SIGMA * mad / math.sqrt(6.0)  # a second difference of white noise: 6 sigma^2
+    return _MAD_TO_SIGMA * mad / math.sqrt(6.0)
+
+
+def _noise_sigma(volume: np.ndarray, axis: int, threshold: float) -> float:
+    """Noise standard deviation from a second difference along in-plane array axis ``axis``,
+    over the foreground (:func:`noise_sigma_of`)."""
+    x = np.moveaxis(volume, axis, -1)
+    h = x[..., 2:] - 2 * x[..., 1:-1] + x[..., :-2]
+    return noise_sigma_of(h[x[..., 1:-1] > threshold])
 
 
 def _foreground_lines(lines: np.ndarray, threshold: float, limit: int | None) -> np.ndarray:

@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from sainr.acquisition import Acquisition, acquire
+from sainr.evaluation.baselines import linear_interpolate
 from sainr.geometry import slice_grid
 from sainr.intensity import robust_scale
 from sainr.runtime.consistency import enforce_consistency, noise_level, reacquire
@@ -34,14 +35,11 @@ def thick(truth: np.ndarray) -> tuple[np.ndarray, object]:
     return reacquire(truth, grid, 1.0), grid
 
 
-def linear(lr: np.ndarray, grid) -> np.ndarray:
-    t = grid.frac[:, None, None].astype(np.float32)
-    return lr[grid.lower] * (1 - t) + lr[grid.upper] * t
-
-
 def test_restores_what_a_blurred_result_misses(truth: np.ndarray) -> None:
     lr, grid = thick(truth)
-    thin = linear(lr, grid)  # keeps the slice profile's blur: re-acquired, it is blurrier still
+    thin = linear_interpolate(
+        lr, grid
+    )  # keeps the slice profile's blur: re-acquired, it is blurrier still
     before_data = np.abs(reacquire(thin, grid, 1.0) - lr).mean()
     before = psnr(thin, truth)
     weight = enforce_consistency(thin, lr, grid, 1.0)

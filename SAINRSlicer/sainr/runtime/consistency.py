@@ -21,12 +21,11 @@ the validation volumes only (``docs/evaluation/consistency.md``).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..acquisition import Acquisition, acquire
 from ..geometry import SliceGrid
+from ..thickness import noise_sigma_of
 
 #: How many times its measured noise power the residual must exceed for the back-projection
 #: to count fully (2: a residual only twice the noise power gets no weight at all).
@@ -37,7 +36,6 @@ PROFILE = "box"
 BOX_WIDTH = 1.25
 #: Acquired slices sampled for the residual's noise level (evenly spaced).
 _NOISE_SLICES = 8
-_MAD_TO_SIGMA = 1.4826
 
 
 def describe() -> str:
@@ -60,19 +58,14 @@ def reacquire(
 
 
 def noise_level(residual: np.ndarray) -> float:
-    """Standard deviation of the white noise in ``residual`` (S, H, W), from the median
-    absolute deviation of its second differences along both in-plane axes (a second
-    difference of white noise has variance 6 sigma^2)."""
+    """Standard deviation of the white noise in ``residual`` (S, H, W), from its second
+    differences along both in-plane axes (:func:`sainr.thickness.noise_sigma_of`)."""
     picked = residual[
         np.unique(np.linspace(0, len(residual) - 1, _NOISE_SLICES).round().astype(int))
     ]
     rows = picked[:, 2:] - 2 * picked[:, 1:-1] + picked[:, :-2]
     cols = picked[:, :, 2:] - 2 * picked[:, :, 1:-1] + picked[:, :, :-2]
-    d = np.concatenate([rows.ravel(), cols.ravel()])
-    if d.size == 0:
-        return 0.0
-    mad = float(np.median(np.abs(d - np.median(d))))
-    return _MAD_TO_SIGMA * mad / math.sqrt(6.0)
+    return noise_sigma_of(np.concatenate([rows.ravel(), cols.ravel()]))
 
 
 def residual_gain(residual: np.ndarray, noise_weight: float = NOISE_WEIGHT) -> float:
@@ -105,8 +98,6 @@ def enforce_consistency(
     gain = residual_gain(residual, noise_weight)
     if gain > 0.0:
         residual *= gain
-        upper = grid.upper
-        for j in range(grid.n_hr):
-            t = float(grid.frac[j])
-            thin[j] += (1 - t) * residual[grid.lower[j]] + t * residual[upper[j]]
+        for j, (lower, upper, t) in enumerate(zip(grid.lower, grid.upper, grid.frac)):
+            thin[j] += (1 - float(t)) * residual[lower] + float(t) * residual[upper]
     return gain
