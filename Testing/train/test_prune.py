@@ -88,3 +88,25 @@ def test_the_cut_drops_the_channels_that_carry_nothing_and_keeps_the_answers(kne
 def test_a_wider_cut_is_refused():
     with pytest.raises(ValueError, match="cannot widen 8 channels / 16 units to 12 / 16"):
         narrowed(SAINR(CONFIG), 12, 16)
+
+
+def test_a_shallower_cut_answers_as_the_model_whose_dropped_block_adds_nothing(knee):
+    """A residual block whose branch writes zeros leaves the stream unchanged: the cut without
+    it has one block fewer, keeps the others' weights and answers exactly as the deep model."""
+    torch.manual_seed(2)
+    model = SAINR(CONFIG).eval()
+    with torch.no_grad():
+        dropped = list(model.encoder.residual_blocks())[0].convs()[1]
+        dropped.weight.zero_()
+        dropped.bias.zero_()
+    shallow = narrowed(model, CONFIG.channels, CONFIG.hidden, blocks=[1]).eval()
+    assert shallow.config.blocks == 1 and shallow.halo < model.halo
+    kept = list(model.encoder.residual_blocks())[1].convs()[0].weight
+    torch.testing.assert_close(next(shallow.encoder.residual_blocks()).convs()[0].weight, kept)
+    torch.testing.assert_close(_answers(shallow, knee), _answers(model, knee), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("blocks", [[], [1, 0], [2], [0, 0]])
+def test_a_shallower_cut_needs_increasing_blocks_of_the_model(blocks):
+    with pytest.raises(ValueError, match="increasing indices below 2"):
+        narrowed(SAINR(CONFIG), CONFIG.channels, CONFIG.hidden, blocks=blocks)

@@ -7,31 +7,46 @@ weights carry the most (the norms of every weight that writes or reads each one,
 scaled to mean 1, summed). The
 attention's inner width follows the channels, its scale too. The cut model answers roughly
 what the wide one does, so distillation starts near the teacher instead of from scratch.
+A shallower cut keeps some of the encoder's residual blocks: each block adds its branch to
+the stream, so leaving one out lets the stream pass unchanged, and the blocks kept still read
+and write the features they were trained on.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
 from torch import nn
 
 from ..model import SAINR
+from ..model.edsr import ResBlock3d
 
 
-def narrowed(model: SAINR, channels: int, hidden: int) -> SAINR:
+def narrowed(
+    model: SAINR, channels: int, hidden: int, blocks: Sequence[int] | None = None
+) -> SAINR:
     """A copy of ``model`` with ``channels`` feature channels and ``hidden`` decoder units,
-    initialised from the strongest ones of ``model`` (same window, blocks and options)."""
+    initialised from the strongest ones of ``model``, and only its residual ``blocks`` (indices,
+    in order; None: all). Same window and options."""
     cfg = model.config
     if channels > cfg.channels or hidden > cfg.hidden:
         raise ValueError(
             f"cannot widen {cfg.channels} channels / {cfg.hidden} units to {channels} / {hidden}"
         )
-    small = SAINR(replace(cfg, channels=channels, hidden=hidden))
-    stream = _strongest(_stream_weights(model), channels)
+    kept = list(range(cfg.blocks)) if blocks is None else list(blocks)
+    if not kept or sorted(set(kept)) != kept or not 0 <= kept[0] <= kept[-1] < cfg.blocks:
+        raise ValueError(
+            f"blocks to keep must be increasing indices below {cfg.blocks}, got {list(blocks or [])}"
+        )
+    small = SAINR(replace(cfg, channels=channels, hidden=hidden, blocks=len(kept)))
+    wide_blocks = list(model.encoder.residual_blocks())
+    source = [wide_blocks[k] for k in kept]
+    stream = _strongest(_stream_weights(model, source), channels)
     with torch.no_grad():
-        _cut_encoder(model, small, stream)
+        _cut_encoder(model, small, stream, source)
         if model.gate is not None:
             _copy(small.gate.proj, model.gate.proj, cols=stream)
         if model.lasa is not None:
@@ -51,11 +66,12 @@ def _strongest(pairs: list[tuple[torch.Tensor, int]], keep: int) -> torch.Tensor
     return torch.sort(torch.topk(score, keep).indices).values
 
 
-def _stream_weights(model: SAINR) -> list[tuple[torch.Tensor, int]]:
-    """Every weight that writes (axis 0) or reads (axis 1) the feature channels."""
+def _stream_weights(model: SAINR, blocks: list[ResBlock3d]) -> list[tuple[torch.Tensor, int]]:
+    """Every weight that writes (axis 0) or reads (axis 1) the feature channels, of the
+    residual ``blocks`` that are kept."""
     enc = model.encoder
     pairs = [(enc.head.weight, 0), (enc.tail.weight, 0), (enc.tail.weight, 1)]
-    for block in enc.residual_blocks():
+    for block in blocks:
         first, second = block.convs()
         pairs += [(first.weight, 1), (second.weight, 0)]
     first_layer = model.decoder.linears()[0].weight[:, : enc.channels]
@@ -86,10 +102,13 @@ def _copy(
         dst.bias.copy_((src.bias if rows is None else src.bias[rows]) * scale)
 
 
-def _cut_encoder(model: SAINR, small: SAINR, stream: torch.Tensor) -> None:
+def _cut_encoder(
+    model: SAINR, small: SAINR, stream: torch.Tensor, blocks: list[ResBlock3d]
+) -> None:
+    """Head, the kept residual ``blocks`` (inner channels: their strongest) and tail."""
     big, cut = model.encoder, small.encoder
     _copy(cut.head, big.head, rows=stream)
-    for wide, narrow in zip(big.residual_blocks(), cut.residual_blocks(), strict=True):
+    for wide, narrow in zip(blocks, cut.residual_blocks(), strict=True):
         (first, second), (first_cut, second_cut) = wide.convs(), narrow.convs()
         inner = _strongest([(first.weight, 0), (second.weight, 1)], len(stream))
         _copy(first_cut, first, rows=inner, cols=stream)

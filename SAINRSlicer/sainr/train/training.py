@@ -77,6 +77,8 @@ class TrainConfig:
     checkpoint_minutes: float = 3.0
     #: model name or checkpoint to warm-start from (a wider one: its strongest channels)
     init: str = ""
+    #: residual blocks of ``init`` the model keeps, in order (a shallower cut); empty: all
+    init_blocks: tuple[int, ...] = ()
     # distillation: a shipped model name or checkpoint whose values on the same queries the
     # student also learns, with weight ``distil``; validation also reports the teacher's PSNR
     teacher: str = ""
@@ -103,7 +105,6 @@ class TrainConfig:
         if set(raw) - known:
             raise ValueError(f"unknown training config keys: {sorted(set(raw) - known)}")
         cfg = cls(**raw)
-        ModelConfig.from_dict(cfg.model)
         PatchSpec(**cfg.patch).sampler  # noqa: B018 (checks profiles, weights, factors)
         for name in cfg.val_profiles:
             _val_profile(name)
@@ -115,6 +116,12 @@ class TrainConfig:
                 raise ValueError(f"unknown keys {sorted(unknown)} in data entry {entry}")
             if "path" not in entry:
                 raise ValueError(f"data entry {entry} has no path")
+        blocks = ModelConfig.from_dict(cfg.model).blocks
+        if cfg.init_blocks and (not cfg.init or len(cfg.init_blocks) != blocks):
+            raise ValueError(
+                f"init_blocks {list(cfg.init_blocks)} needs an init model and {blocks} entries "
+                "(the model's blocks)"
+            )
         if cfg.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule must be step or cosine, got {cfg.schedule!r}")
         if not (math.isfinite(cfg.distil) and cfg.distil >= 0):
@@ -488,10 +495,12 @@ def train(
     elif cfg.init:
         source = load_model(cfg.init)
         widths = model.config.channels, model.config.hidden
-        if (source.config.channels, source.config.hidden) != widths:
-            source = narrowed(source, *widths)  # a student cut from its teacher
+        blocks = list(cfg.init_blocks) or None
+        if (source.config.channels, source.config.hidden) != widths or blocks:
+            source = narrowed(source, *widths, blocks)  # a student cut from its teacher
         warm_start(model, source.to(device))
-        log(f"started from {cfg.init} ({widths[0]} channels, {widths[1]} decoder units)")
+        kept = f", blocks {blocks}" if blocks else ""
+        log(f"started from {cfg.init} ({widths[0]} channels, {widths[1]} decoder units{kept})")
     ema = moving_average(model, cfg.ema, ckpt)
     spec = PatchSpec(**cfg.patch)
     train_vols = _volumes(cfg.data, root, cfg.in_plane_axes)
