@@ -158,16 +158,13 @@ def test_bf16_autocast_stays_close_to_fp32_on_a_real_knee(knee_thick):
     _assert_close(*_reduce_at(centre, load_model(), "fp32", "bf16"), 5e-4, 5e-3)
 
 
-def test_auto_precision_is_fp16_on_cuda_bf16_on_cpus_with_bf16_hardware_else_int8():
+def test_auto_precision_is_fp16_on_cuda_bf16_with_amx_else_int8():
     from sainr.runtime.device import cpu_features
+    from sainr.runtime.precision import cpu_auto
 
     cpu = torch.device("cpu")
     assert resolve_precision(torch.device("cuda"), "auto") == "fp16"
-    features = cpu_features()
-    bf16_hardware = features["amx"] or features["avx512_bf16"]
-    fallback = "int8" if INT8 else "fp32"
-    assert resolve_precision(cpu, "auto") == ("bf16" if bf16_hardware else fallback)
-    assert resolve_precision(cpu, "auto", training=True) in ("bf16", "fp32")
+    assert resolve_precision(cpu, "auto") == cpu_auto(cpu_features(), False, INT8)
     assert resolve_precision(cpu, "fp32") == "fp32"
     if INT8:
         assert resolve_precision(cpu, "int8") == "int8"
@@ -178,9 +175,28 @@ def test_auto_precision_is_fp16_on_cuda_bf16_on_cpus_with_bf16_hardware_else_int
         resolve_precision(cpu, "int4")
 
 
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "inference", "training", "without_int8"),
+    [
+        (True, True, "bf16", "bf16", "bf16"),  # Intel Sapphire Rapids and later
+        (False, True, "int8", "bf16", "bf16"),  # AMD Zen 4, Intel Cooper Lake
+        (False, False, "int8", "fp32", "fp32"),  # AVX2 laptops
+    ],
+)
+def test_auto_precision_per_cpu_family(amx, avx512_bf16, inference, training, without_int8):
+    """What 'auto' runs on each CPU family: bf16 only where AMX makes it the fastest, int8
+    inference elsewhere, gradients in bf16 where there is bf16 hardware."""
+    from sainr.runtime.precision import cpu_auto
+
+    features = {"isa": "AVX512" if avx512_bf16 else "AVX2", "amx": amx, "avx512_bf16": avx512_bf16}
+    assert cpu_auto(features, training=False, int8_available=True) == inference
+    assert cpu_auto(features, training=True, int8_available=True) == training
+    assert cpu_auto(features, training=False, int8_available=False) == without_int8
+
+
 @pytest.mark.skipif(not INT8, reason="this torch build lacks oneDNN int8 kernels")
 def test_int8_stays_close_to_fp32_on_a_real_knee_and_keeps_the_geometry(knee_thick):
-    """int8 (auto on CPUs without bf16 hardware) changes the shipped model's result by far
+    """int8 (auto on CPUs without AMX) changes the shipped model's result by far
     less than what SA-INR adds over interpolation, and nothing else."""
     from sainr.runtime.weights import load_model
 

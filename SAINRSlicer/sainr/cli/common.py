@@ -71,8 +71,8 @@ def add_precision_argument(p: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="auto = fp16 autocast on CUDA; on the CPU bf16 with bf16 hardware (AMX or AVX-512 BF16), "
-        "else int8 (oneDNN kernels, calibrated per volume), else fp32",
+        help="auto = fp16 autocast on CUDA; on the CPU bf16 with AMX, else int8 (oneDNN kernels, "
+        "calibrated per volume), else fp32",
     )
 
 

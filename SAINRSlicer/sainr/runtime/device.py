@@ -47,12 +47,3 @@ def _cpu_probe(name: str) -> bool:
     """A ``torch.cpu`` feature probe; False where this torch build lacks it."""
     probe = getattr(torch.cpu, name, None)
     return bool(probe and probe())
-
-
-def has_fast_bf16() -> bool:
-    """True on CPUs with bf16 arithmetic in hardware: AMX tiles (Intel Sapphire Rapids and
-    later) or AVX-512 BF16 dot products (AMD Zen 4 and later, Intel Cooper Lake). There
-    oneDNN runs bf16 convolutions and matrix products much faster than fp32; elsewhere bf16
-    is emulated and slower than fp32 (docs/benchmark.md)."""
-    features = cpu_features()
-    return bool(features["amx"] or features["avx512_bf16"])

@@ -7,12 +7,13 @@ Light on purpose: training and adaptation import this, and it loads no backend (
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
 from .backends import REGISTRY, load_backend, registration
-from .device import has_fast_bf16
+from .device import cpu_features
 
 #: What ``--precision`` accepts: auto and every registered backend.
 PRECISIONS = ("auto", *REGISTRY)
@@ -21,11 +22,10 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_precision(device: torch.device, precision: str, training: bool = False) -> str:
-    """'auto' = fp16 on CUDA; on the CPU bf16 where it has bf16 hardware
-    (:func:`sainr.runtime.device.has_fast_bf16`), else int8 inference where this torch build
-    has its kernels, else fp32; fp32 on other devices. Training (test-time adaptation) runs
-    fp32 where inference would run an inference-only precision (int8). Explicit choices pass
-    through once checked against the device (and, for inference, this torch build)."""
+    """'auto' = fp16 on CUDA; on the CPU :func:`cpu_auto` of its features; fp32 on other
+    devices. Training (test-time adaptation) runs fp32 where inference would run an
+    inference-only precision (int8). Explicit choices pass through once checked against the
+    device (and, for inference, this torch build)."""
     if precision == "auto":
         return _auto(device, training)
     entry = registration(precision)
@@ -42,17 +42,28 @@ def resolve_precision(device: torch.device, precision: str, training: bool = Fal
     return precision
 
 
+def cpu_auto(features: Mapping[str, object], training: bool, int8_available: bool) -> str:
+    """The precision 'auto' stands for on a CPU with these :func:`~.device.cpu_features`.
+
+    AMX tiles make bf16 the fastest (docs/benchmark.md). AVX-512 BF16 dot products without AMX
+    (AMD Zen 4, Intel Cooper Lake) do half the multiply-adds per instruction of the VNNI int8
+    ones the same CPUs have, so inference runs int8 there too, as on every other x86 CPU;
+    training needs gradients, so it takes bf16 where there is bf16 hardware, else fp32. fp32
+    where this torch build lacks the int8 kernels."""
+    if features.get("amx"):
+        return "bf16"
+    if training or not int8_available:
+        return "bf16" if features.get("avx512_bf16") else "fp32"
+    return "int8"
+
+
 def _auto(device: torch.device, training: bool) -> str:
     """The precision 'auto' stands for on ``device`` (see :func:`resolve_precision`)."""
     if device.type == "cuda":
         return "fp16"
     if device.type != "cpu":
         return "fp32"
-    if has_fast_bf16():
-        return "bf16"
-    if training or not load_backend("int8").available():
-        return "fp32"
-    return "int8"
+    return cpu_auto(cpu_features(), training, load_backend("int8").available())
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:

@@ -68,7 +68,7 @@ class AdaptConfig:
     queries: int = 4096
     seed: int = 0
     precision: str = (
-        "auto"  # as sainr.runtime.precision.resolve_precision (bf16 on CPUs with bf16 hardware)
+        "auto"  # as sainr.runtime.precision.resolve_precision (training: bf16 on bf16 hardware)
     )
     thickness: float = 1.0  # acquired slice thickness / slice spacing (1 = contiguous slices)
 

@@ -1,4 +1,4 @@
-"""int8 inference for CPUs without bf16 hardware (AVX2 and AVX-512 laptops, older servers).
+"""int8 inference for CPUs without AMX (AVX2 and AVX-512 laptops, AMD Zen 4, older servers).
 
 The encoder's body convolutions and the MLP decoder are nearly all of the arithmetic; on such
 CPUs oneDNN runs them several times faster in int8 (VNNI / AVX2 u8 x s8 dot products) than in
@@ -8,7 +8,7 @@ runs once on a central crop of it, the float model answers a sample of each tile
 The residual stream, the attention and every output stay fp32; the float model is unchanged.
 
 Where this torch build lacks the oneDNN kernels (builds without oneDNN, e.g. some ARM wheels)
-:meth:`Int8Backend.available` is False and ``precision=auto`` stays fp32.
+:meth:`Int8Backend.available` is False and ``precision=auto`` stays fp32 (bf16 with AVX-512 BF16).
 """
 
 from __future__ import annotations
