@@ -21,7 +21,14 @@ from sainr.model import SAINR
 from sainr.protocol import ADAPT_TAG
 from sainr.runtime.inference import Plan, super_resolve
 from sainr.runtime.weights import load_model, save_checkpoint
-from sainr.train.adapt import AdaptConfig, adapt, adaptation_data, pair_volumes, resample_axis0
+from sainr.train.adapt import (
+    AdaptConfig,
+    adapt,
+    adaptation_data,
+    pair_volumes,
+    patch_slices,
+    resample_axis0,
+)
 from sainr.train.data import collate
 
 TARGET = 1.0
@@ -163,6 +170,26 @@ def test_a_few_steps_lower_the_adaptation_loss_on_the_real_thick_crop(tiny_model
 
     before = l1(tiny_model)
     assert l1(adapt(tiny_model, volume, spacing, TARGET, config)) < 0.8 * before
+
+
+@pytest.mark.parametrize(("side", "slices", "fp32"), [(16, 2, True), (24, 3, False)])
+def test_bf16_adaptation_of_two_slice_patches_runs_fp32_and_stays_finite(
+    tiny_model, thick, side, slices, fp32
+):
+    """A volume only a few slices deep makes two-slice training patches; bf16 weight
+    gradients of those come out NaN on AVX-512 BF16 CPUs without AMX, so they train in fp32
+    (said in the log) and the adapted weights stay finite. Deeper patches keep bf16."""
+    volume, spacing = thick
+    small = np.ascontiguousarray(volume[:, :side, :side])
+    config = AdaptConfig(steps=3, size=16, queries=256, precision="bf16")
+    assert patch_slices(adaptation_data(small, spacing, TARGET, config)) == slices
+    lines: list[str] = []
+    tuned = adapt(tiny_model, small, spacing, TARGET, config, log=lines.append)
+    assert any("train in fp32" in line for line in lines) == fp32
+    assert any("fp32)" in line for line in lines) == fp32  # the start line names the precision
+    for name, value in tuned.state_dict().items():
+        assert torch.isfinite(value).all(), name
+    assert not _same(_state(tuned), _state(tiny_model))
 
 
 # --- command line ----------------------------------------------------------------------------

@@ -9,20 +9,12 @@ from torch import nn
 
 
 def head_conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for the one-input-channel head conv, with two CPU detours.
-
-    Training under bf16 autocast runs it in fp32: oneDNN's bf16 gradient of a one-channel 3D
-    convolution's weights comes out NaN for inputs two slices deep on CPUs with AVX-512 BF16
-    and no AMX (AMD Zen 4), which would turn a test-time adaptation's weights to NaN; with one
-    input channel the fp32 convolution costs little. fp32 inference: PyTorch sends a 3D
+    """``conv(x)`` for the one-input-channel head conv. On the CPU PyTorch sends an fp32 3D
     convolution with one input channel to its reference loop (``slow_conv3d``); oneDNN
-    computes the same values several times faster. Other devices run ``conv`` as usual."""
-    on_cpu = x.device.type == "cpu"
-    if on_cpu and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu"):
-        with torch.autocast("cpu", enabled=False):
-            return conv(x.float())
+    computes the same values several times faster. Only fp32 inference on the CPU takes that
+    route: training (autograd), autocast and other devices run ``conv`` as usual."""
     fast = (
-        on_cpu
+        x.device.type == "cpu"
         and x.dtype == conv.weight.dtype == torch.float32
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")

@@ -52,6 +52,10 @@ LogFn = Callable[[str], None]
 #: restarting the gate's warm-up. theta (target gated fraction) is the training one.
 GAMMA = TrainConfig.gamma * 0.5 ** (TrainConfig.gamma_halvings - 1)
 THETA = TrainConfig.theta
+#: Patches thinner than this train in fp32 on the CPU even where bf16 was asked for: oneDNN's
+#: bf16 weight gradients of two-slice inputs come out NaN on AVX-512 BF16 CPUs without AMX
+#: (AMD Zen 4), which turns every weight NaN after one step.
+MIN_BF16_SLICES = 3
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,12 @@ def adaptation_data(
     return PatchDataset(volumes, spec, config.steps * config.batch, config.batch, config.seed)
 
 
+def patch_slices(data: PatchDataset) -> int:
+    """Thick slices in each training patch (a short volume's pairs hold fewer than asked)."""
+    lr, _, _ = collate([data[0]])
+    return int(lr.shape[2])
+
+
 def adapt(
     model: SAINR,
     volume: np.ndarray,
@@ -183,6 +193,12 @@ def adapt(
     net = copy.deepcopy(model).train()
     device = next(net.parameters()).device
     precision = resolve_precision(device, config.precision, training=True)
+    if precision == "bf16" and device.type == "cpu" and patch_slices(data) < MIN_BF16_SLICES:
+        say(
+            f"patches of fewer than {MIN_BF16_SLICES} slices train in fp32: bf16 weight "
+            "gradients of such thin inputs come out NaN on some CPUs"
+        )
+        precision = "fp32"
     layout = memory_format(device, precision)
     net.encoder.to(memory_format=layout)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
