@@ -165,6 +165,7 @@ def test_auto_precision_is_fp16_on_cuda_bf16_with_amx_else_int8():
     cpu = torch.device("cpu")
     assert resolve_precision(torch.device("cuda"), "auto") == "fp16"
     assert resolve_precision(cpu, "auto") == cpu_auto(cpu_features(), False, INT8)
+    assert resolve_precision(cpu, "auto", training=True) == cpu_auto(cpu_features(), True, INT8)
     assert resolve_precision(cpu, "fp32") == "fp32"
     if INT8:
         assert resolve_precision(cpu, "int8") == "int8"
