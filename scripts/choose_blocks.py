@@ -21,13 +21,13 @@ import torch
 
 from sainr.runtime.weights import load_model
 from sainr.train.prune import narrowed
-from sainr.train.training import TrainConfig, _volumes, validate
+from sainr.train.training import TrainConfig, load_volumes, validate
 
 
 def main(config: str, data: str = "../shared/data", keep: int = 2) -> None:
     cfg = TrainConfig.load(config)
     teacher = load_model(cfg.teacher).eval()
-    volumes = _volumes(cfg.val, Path(data))
+    volumes = load_volumes(cfg.val, Path(data))
     precision = "fp32" if cfg.amp == "none" else cfg.amp
     profiles = tuple(cfg.val_profiles)
     print(

@@ -175,12 +175,18 @@ def noise_sigma_of(second_differences: np.ndarray) -> float:
     return _MAD_TO_SIGMA * mad / math.sqrt(6.0)
 
 
+def second_difference(volume: np.ndarray, axis: int) -> np.ndarray:
+    """x[i+1] - 2 x[i] + x[i-1] along array axis ``axis``, moved last (one shorter by two):
+    what :func:`noise_sigma_of` reads the noise from."""
+    x = np.moveaxis(volume, axis, -1)
+    return x[..., 2:] - 2 * x[..., 1:-1] + x[..., :-2]
+
+
 def _noise_sigma(volume: np.ndarray, axis: int, threshold: float) -> float:
     """Noise standard deviation from a second difference along in-plane array axis ``axis``,
     over the foreground (:func:`noise_sigma_of`)."""
-    x = np.moveaxis(volume, axis, -1)
-    h = x[..., 2:] - 2 * x[..., 1:-1] + x[..., :-2]
-    return noise_sigma_of(h[x[..., 1:-1] > threshold])
+    inner = np.moveaxis(volume, axis, -1)[..., 1:-1]
+    return noise_sigma_of(second_difference(volume, axis)[inner > threshold])
 
 
 def _foreground_lines(lines: np.ndarray, threshold: float, limit: int | None) -> np.ndarray:

@@ -195,6 +195,23 @@ def test_auto_precision_per_cpu_family(amx, avx512_bf16, inference, training, wi
     assert cpu_auto(features, training=False, int8_available=False) == without_int8
 
 
+@pytest.mark.parametrize(
+    ("device", "asked", "slices", "runs"),
+    [
+        ("cpu", "bf16", 2, "fp32"),  # NaN weight gradients on AVX-512 BF16 without AMX
+        ("cpu", "bf16", 3, "bf16"),
+        ("cpu", "fp32", 2, "fp32"),
+        ("cuda", "fp16", 2, "fp16"),
+        ("cuda", "bf16", 2, "bf16"),
+    ],
+)
+def test_training_precision_of_thin_inputs(device, asked, slices, runs):
+    """Training and adaptation share one rule for inputs too thin for the CPU's bf16 kernels."""
+    from sainr.runtime.precision import training_precision
+
+    assert training_precision(torch.device(device), asked, slices) == runs
+
+
 @pytest.mark.skipif(not INT8, reason="this torch build lacks oneDNN int8 kernels")
 def test_int8_stays_close_to_fp32_on_a_real_knee_and_keeps_the_geometry(knee_thick):
     """int8 (auto on CPUs without AMX) changes the shipped model's result by far

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..acquisition import Acquisition, acquire
 from ..geometry import SliceGrid
-from ..thickness import noise_sigma_of
+from ..thickness import noise_sigma_of, second_difference
 
 #: How many times its measured noise power the residual must exceed for the back-projection
 #: to count fully (2: a residual only twice the noise power gets no weight at all).
@@ -63,9 +63,9 @@ def noise_level(residual: np.ndarray) -> float:
     picked = residual[
         np.unique(np.linspace(0, len(residual) - 1, _NOISE_SLICES).round().astype(int))
     ]
-    rows = picked[:, 2:] - 2 * picked[:, 1:-1] + picked[:, :-2]
-    cols = picked[:, :, 2:] - 2 * picked[:, :, 1:-1] + picked[:, :, :-2]
-    return noise_sigma_of(np.concatenate([rows.ravel(), cols.ravel()]))
+    return noise_sigma_of(
+        np.concatenate([second_difference(picked, axis).ravel() for axis in (1, 2)])
+    )
 
 
 def residual_gain(residual: np.ndarray, noise_weight: float = NOISE_WEIGHT) -> float:

@@ -20,6 +20,11 @@ PRECISIONS = ("auto", *REGISTRY)
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
+#: Inputs thinner than this train in fp32 on the CPU even where bf16 was asked for: oneDNN's
+#: bf16 weight gradients of two-slice inputs come out NaN on AVX-512 BF16 CPUs without AMX
+#: (AMD Zen 4), which turns every weight NaN after one step.
+MIN_BF16_SLICES = 3
+
 
 def resolve_precision(device: torch.device, precision: str, training: bool = False) -> str:
     """'auto' = fp16 on CUDA; on the CPU :func:`cpu_auto` of its features; fp32 on other
@@ -55,6 +60,14 @@ def cpu_auto(features: Mapping[str, object], training: bool, int8_available: boo
     if training or not int8_available:
         return "bf16" if features.get("avx512_bf16") else "fp32"
     return "int8"
+
+
+def training_precision(device: torch.device, precision: str, slices: int) -> str:
+    """The float ``precision`` to train (or adapt) with on inputs ``slices`` thick: bf16 on the
+    CPU falls back to fp32 below :data:`MIN_BF16_SLICES`, every other choice passes through."""
+    if precision == "bf16" and device.type == "cpu" and slices < MIN_BF16_SLICES:
+        return "fp32"
+    return precision
 
 
 def _auto(device: torch.device, training: bool) -> str:

@@ -40,7 +40,13 @@ from ..planning import ReductionPlan
 from ..protocol import DEFAULT_ADAPT_STEPS, DEFAULT_MODEL
 from ..request import ReduceOptions
 from ..runtime.inference import CancelFn, ProgressFn
-from ..runtime.precision import autocast, memory_format, resolve_precision
+from ..runtime.precision import (
+    MIN_BF16_SLICES,
+    autocast,
+    memory_format,
+    resolve_precision,
+    training_precision,
+)
 from ..runtime.weights import check_not_shipped, save_checkpoint
 from .data import PatchDataset, PatchSpec, Volume, collate, gradient_target
 from .training import TrainConfig, sainr_loss
@@ -52,10 +58,6 @@ LogFn = Callable[[str], None]
 #: restarting the gate's warm-up. theta (target gated fraction) is the training one.
 GAMMA = TrainConfig.gamma * 0.5 ** (TrainConfig.gamma_halvings - 1)
 THETA = TrainConfig.theta
-#: Patches thinner than this train in fp32 on the CPU even where bf16 was asked for: oneDNN's
-#: bf16 weight gradients of two-slice inputs come out NaN on AVX-512 BF16 CPUs without AMX
-#: (AMD Zen 4), which turns every weight NaN after one step.
-MIN_BF16_SLICES = 3
 
 
 @dataclass(frozen=True)
@@ -192,13 +194,10 @@ def adapt(
     data = adaptation_data(volume, spacing, target_spacing, config)
     net = copy.deepcopy(model).train()
     device = next(net.parameters()).device
-    precision = resolve_precision(device, config.precision, training=True)
-    if precision == "bf16" and device.type == "cpu" and patch_slices(data) < MIN_BF16_SLICES:
-        say(
-            f"patches of fewer than {MIN_BF16_SLICES} slices train in fp32: bf16 weight "
-            "gradients of such thin inputs come out NaN on some CPUs"
-        )
-        precision = "fp32"
+    asked = resolve_precision(device, config.precision, training=True)
+    precision = training_precision(device, asked, patch_slices(data))
+    if precision != asked:
+        say(f"patches of fewer than {MIN_BF16_SLICES} slices train in {precision}, not {asked}")
     layout = memory_format(device, precision)
     net.encoder.to(memory_format=layout)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)

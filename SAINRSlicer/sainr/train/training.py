@@ -41,7 +41,7 @@ from ..geometry import slice_grid
 from ..io.files import sha256, write_atomically
 from ..model import SAINR, ModelConfig, QueryOutput
 from ..runtime.inference import Plan, super_resolve
-from ..runtime.precision import autocast, memory_format
+from ..runtime.precision import autocast, memory_format, training_precision
 from ..runtime.weights import load_model, resolve, save_checkpoint
 from .data import PatchDataset, PatchSpec, Volume, collate, load_volume
 from .prune import narrowed
@@ -51,7 +51,7 @@ from .prune import narrowed
 class TrainConfig:
     """Everything that defines a run; stored in every checkpoint."""
 
-    # {"path", "crop"?, "axes"?, "weight"?, "slice_thickness"?}: see _volumes
+    # {"path", "crop"?, "axes"?, "weight"?, "slice_thickness"?}: see load_volumes
     data: list[dict[str, Any]] = field(default_factory=list)
     val: list[dict[str, Any]] = field(default_factory=list)
     model: dict[str, Any] = field(default_factory=dict)
@@ -199,7 +199,7 @@ def warm_start(model: SAINR, source: SAINR) -> None:
 _ENTRY_KEYS = {"path", "crop", "axes", "weight", "slice_thickness"}
 
 
-def _volumes(entries: list[dict[str, Any]], root: Path, in_plane: bool = False) -> list[Volume]:
+def load_volumes(entries: list[dict[str, Any]], root: Path, in_plane: bool = False) -> list[Volume]:
     """Load ``[[data]]`` / ``[[val]]`` entries: ``path`` (relative to ``root``), ``crop`` (array
     ranges k, j, i), ``axes`` (all | native | in-plane | index axes; default from ``in_plane``),
     ``weight`` (sampling weight) and ``slice_thickness`` (native slices, mm; default spacing)."""
@@ -474,7 +474,11 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = SAINR(ModelConfig.from_dict(cfg.model)).to(device)
-    precision = "fp32" if cfg.amp == "none" else cfg.amp
+    spec = PatchSpec(**cfg.patch)
+    asked = "fp32" if cfg.amp == "none" else cfg.amp
+    precision = training_precision(device, asked, spec.lr_slices)
+    if precision != asked:
+        log(f"patches of {spec.lr_slices} slices train in {precision}, not {asked}")
     layout = memory_format(device, precision)
     model.encoder.to(memory_format=layout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -502,9 +506,8 @@ def train(
         kept = f", blocks {blocks}" if blocks else ""
         log(f"started from {cfg.init} ({widths[0]} channels, {widths[1]} decoder units{kept})")
     ema = moving_average(model, cfg.ema, ckpt)
-    spec = PatchSpec(**cfg.patch)
-    train_vols = _volumes(cfg.data, root, cfg.in_plane_axes)
-    val_vols = _volumes(cfg.val, root) if rank == 0 else []
+    train_vols = load_volumes(cfg.data, root, cfg.in_plane_axes)
+    val_vols = load_volumes(cfg.val, root) if rank == 0 else []
     dataset = PatchDataset(
         train_vols, spec, cfg.steps * cfg.batch * world, cfg.batch * world, cfg.seed
     )
@@ -519,7 +522,7 @@ def train(
     # the thicknesses the model learns, so that a reduction refuses others (sainr.runtime.weights)
     state = {
         "config": asdict(cfg),
-        "thickness_range": PatchSpec(**cfg.patch).sampler.relative_range,
+        "thickness_range": spec.sampler.relative_range,
         "teacher": teacher_record,
     }
 
