@@ -195,21 +195,32 @@ def test_auto_precision_per_cpu_family(amx, avx512_bf16, inference, training, wi
     assert cpu_auto(features, training=False, int8_available=False) == without_int8
 
 
+BF16_UNITS = {"isa": "AVX512", "amx": False, "avx512_bf16": True}
+NO_BF16 = {"isa": "AVX2", "amx": False, "avx512_bf16": False}
+
+
 @pytest.mark.parametrize(
-    ("device", "asked", "slices", "runs"),
+    ("device", "asked", "slices", "features", "runs"),
     [
-        ("cpu", "bf16", 2, "fp32"),  # NaN weight gradients on AVX-512 BF16 without AMX
-        ("cpu", "bf16", 3, "bf16"),
-        ("cpu", "fp32", 2, "fp32"),
-        ("cuda", "fp16", 2, "fp16"),
-        ("cuda", "bf16", 2, "bf16"),
+        ("cpu", "bf16", 2, BF16_UNITS, "fp32"),  # NaN weight gradients on Zen 4
+        ("cpu", "bf16", 3, BF16_UNITS, "bf16"),
+        ("cpu", "bf16", 3, {**BF16_UNITS, "amx": True, "avx512_bf16": False}, "bf16"),
+        ("cpu", "bf16", 17, NO_BF16, "fp32"),  # emulated bf16: far slower than fp32
+        ("cpu", "fp32", 2, BF16_UNITS, "fp32"),
+        ("cuda", "fp16", 2, NO_BF16, "fp16"),
+        ("cuda", "bf16", 2, NO_BF16, "bf16"),
     ],
 )
-def test_training_precision_of_thin_inputs(device, asked, slices, runs):
-    """Training and adaptation share one rule for inputs too thin for the CPU's bf16 kernels."""
+def test_training_precision_of_thin_inputs_and_cpus_without_bf16(
+    device, asked, slices, features, runs
+):
+    """Training and adaptation share one rule for what the CPU's bf16 kernels cannot do well,
+    and say why they changed the precision."""
     from sainr.runtime.precision import training_precision
 
-    assert training_precision(torch.device(device), asked, slices) == runs
+    precision, why = training_precision(torch.device(device), asked, slices, features)
+    assert precision == runs
+    assert bool(why) == (runs != asked)
 
 
 @pytest.mark.skipif(not INT8, reason="this torch build lacks oneDNN int8 kernels")

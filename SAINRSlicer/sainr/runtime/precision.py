@@ -62,12 +62,27 @@ def cpu_auto(features: Mapping[str, object], training: bool, int8_available: boo
     return "int8"
 
 
-def training_precision(device: torch.device, precision: str, slices: int) -> str:
-    """The float ``precision`` to train (or adapt) with on inputs ``slices`` thick: bf16 on the
-    CPU falls back to fp32 below :data:`MIN_BF16_SLICES`, every other choice passes through."""
-    if precision == "bf16" and device.type == "cpu" and slices < MIN_BF16_SLICES:
-        return "fp32"
-    return precision
+def training_precision(
+    device: torch.device,
+    precision: str,
+    slices: int,
+    features: Mapping[str, object] | None = None,
+) -> tuple[str, str]:
+    """The float precision to train (or adapt) with on inputs ``slices`` thick, and why it is
+    not ``precision`` ("" when it is). bf16 on the CPU falls back to fp32 where the CPU
+    (:func:`~.device.cpu_features`, or ``features``) has no bf16 units, since emulated bf16
+    runs far slower than fp32 (docs/benchmark.md), and below :data:`MIN_BF16_SLICES`."""
+    if precision != "bf16" or device.type != "cpu":
+        return precision, ""
+    found = cpu_features() if features is None else features
+    if not (found.get("amx") or found.get("avx512_bf16")):
+        return "fp32", "this CPU has no bf16 units, and emulated bf16 is far slower"
+    if slices < MIN_BF16_SLICES:
+        return "fp32", (
+            f"patches of fewer than {MIN_BF16_SLICES} slices get NaN bf16 weight gradients "
+            "on some CPUs"
+        )
+    return precision, ""
 
 
 def _auto(device: torch.device, training: bool) -> str:

@@ -41,7 +41,6 @@ from ..protocol import DEFAULT_ADAPT_STEPS, DEFAULT_MODEL
 from ..request import ReduceOptions
 from ..runtime.inference import CancelFn, ProgressFn
 from ..runtime.precision import (
-    MIN_BF16_SLICES,
     autocast,
     memory_format,
     resolve_precision,
@@ -195,9 +194,9 @@ def adapt(
     net = copy.deepcopy(model).train()
     device = next(net.parameters()).device
     asked = resolve_precision(device, config.precision, training=True)
-    precision = training_precision(device, asked, patch_slices(data))
-    if precision != asked:
-        say(f"patches of fewer than {MIN_BF16_SLICES} slices train in {precision}, not {asked}")
+    precision, why = training_precision(device, asked, patch_slices(data))
+    if why:
+        say(f"adapting in {precision}, not {asked}: {why}")
     layout = memory_format(device, precision)
     net.encoder.to(memory_format=layout)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)

@@ -476,9 +476,9 @@ def train(
     model = SAINR(ModelConfig.from_dict(cfg.model)).to(device)
     spec = PatchSpec(**cfg.patch)
     asked = "fp32" if cfg.amp == "none" else cfg.amp
-    precision = training_precision(device, asked, spec.lr_slices)
-    if precision != asked:
-        log(f"patches of {spec.lr_slices} slices train in {precision}, not {asked}")
+    precision, why = training_precision(device, asked, spec.lr_slices)
+    if why:
+        log(f"training in {precision}, not {asked}: {why}")
     layout = memory_format(device, precision)
     model.encoder.to(memory_format=layout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
