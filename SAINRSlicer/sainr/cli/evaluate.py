@@ -98,7 +98,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also run each model (told the true thickness) without the data consistency "
         "step, to see what that step adds",
     )
-    p.add_argument("--crop", type=int, metavar="N", help="in-plane centre crop (N x N voxels)")
+    p.add_argument(
+        "--crop",
+        type=int,
+        metavar="N",
+        help="in-plane centre crop (N x N voxels); the slice thickness is still estimated "
+        "from the whole volume, as a user's run would",
+    )
+    p.add_argument(
+        "--estimate-on-crop",
+        action="store_true",
+        help="estimate the slice thickness from the cropped LR instead (as before 2026-12-08)",
+    )
     p.add_argument(
         "--max-slices",
         type=int,
@@ -172,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
             ungated=args.ungated,
             network_only=args.network_only,
             crop=args.crop,
+            estimate_on_crop=args.estimate_on_crop,
             max_slices=args.max_slices,
             device=args.device,
             memory_mb=args.memory_mb,

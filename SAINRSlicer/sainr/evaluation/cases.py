@@ -31,6 +31,17 @@ class Case:
     axis: int
     label: str
     spacing: tuple[float, float, float]  # mm along (S, H, W)
+    #: The whole HR volume (S, H', W', not normalised) when ``hr`` is an in-plane crop of it:
+    #: a user reduces whole volumes, so the thickness estimate reads this one's LR.
+    whole: np.ndarray | None = None
+
+    def seen(self, acq: Acquisition, lr: np.ndarray) -> np.ndarray:
+        """The LR a user would give for ``acq``: the whole volume acquired the same way when
+        ``hr`` is a crop (the slices are the same; only the in-plane extent differs), else
+        ``lr`` itself. What the image's thickness is estimated from."""
+        if self.whole is None:
+            return lr
+        return acquire(self.whole, acq, lr.shape[0])
 
 
 def simulated_acquisitions(
@@ -74,8 +85,11 @@ def volume_name(path: Path) -> str:
     return path.name[: -len(suffix)] if suffix else path.name
 
 
-def load_case(path: Path, axis: int | None, crop: int | None) -> Case:
-    """Read, choose the slice axis, centre-crop in-plane and normalise an HR volume."""
+def load_case(
+    path: Path, axis: int | None, crop: int | None, estimate_on_crop: bool = False
+) -> Case:
+    """Read, choose the slice axis, centre-crop in-plane and normalise an HR volume; keep the
+    whole one for the thickness estimate unless ``estimate_on_crop``."""
     image = read_volume(path)
     check_image(image)
     spacing = tuple(float(s) for s in image.GetSpacing())
@@ -84,11 +98,14 @@ def load_case(path: Path, axis: int | None, crop: int | None) -> Case:
         axis = axes[0] if len(axes) == 1 else 2
     array = check_values(sitk.GetArrayViewFromImage(image))
     hr = np.moveaxis(np.asarray(array, dtype=np.float32), 2 - axis, 0)
+    whole = None
     if crop is not None:
         if crop < MIN_EXTENT:
             raise SainrError(f"--crop must be at least {MIN_EXTENT} voxels, got {crop}")
         starts = [max((n - crop) // 2, 0) for n in hr.shape[1:]]
-        hr = hr[:, starts[0] : starts[0] + crop, starts[1] : starts[1] + crop]
+        cropped = hr[:, starts[0] : starts[0] + crop, starts[1] : starts[1] + crop]
+        whole = None if estimate_on_crop or cropped.shape == hr.shape else hr
+        hr = cropped
     in_plane = [a for a in (2, 1, 0) if a != axis]
     return Case(
         name=volume_name(path),
@@ -96,6 +113,7 @@ def load_case(path: Path, axis: int | None, crop: int | None) -> Case:
         axis=axis,
         label=axis_label(image.GetDirection(), axis),
         spacing=(spacing[axis], spacing[in_plane[0]], spacing[in_plane[1]]),
+        whole=whole,
     )
 
 

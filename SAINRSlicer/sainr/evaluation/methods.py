@@ -63,7 +63,8 @@ def estimated_for(model: SAINR) -> ThicknessFn:
     image estimate of :mod:`sainr.thickness` on the LR alone (no header), clipped to the
     model's trained range, contiguous slices where the LR is too small to estimate
     (:func:`sainr.thickness.resolve_slice_thickness`); the true acquisition is not looked at.
-    The LR (S, H, W) is SimpleITK's (k, j, i) order with the slice axis k."""
+    The LR (S, H, W) is SimpleITK's (k, j, i) order with the slice axis k: the one a user
+    would give (:meth:`~.cases.Case.seen`), which may extend beyond the evaluated crop."""
     trained = getattr(model, "trained_thickness", None)
 
     def estimated(lr: np.ndarray, grid: SliceGrid, spacing: Spacing, _acq: Acquisition) -> float:

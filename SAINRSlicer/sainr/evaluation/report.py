@@ -207,6 +207,15 @@ def _config_text(cfg: ModelConfig) -> str:
     return ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
 
 
+def _estimated_from(settings: EvaluationSettings) -> str:
+    """Which LR the thickness estimates read (sainr.evaluation.cases.Case.seen)."""
+    if not settings.crop:
+        return "the whole LR"
+    if settings.estimate_on_crop:
+        return "the cropped LR (--estimate-on-crop)"
+    return "the whole volume's LR, as a user's run sees it (the crop only saves time)"
+
+
 def configuration(
     cases: list[Case],
     models: list[tuple[str, str, SAINR]],
@@ -256,8 +265,9 @@ def configuration(
         "- SA-INR rows: each model told the true relative slice thickness; "
         + (
             f"'… {ESTIMATED.strip()}' rows: the same model told the thickness that "
-            "sainr.thickness estimates from the LR alone (the true one is not looked at); "
-            "time includes the estimate"
+            "sainr.thickness estimates from the LR alone (the true one is not looked at), "
+            + _estimated_from(settings)
+            + "; time includes the estimate"
             if estimated
             else "no estimated-thickness rows (sainr.thickness absent or --no-estimated)"
         ),

@@ -80,7 +80,7 @@ def run(settings: EvaluationSettings) -> None:
     rows: list[dict] = []
     cases: list[Case] = []
     for path, axis in zip(settings.volumes, axes, strict=True):
-        case = load_case(path, axis, settings.crop)
+        case = load_case(path, axis, settings.crop, settings.estimate_on_crop)
         cases.append(case)
         for acq in acquisitions:
             figure = settings.figures is None or acq.profile in settings.figures
@@ -128,9 +128,10 @@ def evaluate_case(
         }
     ]
     preds: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    seen = case.seen(acq, lr)
     for m in methods:
         start = time.perf_counter()
-        told = Told(acq.profile, m.thickness(lr, grid, case.spacing, acq))
+        told = Told(acq.profile, m.thickness(seen, grid, case.spacing, acq))
         pred, mask = m.run(lr, grid, case.spacing, told)
         seconds = time.perf_counter() - start
         preds[m.name] = (pred, mask)

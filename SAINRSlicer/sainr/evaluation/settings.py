@@ -26,7 +26,9 @@ class EvaluationSettings:
     the true one. ``wiener_nsr``: the B-spline + Wiener baseline's noise-to-signal ratio.
     ``notes``: lines for the report's configuration (e.g. which volumes are test volumes).
     ``ungated``: also run gated models without their gate. ``network_only``: also run each
-    model (told the true thickness) without the data consistency step. ``crop``: in-plane centre crop;
+    model (told the true thickness) without the data consistency step. ``crop``: in-plane centre
+    crop (the thickness is still estimated on the whole volume, as a user's run would, unless
+    ``estimate_on_crop``);
     ``max_slices``: planes S3 is averaged over. ``precision``: how every SA-INR row runs
     (:func:`sainr.runtime.precision.resolve_precision`; ``auto`` differs between CPUs, so a
     comparison across machines names one). ``flops``: print the GMAC tables only.
@@ -47,6 +49,7 @@ class EvaluationSettings:
     ungated: bool = True
     network_only: bool = False
     crop: int | None = None
+    estimate_on_crop: bool = False
     max_slices: int = 16
     device: str = "auto"
     memory_mb: float = DEFAULT_BUDGET_MB
