@@ -41,7 +41,8 @@ def test_bench_reports_times_ratios_stages_and_configuration(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| volume |" in printed
     features = cfg["cpu_features"]
-    assert set(features) == {"isa", "amx", "avx512_bf16"}
+    assert set(features) == {"isa", "amx", "avx512_bf16", "vnni"}
+    assert f"VNNI {'yes' if features['vnni'] else 'no'}" in printed
     assert cfg["precision"] == resolve_precision(torch.device("cpu"), "auto")
     assert (
         f"-> precision {cfg['precision']}" in printed and f"vector ISA {features['isa']}" in printed
@@ -239,6 +240,22 @@ def test_int8_stays_close_to_fp32_on_a_real_knee_and_keeps_the_geometry(knee_thi
     a = _assert_close(full, low, 1e-3 if wide else 2e-3, 1e-2)
     # the float model is untouched: a later fp32 run gives the same volume
     np.testing.assert_array_equal(sitk.GetArrayFromImage(again.image), a.astype(np.int16))
+
+
+@pytest.mark.parametrize(("vnni", "top"), [(True, 255), (False, 127)])
+def test_int8_activations_keep_to_7_bits_without_vnni(vnni, top):
+    """Without VNNI, oneDNN sums pairs of u8 x s8 products in 16 bits: 7-bit codes cannot
+    overflow them, so the codes the backend makes stop at 127 there."""
+    from sainr.model.quantized import Range, quantize
+    from sainr.runtime.backends.int8 import activation_top
+
+    assert activation_top({"isa": "AVX2", "vnni": vnni}) == top
+    x = torch.linspace(-1.0, 3.0, 101)
+    r = Range.of(x, activation_top({"vnni": vnni}))
+    codes = quantize(x, r)
+    assert int(codes.max()) == round(3.0 / r.scale) + r.zero_point <= top
+    decoded = (codes.float() - r.zero_point) * r.scale
+    assert (decoded - x).abs().max() <= r.scale / 2 + 1e-6
 
 
 def test_int8_codes_round_to_nearest_saturate_and_fill_the_given_buffers():

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .edsr import EDSR3d, head_conv
-from .quantized import QConv3d, Range, quantize
+from .quantized import FULL_BYTE, QConv3d, Range, quantize
 
 _LAST = torch.channels_last_3d
 
@@ -46,16 +46,17 @@ class Int8EDSR(nn.Module):
         return self.tail(quantize(h, self.tail.x_range, scratch, codes)).add_(head)
 
 
-def encoder_ranges(encoder: EDSR3d, x: torch.Tensor) -> dict[str, Range]:
+def encoder_ranges(encoder: EDSR3d, x: torch.Tensor, top: int = FULL_BYTE) -> dict[str, Range]:
     """Ranges of every int8 input of the encoder on input ``x``, from the float model: each
-    block's input (``in{k}``) and its hidden ReLU output (``mid{k}``), and the tail's input."""
+    block's input (``in{k}``) and its hidden ReLU output (``mid{k}``), and the tail's input;
+    codes 0 … ``top`` (:data:`.quantized.FULL_BYTE`)."""
     ranges: dict[str, Range] = {}
     h = head_conv(encoder.head, x)
     for k, block in enumerate(encoder.residual_blocks()):
         first, second = block.convs()
-        ranges[f"in{k}"] = Range.of(h)
+        ranges[f"in{k}"] = Range.of(h, top)
         mid = torch.relu(first(h))
-        ranges[f"mid{k}"] = Range.of(mid)
+        ranges[f"mid{k}"] = Range.of(mid, top)
         h = h + second(mid)
-    ranges["tail"] = Range.of(h)
+    ranges["tail"] = Range.of(h, top)
     return ranges

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+#: The largest uint8 code of an activation: the full byte. 127 (7-bit codes) suits CPUs
+#: without VNNI, where oneDNN adds pairs of u8 x s8 products in saturating 16-bit sums that
+#: 8-bit codes can overflow (2 x 255 x 127 > 32767; 2 x 127 x 127 is not).
+FULL_BYTE = 255
 #: Calibrated ranges are widened by this factor: values outside them are clipped, and a
 #: wider range costs resolution (the held-out PSNR at this margin: docs/benchmark.md).
 MARGIN = 1.25
@@ -25,20 +29,22 @@ MARGIN = 1.25
 
 @dataclass(frozen=True)
 class Range:
-    """Observed [lo, hi] of an activation and the uint8 affine map that covers it."""
+    """Observed [lo, hi] of an activation and the uint8 affine map that covers it with the
+    codes 0 … ``top``."""
 
     lo: float
     hi: float
+    top: int = FULL_BYTE
 
     @classmethod
-    def of(cls, x: torch.Tensor) -> Range:
-        """The range of ``x`` (always holding 0), widened by ``MARGIN``."""
+    def of(cls, x: torch.Tensor, top: int = FULL_BYTE) -> Range:
+        """The range of ``x`` (always holding 0), widened by ``MARGIN``, in codes 0 … ``top``."""
         lo, hi = torch.aminmax(x.detach().float())
-        return cls(min(float(lo), 0.0) * MARGIN, max(float(hi), 1e-6) * MARGIN)
+        return cls(min(float(lo), 0.0) * MARGIN, max(float(hi), 1e-6) * MARGIN, top)
 
     @property
     def scale(self) -> float:
-        return (self.hi - self.lo) / 255.0
+        return (self.hi - self.lo) / self.top
 
     @property
     def zero_point(self) -> int:
@@ -51,12 +57,13 @@ def quantize(
     scratch: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """uint8 codes round(x / scale) + zero point of ``x`` under ``r``, saturating: one
+    """uint8 codes round(x / scale) + zero point of ``x`` under ``r``, saturating at 0 and
+    ``r.top``: one
     multiply-add pass, a clamp and the narrowing copy. ``scratch`` (float, shaped like
     ``x``) and ``out`` (uint8) are buffers to reuse: a fresh volume-sized buffer per call
     costs more in page faults than the arithmetic."""
     offset = torch.tensor(r.zero_point + 0.5, dtype=x.dtype)
-    scratch = torch.add(offset, x, alpha=1.0 / r.scale, out=scratch).clamp_(0, 255)
+    scratch = torch.add(offset, x, alpha=1.0 / r.scale, out=scratch).clamp_(0, r.top)
     return scratch.to(torch.uint8) if out is None else out.copy_(scratch)
 
 

@@ -35,11 +35,13 @@ def choose_device(name: str = "auto") -> torch.device:
 
 
 def cpu_features() -> dict[str, str | bool]:
-    """What decides the CPU precision: torch's vector ISA level and the bf16 units."""
+    """What decides the CPU precision and its int8 codes: torch's vector ISA level, the bf16
+    units and VNNI (AVX-512 or AVX int8 dot products)."""
     return {
         "isa": torch.backends.cpu.get_cpu_capability(),
         "amx": _cpu_probe("_is_amx_tile_supported"),
         "avx512_bf16": _cpu_probe("_is_avx512_bf16_supported"),
+        "vnni": _cpu_probe("_is_vnni_supported"),
     }
 
 

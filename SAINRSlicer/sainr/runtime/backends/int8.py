@@ -23,7 +23,8 @@ from torch import nn
 from ...model import SAINR, FeatureMap, QueryOutput, SliceQueries
 from ...model.decoder_int8 import Int8MLP, decoder_ranges
 from ...model.edsr_int8 import Int8EDSR, encoder_ranges
-from ...model.quantized import QConv3d, QLinear, Range, quantize
+from ...model.quantized import FULL_BYTE, QConv3d, QLinear, Range, quantize
+from ..device import cpu_features
 from .base import Tile, TileDecoder
 
 #: In-plane side of the encoder's calibration crop (all slices): a few percent of a knee's
@@ -35,6 +36,14 @@ CALIBRATION_QUERIES = 8192
 _LAST = torch.channels_last_3d
 
 
+def activation_top(features: dict[str, object]) -> int:
+    """The largest activation code on a CPU with these :func:`~..device.cpu_features`: the
+    full byte with VNNI, 7 bits without it, where oneDNN's u8 x s8 kernels add pairs of
+    products in saturating 16-bit sums that 8-bit codes can overflow (the validation PSNR
+    of both: docs/benchmark.md, "AMD Zen 3")."""
+    return FULL_BYTE if features.get("vnni") else 127
+
+
 def calibration_window(n_h: int, n_w: int) -> tuple[slice, slice]:
     """The central CALIBRATION_SIDE^2 in-plane window (clipped to the plane)."""
     side_h, side_w = min(n_h, CALIBRATION_SIDE), min(n_w, CALIBRATION_SIDE)
@@ -42,13 +51,13 @@ def calibration_window(n_h: int, n_w: int) -> tuple[slice, slice]:
     return slice(y0, y0 + side_h), slice(x0, x0 + side_w)
 
 
-def int8_encoder(model: SAINR, volume: np.ndarray) -> Int8EDSR:
-    """The model's encoder in int8, calibrated on the central crop
-    (:func:`calibration_window`) of normalised ``volume`` (S, H, W)."""
+def int8_encoder(model: SAINR, volume: np.ndarray, top: int = FULL_BYTE) -> Int8EDSR:
+    """The model's encoder in int8 with activation codes 0 … ``top``, calibrated on the
+    central crop (:func:`calibration_window`) of normalised ``volume`` (S, H, W)."""
     ys, xs = calibration_window(*volume.shape[1:])
     lr = torch.from_numpy(np.ascontiguousarray(volume[:, ys, xs]))[None, None]
     return Int8EDSR(
-        model.encoder, encoder_ranges(model.encoder, lr.contiguous(memory_format=_LAST))
+        model.encoder, encoder_ranges(model.encoder, lr.contiguous(memory_format=_LAST), top)
     )
 
 
@@ -58,6 +67,8 @@ class Int8Runner:
 
     model: SAINR
     encoder: Int8EDSR
+    #: Largest activation code (:func:`activation_top`), the decoders' as the encoder's.
+    top: int = FULL_BYTE
     #: As :attr:`.base.Runner.encoder_floats`: the int8 twin keeps fp32 and uint8 copies.
     encoder_floats: float = 5.0
 
@@ -71,7 +82,7 @@ class Int8Runner:
         tile's queries: hidden activations vary across a volume far more than the encoder's,
         so each tile gets its own ranges."""
         inputs = self.model.decoder_inputs(fm, tile.random_queries(CALIBRATION_QUERIES))
-        mlp = Int8MLP(self.model.decoder, decoder_ranges(self.model.decoder, inputs))
+        mlp = Int8MLP(self.model.decoder, decoder_ranges(self.model.decoder, inputs, self.top))
 
         def decode(queries: SliceQueries) -> QueryOutput:
             return self.model.query_slices(fm, queries, decoder=mlp)
@@ -91,7 +102,8 @@ class Int8Backend:
         float encoder's weights take the int8 kernels' channels-last layout (values unchanged):
         the calibration and the fp32 head the twin shares run in it."""
         model.encoder.to(memory_format=_LAST)
-        return Int8Runner(model, int8_encoder(model, volume))
+        top = activation_top(cpu_features())
+        return Int8Runner(model, int8_encoder(model, volume, top), top=top)
 
 
 @functools.lru_cache(maxsize=1)
