@@ -108,7 +108,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--estimate-on-crop",
         action="store_true",
-        help="estimate the slice thickness from the cropped LR instead (as before 2026-12-08)",
+        help="estimate the slice thickness from the cropped LR instead, as older reports did",
     )
     p.add_argument(
         "--max-slices",
