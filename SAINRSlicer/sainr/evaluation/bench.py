@@ -251,7 +251,7 @@ def describe_cpu(config: dict) -> str:
     yes = {True: "yes", False: "no"}
     return (
         f"cpu: {config['device_name']}; vector ISA {f['isa']}, AVX-512 BF16 {yes[f['avx512_bf16']]}, "
-        f"AMX {yes[f['amx']]}, VNNI {yes[f.get('vnni', False)]} -> precision {config['precision']}"
+        f"AMX {yes[f['amx']]}, VNNI {yes[f['vnni']]} -> precision {config['precision']}"
     )
 
 

@@ -85,11 +85,9 @@ def volume_name(path: Path) -> str:
     return path.name[: -len(suffix)] if suffix else path.name
 
 
-def load_case(
-    path: Path, axis: int | None, crop: int | None, estimate_on_crop: bool = False
-) -> Case:
-    """Read, choose the slice axis, centre-crop in-plane and normalise an HR volume; keep the
-    whole one for the thickness estimate unless ``estimate_on_crop``."""
+def load_case(path: Path, axis: int | None, crop: int | None, keep_whole: bool = True) -> Case:
+    """Read, choose the slice axis, centre-crop in-plane and normalise an HR volume; with
+    ``keep_whole``, keep the uncropped one for the thickness estimate (:meth:`Case.seen`)."""
     image = read_volume(path)
     check_image(image)
     spacing = tuple(float(s) for s in image.GetSpacing())
@@ -104,7 +102,7 @@ def load_case(
             raise SainrError(f"--crop must be at least {MIN_EXTENT} voxels, got {crop}")
         starts = [max((n - crop) // 2, 0) for n in hr.shape[1:]]
         cropped = hr[:, starts[0] : starts[0] + crop, starts[1] : starts[1] + crop]
-        whole = None if estimate_on_crop or cropped.shape == hr.shape else hr
+        whole = hr if keep_whole and cropped.shape != hr.shape else None
         hr = cropped
     in_plane = [a for a in (2, 1, 0) if a != axis]
     return Case(

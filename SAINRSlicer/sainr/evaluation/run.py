@@ -80,7 +80,9 @@ def run(settings: EvaluationSettings) -> None:
     rows: list[dict] = []
     cases: list[Case] = []
     for path, axis in zip(settings.volumes, axes, strict=True):
-        case = load_case(path, axis, settings.crop, settings.estimate_on_crop)
+        # the whole volume is acquired again for nothing unless a row estimates from it
+        keep_whole = settings.estimated and not settings.estimate_on_crop
+        case = load_case(path, axis, settings.crop, keep_whole)
         cases.append(case)
         for acq in acquisitions:
             figure = settings.figures is None or acq.profile in settings.figures

@@ -18,10 +18,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-#: The largest uint8 code of an activation: the full byte. 127 (7-bit codes) suits CPUs
-#: without VNNI, where oneDNN adds pairs of u8 x s8 products in saturating 16-bit sums that
-#: 8-bit codes can overflow (2 x 255 x 127 > 32767; 2 x 127 x 127 is not).
+#: The largest uint8 code of an activation: the full byte.
 FULL_BYTE = 255
+#: The largest code on CPUs without VNNI, where oneDNN adds pairs of u8 x s8 products in
+#: saturating 16-bit sums that 8-bit codes can overflow (2 x 255 x 127 > 32767; 2 x 127 x 127
+#: is not).
+SEVEN_BITS = 127
 #: Calibrated ranges are widened by this factor: values outside them are clipped, and a
 #: wider range costs resolution (the held-out PSNR at this margin: docs/benchmark.md).
 MARGIN = 1.25

@@ -23,7 +23,7 @@ from torch import nn
 from ...model import SAINR, FeatureMap, QueryOutput, SliceQueries
 from ...model.decoder_int8 import Int8MLP, decoder_ranges
 from ...model.edsr_int8 import Int8EDSR, encoder_ranges
-from ...model.quantized import FULL_BYTE, QConv3d, QLinear, Range, quantize
+from ...model.quantized import FULL_BYTE, SEVEN_BITS, QConv3d, QLinear, Range, quantize
 from ..device import cpu_features
 from .base import Tile, TileDecoder
 
@@ -38,10 +38,9 @@ _LAST = torch.channels_last_3d
 
 def activation_top(features: dict[str, object]) -> int:
     """The largest activation code on a CPU with these :func:`~..device.cpu_features`: the
-    full byte with VNNI, 7 bits without it, where oneDNN's u8 x s8 kernels add pairs of
-    products in saturating 16-bit sums that 8-bit codes can overflow (the validation PSNR
-    of both: docs/benchmark.md, "AMD Zen 3")."""
-    return FULL_BYTE if features.get("vnni") else 127
+    full byte with VNNI, 7 bits without it (:data:`~...model.quantized.SEVEN_BITS`; the
+    validation PSNR of both: docs/benchmark.md, "AMD Zen 3")."""
+    return FULL_BYTE if features.get("vnni") else SEVEN_BITS
 
 
 def calibration_window(n_h: int, n_w: int) -> tuple[slice, slice]:
