@@ -10,6 +10,11 @@ Three parts, as in docs/thickness_estimation.md:
 - training (choices made on these too): the knee qDESS rows 0-279 and brain_chris_t1, simulated
   the same way, and the real acquisitions knee_cubequant (3 mm every 1.5 mm) and brain_pd_fse
   (5 mm every 7 mm) with the thickness from their DICOM headers;
+- in-plane (training volumes, choices may look at them): real thick-slice scans of the
+  training set (knee_cubequant, the brains chris_pd, t2w and pd_fse) with each in-plane axis in
+  turn as the simulated slice axis, the construction of the knee and prostate test rows: the
+  other in-plane axis is the estimator's only sharp reference, and its point spread (frequency
+  or phase encoding, zero filling) need not match the simulated axis';
 - test (reported only, never used for a choice): brain_pycortexS1 (native axis), the knee MESE
   TE 25 and the prostate PX0001 volumes with an in-plane axis (their sharp direction) as the
   simulated slice axis, and the real MESE knees and prostate stacks (DICOM header thickness).
@@ -50,6 +55,16 @@ VALIDATION = (
 TRAINING = (
     ("knee_qdess rows 0-279", "knee_qdess_echo1_sag_0p31x0p31x1p5.nii.gz", "rows 0-279", 2),
     ("brain_chris_t1", "brain_chris_t1_0p88iso.nii.gz", None, 2),
+)
+IN_PLANE = tuple(
+    (f"{name} ({'ij'[axis]}, in-plane)", file, None, axis)
+    for name, file in (
+        ("knee_cubequant", "knee_cubequant_t1rho_tsl1_sag_0p31x0p31x1p5_thk3.nii.gz"),
+        ("brain_chris_pd", "brain_chris_pd_0p86x0p86x2p4.nii.gz"),
+        ("brain_t2w", "brain_t2w_1x1x2.nii.gz"),
+        ("brain_pd_fse", "brain_pd_fse_tra_0p86x0p86x7p0.nii.gz"),
+    )
+    for axis in (0, 1)
 )
 TEST = (
     ("brain_pycortexS1 (k)", "brain_pycortexS1_t1_1mm.nii.gz", None, 2),
@@ -157,7 +172,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     shared = [ROOT.parent / "shared" / "data", ROOT.parents[1] / "shared" / "data"]  # a worktree
     p.add_argument("--data", type=Path, default=next((d for d in shared if d.is_dir()), shared[0]))
-    p.add_argument("--only", choices=("validation", "training", "test"))
+    p.add_argument("--only", choices=("validation", "training", "in-plane", "test"))
     args = p.parse_args()
     print(
         f"configuration: candidates {T.CANDIDATES[0]:.2f}-{T.CANDIDATES[-1]:.2f} "
@@ -179,6 +194,9 @@ def main() -> None:
         summary("training", print_table(simulated_rows(args.data, TRAINING)))
         print("### training: real acquisitions (header thickness)\n")
         summary("training real", print_table(real_rows(args.data, REAL_TRAINING)))
+    if args.only in (None, "in-plane"):
+        print("## training: in-plane axes of real thick-slice scans (choices may look at these)\n")
+        summary("in-plane", print_table(simulated_rows(args.data, IN_PLANE)))
     if args.only in (None, "test"):
         print("## test (reported only)\n")
         summary("test", print_table(simulated_rows(args.data, TEST)))
