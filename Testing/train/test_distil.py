@@ -14,6 +14,7 @@ from conftest import KNEE_QDESS
 from sainr.acquisition import Acquisition
 from sainr.io.files import sha256
 from sainr.model import SAINR, ModelConfig
+from sainr.runtime.precision import unblocked_widths
 from sainr.runtime.weights import load_model, save_checkpoint
 from sainr.train.data import PatchSpec, collate, load_volume, sample_patch
 from sainr.train.prune import narrowed
@@ -148,17 +149,26 @@ def test_history_compares_with_the_teacher_and_resume_keeps_it(tmp_path):
 
 def test_a_narrower_student_starts_as_its_teachers_strongest_channels(tmp_path):
     """``init`` from a wider checkpoint: the run starts from the teacher's cut
-    (sainr.train.prune), and a student that has not moved (lr 0) holds exactly its weights."""
+    (sainr.train.prune), and a student that has not moved (lr 0) holds exactly its weights.
+    Widths the CPU kernels do not block by are named in the log: they buy less speed."""
     path = tmp_path / "teacher.pt"
     teacher = _teacher(path, seed=4)
     model = {**TINY, "channels": 6, "hidden": 12}
     cfg = _config(1, str(path), 1.0, lr=0.0, init=str(path), model=model)
-    train(cfg, tmp_path / "run", KNEE_QDESS.parent, **QUIET)
+    lines: list[str] = []
+    train(cfg, tmp_path / "run", KNEE_QDESS.parent, log=lambda line: lines.append(str(line)))
+    notes = [line for line in lines if "not a multiple of 8" in line]
+    assert len(notes) == 1 and "channels 6" in notes[0] and "hidden 12" in notes[0], lines
     student = load_model(tmp_path / "run" / "last.pt")
     assert (student.config.channels, student.config.hidden) == (6, 12)
     expected = narrowed(teacher, 6, 12).state_dict()
     for key, value in student.state_dict().items():
         torch.testing.assert_close(value, expected[key], msg=key)
+
+
+def test_widths_in_blocks_of_eight_pass_without_a_note():
+    assert unblocked_widths({"channels": 16, "hidden": 48}) is None
+    assert unblocked_widths({"channels": 12, "hidden": 48}).startswith("channels 12: ")
 
 
 def test_the_teacher_is_told_the_thickness_the_student_sees_misread(tmp_path):

@@ -25,6 +25,10 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: (AMD Zen 4), which turns every weight NaN after one step.
 MIN_BF16_SLICES = 3
 
+#: Channels per block of oneDNN's x86 CPU kernels (8 fp32 values fill an AVX2 register): a
+#: width that is not a multiple costs about what the next multiple does.
+CPU_CHANNEL_BLOCK = 8
+
 
 def resolve_precision(device: torch.device, precision: str, training: bool = False) -> str:
     """'auto' = fp16 on CUDA; on the CPU :func:`cpu_auto` of its features; fp32 on other
@@ -109,3 +113,17 @@ def memory_format(device: torch.device, precision: str) -> torch.memory_format:
     if device.type == "cuda" and precision == "fp32":
         return torch.contiguous_format
     return torch.channels_last_3d
+
+
+def unblocked_widths(widths: Mapping[str, int]) -> str | None:
+    """A note naming the ``widths`` (name -> channels or units) that are not a multiple of
+    :data:`CPU_CHANNEL_BLOCK`, None when all are: a model cut to such a width runs on the
+    CPU nearly as slowly as the next multiple (measured for the fast_slim and distil_pruned
+    cuts, docs/training/distil.md), so it buys less speed than its size suggests."""
+    odd = [f"{name} {n}" for name, n in widths.items() if n % CPU_CHANNEL_BLOCK]
+    if not odd:
+        return None
+    return (
+        f"{', '.join(odd)}: not a multiple of {CPU_CHANNEL_BLOCK}; the CPU kernels compute "
+        "such widths as the next multiple, so they run slower than their size suggests"
+    )

@@ -41,7 +41,7 @@ from ..geometry import slice_grid
 from ..io.files import sha256, write_atomically
 from ..model import SAINR, ModelConfig, QueryOutput
 from ..runtime.inference import Plan, super_resolve
-from ..runtime.precision import autocast, memory_format, training_precision
+from ..runtime.precision import autocast, memory_format, training_precision, unblocked_widths
 from ..runtime.weights import load_model, resolve, save_checkpoint
 from .data import PatchDataset, PatchSpec, Volume, collate, load_volume
 from .prune import narrowed
@@ -479,6 +479,9 @@ def train(
     precision, why = training_precision(device, asked, spec.lr_slices)
     if why:
         log(f"training in {precision}, not {asked}: {why}")
+    widths = unblocked_widths({"channels": model.config.channels, "hidden": model.config.hidden})
+    if widths:
+        log(f"model widths {widths}")
     layout = memory_format(device, precision)
     model.encoder.to(memory_format=layout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
