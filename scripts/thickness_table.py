@@ -2,7 +2,7 @@
 
     python scripts/thickness_table.py [--data ../shared/data] [--only validation|training|test]
 
-Three parts, as in docs/thickness_estimation.md:
+Four parts, as in docs/thickness_estimation.md:
 
 - validation (choices made on these): the bundled sample (truth 0.5), the Testing/Data
   crops, knee_fair_T_1mm, brain_mni152 and the knee qDESS rows 300-415, thick slices simulated
@@ -14,7 +14,7 @@ Three parts, as in docs/thickness_estimation.md:
   training set (knee_cubequant, the brains chris_pd, t2w and pd_fse) with each in-plane axis in
   turn as the simulated slice axis, the construction of the knee and prostate test rows: the
   other in-plane axis is the estimator's only sharp reference, and its point spread (frequency
-  or phase encoding, zero filling) need not match the simulated axis';
+  or phase encoding, zero filling) need not match that of the simulated axis;
 - test (reported only, never used for a choice): brain_pycortexS1 (native axis), the knee MESE
   TE 25 and the prostate PX0001 volumes with an in-plane axis (their sharp direction) as the
   simulated slice axis, and the real MESE knees and prostate stacks (DICOM header thickness).
