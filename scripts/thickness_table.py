@@ -1,6 +1,6 @@
 """Print the slice-thickness estimator's configuration and its error table (Markdown).
 
-    python scripts/thickness_table.py [--data ../shared/data] [--only validation|training|test]
+    python scripts/thickness_table.py [--data ../shared/data] [--only validation|training|in-plane|test]
 
 Four parts, as in docs/thickness_estimation.md:
 

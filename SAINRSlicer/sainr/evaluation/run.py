@@ -79,9 +79,9 @@ def run(settings: EvaluationSettings) -> None:
     settings.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     cases: list[Case] = []
+    # the whole volume is acquired again for nothing unless a row estimates from it
+    keep_whole = settings.estimated and not settings.estimate_on_crop
     for path, axis in zip(settings.volumes, axes, strict=True):
-        # the whole volume is acquired again for nothing unless a row estimates from it
-        keep_whole = settings.estimated and not settings.estimate_on_crop
         case = load_case(path, axis, settings.crop, keep_whole)
         cases.append(case)
         for acq in acquisitions:

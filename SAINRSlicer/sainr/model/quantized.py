@@ -60,10 +60,9 @@ def quantize(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """uint8 codes round(x / scale) + zero point of ``x`` under ``r``, saturating at 0 and
-    ``r.top``: one
-    multiply-add pass, a clamp and the narrowing copy. ``scratch`` (float, shaped like
-    ``x``) and ``out`` (uint8) are buffers to reuse: a fresh volume-sized buffer per call
-    costs more in page faults than the arithmetic."""
+    ``r.top``: one multiply-add pass, a clamp and the narrowing copy. ``scratch`` (float,
+    shaped like ``x``) and ``out`` (uint8) are buffers to reuse: a fresh volume-sized buffer
+    per call costs more in page faults than the arithmetic."""
     offset = torch.tensor(r.zero_point + 0.5, dtype=x.dtype)
     scratch = torch.add(offset, x, alpha=1.0 / r.scale, out=scratch).clamp_(0, r.top)
     return scratch.to(torch.uint8) if out is None else out.copy_(scratch)
